@@ -1,0 +1,171 @@
+"""The ``distdqn`` command: train, evaluate, plot.
+
+User errors (bad config, unknown env id, bad checkpoint, existing run directory) are printed as one
+line, ``error: <what>``, with exit status 2 and no traceback; nothing is created or overwritten
+before the input has been checked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from distdqn.errors import CheckpointError, UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Deep Q-Networks, trained fast on one machine and in parallel on Ray.")
+
+# Fields that must agree between a checkpoint and the config it is resumed or evaluated with.
+_MUST_MATCH = ("topology", "env.id", "env.kwargs", "env.num_envs", "network.kind",
+               "network.hidden_sizes", "network.dueling", "replay.capacity", "replay.prioritized")
+
+
+def _field(cfg_dict: dict, path: str):
+    node = cfg_dict
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
+def check_compatible(checkpoint_cfg, cfg, where: Path) -> None:
+    a, b = checkpoint_cfg.to_dict(), cfg.to_dict()
+    for path in _MUST_MATCH:
+        if _field(a, path) != _field(b, path):
+            raise CheckpointError(f"{where}: checkpoint does not match the config: {path} is "
+                                  f"{_field(a, path)!r} in the checkpoint, {_field(b, path)!r} now")
+
+
+def _default_run_dir(cfg) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = cfg.env.id.replace("/", "-")
+    return Path("runs") / f"{name}-{cfg.topology}-s{cfg.seed}-{stamp}"
+
+
+def _load_checkpoint_config(path: Path):
+    from distdqn.checkpoint import load_checkpoint
+    from distdqn.config import config_from_dict, parse_yaml
+    components, config_yaml, manifest = load_checkpoint(path)
+    try:
+        ckpt_cfg = config_from_dict(parse_yaml(config_yaml, "checkpoint config.yaml"), "checkpoint config.yaml")
+    except UserError as exc:
+        raise CheckpointError(f"{path}: the checkpoint's config.yaml is invalid: {exc}") from None
+    return components, ckpt_cfg, manifest
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML config; default: CartPole-v1 preset")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (overrides the config's)")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Where to write the run")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key.path=value")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory")] = False,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (distributed topologies)")] = None,
+) -> None:
+    """Train a DQN. With no CONFIG, trains CartPole-v1 on the default topology."""
+    from distdqn.config import load_config
+    from distdqn.envs import env_info
+    from distdqn.topologies import get_run
+
+    overrides = list(set_ or [])
+    resume_state = None
+    if resume is not None:
+        components, ckpt_cfg, _ = _load_checkpoint_config(resume)
+        if config is None:
+            raw = ckpt_cfg.to_dict()
+            from distdqn.config import apply_override, config_from_dict
+            for assignment in overrides:
+                apply_override(raw, assignment)
+            if seed is not None:
+                raw["seed"] = seed
+            cfg = config_from_dict(raw)
+        else:
+            cfg = load_config(config, overrides, seed)
+        check_compatible(ckpt_cfg, cfg, resume)
+        run_dir = resume if (resume / "checkpoints").is_dir() else resume.parent.parent
+        resume_state = components
+    else:
+        cfg = load_config(config, overrides, seed)
+    info = env_info(cfg.env)
+
+    if resume is None:
+        run_dir = run_dir or _default_run_dir(cfg)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            if not overwrite:
+                raise UserError(f"--run-dir: {run_dir} already exists; pass --overwrite to replace it "
+                                f"or --resume {run_dir} to continue it")
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    typer.echo(f"run directory: {run_dir}", err=True)
+    result = get_run(cfg.topology)(cfg, run_dir, info, resume_state)
+    s = result.summary
+    solved = (f"solved in {s['time_to_solve_s']:.2f} s at {s['env_steps_to_solve']} env steps"
+              if s["solved"] else "not solved")
+    typer.echo(f"{cfg.env.id} [{cfg.topology}] {solved}; final eval {s['final_eval_return_mean']:.1f} "
+               f"+- {s['final_eval_return_std']:.1f}; {s['env_steps']} env steps, "
+               f"{s['learner_updates']} updates in {s['wall_s']:.1f} s")
+
+
+@app.command()
+def evaluate(
+    path: Annotated[Path, typer.Argument(help="Run directory or checkpoint directory")],
+    episodes: Annotated[int, typer.Option(min=1, help="Greedy episodes")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed for the evaluation environments")] = 12345,
+    num_envs: Annotated[int, typer.Option(min=1, help="Evaluation sub-environments")] = 10,
+) -> None:
+    """Greedy returns of a checkpoint: prints mean and std."""
+    import numpy as np
+    import torch
+
+    from distdqn.core.actor import evaluate as run_evaluation
+    from distdqn.envs import env_info, make_vector_env
+    from distdqn.runtime.components import build_network, build_policy
+
+    components, cfg, _ = _load_checkpoint_config(path)
+    info = env_info(cfg.env)
+    network = build_network(cfg, info)
+    try:
+        network.load_state_dict(components["learner"]["online"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: checkpoint weights do not match its config "
+                              f"({str(exc).splitlines()[0]})") from None
+    weights = {k: v.detach().cpu().numpy() for k, v in network.state_dict().items()}
+    torch.set_num_threads(1)
+    env = make_vector_env(cfg.env, min(num_envs, episodes))
+    returns = run_evaluation(build_policy(cfg, info, weights), env, episodes, 0.0, seed)
+    env.close()
+    typer.echo(f"{cfg.env.id}: mean {np.mean(returns):.2f} std {np.std(returns):.2f} over {len(returns)} episodes")
+
+
+@app.command()
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="PNG file to write")] = Path("returns.png"),
+) -> None:
+    """Plot evaluation and training return against env steps and against wall-clock time."""
+    from distdqn.plotting import plot_runs
+    plot_runs(run_dirs, output)
+    typer.echo(f"wrote {output}")
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    try:
+        app()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

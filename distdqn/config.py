@@ -1,0 +1,289 @@
+"""One typed, validated configuration for every topology.
+
+The defaults are the tuned CartPole-v1 preset, so `distdqn train` with no config trains CartPole-v1;
+`configs/*.yaml` are presets that override a few fields. Every field is documented where it is
+declared. Unknown keys, wrong types and out-of-range values are errors that name the field's dotted
+path, for example ``replay.alpha: Input should be less than or equal to 1 (got 1.5)``.
+
+Units are in the names: ``*_env_steps`` counts environment steps (one sub-environment stepping once),
+``*_updates`` counts learner updates (one gradient step on one batch).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from distdqn.errors import ConfigError
+
+
+class _Section(BaseModel):
+    # strict: no silent str -> number coercion; forbid: unknown keys are errors.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class EnvConfig(_Section):
+    id: str = "CartPole-v1"
+    """Any registered Gymnasium id with a discrete action space (CartPole-v1, LunarLander-v3, ...)."""
+    num_envs: int = Field(8, ge=1)
+    """Sub-environments stepped together as one vector env, per actor process."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra keyword arguments for ``gymnasium.make`` (for example ``{gravity: 9.8}``)."""
+    max_episode_steps: int | None = Field(None, ge=1)
+    """Override of the id's time limit; None keeps the registered one."""
+    vectorization: Literal["auto", "native", "sync", "async"] = "auto"
+    """How sub-environments are stepped: ``native`` uses the id's own vectorized implementation
+    (CartPole-v1 has one), ``sync`` steps them in turn in this process, ``async`` in subprocesses;
+    ``auto`` picks native when the id has one and no kwargs are given, else sync."""
+
+
+class NetworkConfig(_Section):
+    kind: Literal["mlp", "nature_cnn"] = "mlp"
+    """``mlp`` for vector observations, ``nature_cnn`` for stacked image frames (Mnih et al. 2015)."""
+    hidden_sizes: list[int] = Field(default_factory=lambda: [128, 128])
+    """Widths of the hidden layers of the MLP (or of the CNN's fully connected part)."""
+    dueling: bool = False
+    """Dueling head Q = V + A - mean(A) (Wang et al. 2016)."""
+
+    @field_validator("hidden_sizes")
+    @classmethod
+    def _check_sizes(cls, sizes: list[int]) -> list[int]:
+        if not sizes or any(h < 1 for h in sizes):
+            raise ValueError(f"must be a non-empty list of positive integers (got {sizes})")
+        return sizes
+
+
+class ReplayConfig(_Section):
+    capacity: int = Field(50_000, ge=1)
+    """Transitions held; the oldest is overwritten when full."""
+    prioritized: bool = False
+    """Prioritized replay (Schaul et al. 2016) instead of uniform sampling."""
+    alpha: float = Field(0.6, ge=0.0, le=1.0)
+    """Priority exponent: P(i) = p_i^alpha / sum_k p_k^alpha; 0 is uniform."""
+    beta_start: float = Field(0.4, ge=0.0, le=1.0)
+    """Importance-sampling exponent at the start, annealed linearly to ``beta_end``."""
+    beta_end: float = Field(1.0, ge=0.0, le=1.0)
+    """Importance-sampling exponent at the end of annealing."""
+    beta_anneal_env_steps: int | None = Field(None, ge=1)
+    """Env steps over which beta goes from beta_start to beta_end; None: ``train.total_env_steps``."""
+    priority_eps: float = Field(1e-6, gt=0.0)
+    """Added to |TD error| so that no transition has priority zero."""
+    n_step: int = Field(3, ge=1)
+    """Steps summed into each stored transition's return (n-step Q-learning)."""
+
+
+class LearnerConfig(_Section):
+    lr: float = Field(2.5e-3, gt=0.0)
+    """Adam learning rate."""
+    adam_eps: float = Field(1e-8, gt=0.0)
+    gamma: float = Field(0.99, gt=0.0, le=1.0)
+    """Discount per environment step; n-step transitions use gamma^n."""
+    batch_size: int = Field(64, ge=1)
+    """Transitions per learner update."""
+    double_dqn: bool = True
+    """Double DQN target (van Hasselt et al. 2016): argmax with the online net, value from the target."""
+    loss: Literal["huber", "mse"] = "huber"
+    huber_delta: float = Field(1.0, gt=0.0)
+    max_grad_norm: float | None = Field(10.0, gt=0.0)
+    """Clip the global gradient L2 norm to this; None disables clipping."""
+    target_update: Literal["hard", "soft"] = "hard"
+    """``hard``: copy online -> target every ``target_update_period`` updates; ``soft``: Polyak with ``tau``."""
+    target_update_period: int = Field(100, ge=1)
+    """Learner updates between hard target copies."""
+    tau: float = Field(0.005, gt=0.0, le=1.0)
+    """Soft update rate: target <- tau * online + (1 - tau) * target, after every update."""
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    """Where the learner's networks live; ``auto`` takes CUDA when available."""
+    kernel: Literal["auto", "autograd", "fused_mlp"] = "auto"
+    """How an update is computed: ``autograd`` is plain PyTorch for any network; ``fused_mlp`` a
+    hand-derived forward/backward for ReLU MLPs (same math, a few times fewer small ops);
+    ``auto`` uses fused_mlp where it applies."""
+
+
+class ExplorationConfig(_Section):
+    schedule: Literal["linear", "exponential", "constant"] = "linear"
+    eps_start: float = Field(1.0, ge=0.0, le=1.0)
+    eps_end: float = Field(0.02, ge=0.0, le=1.0)
+    decay_env_steps: int = Field(10_000, ge=1)
+    """Linear: env steps from eps_start to eps_end. Exponential: env steps per factor of e."""
+
+
+class TrainConfig(_Section):
+    total_env_steps: int = Field(60_000, ge=1)
+    """Environment steps (summed over sub-environments) after which training stops."""
+    learning_starts: int = Field(1_000, ge=0)
+    """Environment steps collected before the first learner update."""
+    replay_ratio: float = Field(0.25, gt=0.0)
+    """Learner updates per environment step (0.25: one update every 4 env steps)."""
+    steps_per_collect: int = Field(4, ge=1)
+    """Vector-env steps collected between two learner phases (each gives ``num_envs`` env steps)."""
+    torch_threads: int | None = Field(None, ge=1)
+    """Threads for torch in this process; None gives each process its share of the cores."""
+
+
+class EvalConfig(_Section):
+    interval_env_steps: int = Field(2_000, ge=1)
+    """Environment steps between greedy evaluations."""
+    episodes: int = Field(10, ge=10)
+    """Greedy episodes per evaluation (at least 10: the solved criterion averages them)."""
+    num_envs: int = Field(10, ge=1)
+    """Evaluation sub-environments stepped together."""
+    epsilon: float = Field(0.0, ge=0.0, le=1.0)
+    """Exploration during evaluation; 0 is greedy."""
+    solve_threshold: float | None = None
+    """Mean evaluation return that counts as solved; None uses the id's reward_threshold (475 for CartPole-v1)."""
+    stop_when_solved: bool = False
+    """End the run at the first evaluation that reaches the threshold."""
+
+
+class LogConfig(_Section):
+    interval_env_steps: int = Field(2_000, ge=1)
+    """Environment steps between rows of metrics.jsonl (and TensorBoard scalars)."""
+    tensorboard: bool = True
+    progress: bool = True
+    """Terminal progress bar (only drawn when the output is a terminal)."""
+
+
+class CheckpointConfig(_Section):
+    interval_env_steps: int | None = Field(None, ge=1)
+    """Environment steps between periodic checkpoints; None saves only the final one."""
+    keep: int = Field(2, ge=1)
+    """Periodic checkpoints kept (oldest deleted first); the final one is always kept."""
+    save_replay: bool = True
+    """Include the replay buffer, so that a resumed run continues exactly."""
+
+
+class Config(_Section):
+    topology: Literal["single"] = "single"
+    """How the algorithm is spread over processes (see distdqn/topologies)."""
+    seed: int = Field(0, ge=0)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> Config:
+        if self.learner.batch_size > self.replay.capacity:
+            raise ValueError(
+                f"learner.batch_size: must be <= replay.capacity "
+                f"({self.learner.batch_size} > {self.replay.capacity})"
+            )
+        return self
+
+    # ---- derived values ----
+    @property
+    def learning_starts_env_steps(self) -> int:
+        """Updates begin once this many env steps are collected and a batch can be drawn."""
+        return max(self.train.learning_starts, self.learner.batch_size)
+
+    # ---- (de)serialisation ----
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading, with YAML that reads 1e-3 as a float (PyYAML's YAML 1.1 reads it as a string).
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, source: str = "<string>") -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override; the value is parsed as YAML (``3``, ``1e-3``, ``[64, 64]``)."""
+    key, sep, value = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {assignment!r}: expected key=value, for example replay.capacity=50000")
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, not a section (from --set {key})")
+        node = child
+    node[parts[-1]] = parse_yaml(value, f"--set {key}")
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    messages = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if ": " in msg and not loc:
+            messages.append(msg)  # a cross-field check names its own path
+            continue
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] != "value_error" and not isinstance(err.get("input"), dict | type(None)):
+            msg = f"{msg} (got {err['input']!r})"
+        messages.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(messages)
+
+
+def config_from_dict(raw: Any, source: str = "config") -> Config:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                seed: int | None = None) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None), apply ``--set`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        loaded = parse_yaml(path.read_text(), str(path))
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raw = loaded or {}
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    if seed is not None:
+        raw["seed"] = seed
+    return config_from_dict(raw, str(path) if path else "config")

@@ -1,0 +1,1 @@
+"""The algorithm core: pure PyTorch and NumPy. No Ray, no sockets, no files, no processes."""

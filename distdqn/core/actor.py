@@ -1,0 +1,160 @@
+"""The Actor: steps a Gymnasium vector env epsilon-greedily and returns n-step transitions.
+
+Gymnasium 1.x vector envs autoreset a finished sub-env on the *next* step (NEXT_STEP): the step after
+``terminated | truncated`` returns the first observation of the new episode with reward 0, and is not
+a transition. This module is the one place that knows it: such steps are marked invalid and never
+become transitions, and bootstrapping is cut only by ``terminated``, never by ``truncated``.
+
+The per-step loop only selects actions, steps the env and copies the results into preallocated
+[T, num_envs] arrays; n-step returns and episode statistics are computed once per block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from distdqn.core.nstep import NStepAccumulator, StepBlock
+from distdqn.core.policy import epsilon_greedy
+from distdqn.core.transitions import Transitions
+
+
+@dataclass
+class Rollout:
+    transitions: Transitions
+    env_steps: int                # transitions experienced (reset steps excluded), before n-step
+    episode_returns: np.ndarray   # undiscounted returns of the episodes that ended in this rollout
+    episode_lengths: np.ndarray
+
+
+def _check_autoreset(env: gym.vector.VectorEnv) -> None:
+    mode = env.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
+    if mode != gym.vector.AutoresetMode.NEXT_STEP:
+        raise ValueError(f"the Actor expects NEXT_STEP autoreset, the env uses {mode}")
+
+
+class Actor:
+    """Collects experience from one vector env with a policy that maps observations to Q-values."""
+
+    def __init__(self, env: gym.vector.VectorEnv, policy: Any, n_step: int, gamma: float, seed: int):
+        _check_autoreset(env)
+        self.env = env
+        self.policy = policy
+        self.num_envs = env.num_envs
+        self.rng = np.random.default_rng(seed)
+        self.nstep = NStepAccumulator(n_step, gamma)
+        self._obs, _ = env.reset(seed=seed)
+        self._autoreset = np.zeros(self.num_envs, dtype=bool)   # next step of this sub-env is a reset
+        self._episode_return = np.zeros(self.num_envs, dtype=np.float64)
+        self._episode_length = np.zeros(self.num_envs, dtype=np.int64)
+        self._buffers: StepBlock | None = None
+
+    def _block(self, num_steps: int) -> StepBlock:
+        b = self._buffers
+        if b is None or len(b) != num_steps:
+            n, obs = self.num_envs, self._obs
+            b = self._buffers = StepBlock(
+                obs=np.zeros((num_steps, *obs.shape), obs.dtype),
+                action=np.zeros((num_steps, n), np.int64),
+                reward=np.zeros((num_steps, n), np.float32),
+                next_obs=np.zeros((num_steps, *obs.shape), obs.dtype),
+                terminated=np.zeros((num_steps, n), bool),
+                truncated=np.zeros((num_steps, n), bool),
+                valid=np.zeros((num_steps, n), bool),
+            )
+        return b
+
+    def collect(self, num_steps: int, epsilon: float | np.ndarray) -> Rollout:
+        """Step the vector env ``num_steps`` times (``num_steps * num_envs`` sub-env steps)."""
+        block = self._block(num_steps)
+        obs, autoreset = self._obs, self._autoreset
+        for t in range(num_steps):
+            actions = epsilon_greedy(self.policy.q_values(obs), epsilon, self.rng)
+            next_obs, reward, terminated, truncated, _ = self.env.step(actions)
+            block.obs[t] = obs
+            block.action[t] = actions
+            block.reward[t] = reward
+            block.next_obs[t] = next_obs
+            block.terminated[t] = terminated
+            block.truncated[t] = truncated
+            np.logical_not(autoreset, out=block.valid[t])
+            autoreset = terminated | truncated
+            obs = next_obs
+        self._obs, self._autoreset = obs, autoreset
+
+        returns, lengths = self._episode_stats(block)
+        transitions = self.nstep.add(block)
+        return Rollout(transitions, int(block.valid.sum()), returns, lengths)
+
+    def _episode_stats(self, block: StepBlock) -> tuple[np.ndarray, np.ndarray]:
+        """Returns and lengths of the episodes that ended in ``block``, without a per-step loop."""
+        done = (block.terminated | block.truncated) & block.valid
+        rewards = np.where(block.valid, block.reward, 0.0)
+        cum_return = self._episode_return + np.cumsum(rewards, axis=0)          # [T, N]
+        cum_length = self._episode_length + np.cumsum(block.valid, axis=0)
+        t_index = np.arange(len(block))[:, None]
+        last_done = np.maximum.accumulate(np.where(done, t_index, -1), axis=0)  # last end at or before t
+        prev_done = np.vstack([np.full((1, self.num_envs), -1), last_done[:-1]])
+        env_index = np.arange(self.num_envs)
+        base_return = np.where(prev_done >= 0, cum_return[prev_done, env_index], 0.0)
+        base_length = np.where(prev_done >= 0, cum_length[prev_done, env_index], 0)
+        returns = (cum_return - base_return)[done]
+        lengths = (cum_length - base_length)[done]
+        final = last_done[-1]
+        ended = final >= 0
+        self._episode_return = np.where(ended, cum_return[-1] - cum_return[final, env_index], cum_return[-1])
+        self._episode_length = np.where(ended, cum_length[-1] - cum_length[final, env_index], cum_length[-1])
+        # done is time-major; report episodes in the order they ended
+        order = np.argsort(np.nonzero(done)[0], kind="stable")
+        return returns[order], lengths[order]
+
+    # ---- checkpointing: the actor's own counters and RNG; the env is saved by whoever owns it ----
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "rng": self.rng.bit_generator.state, "obs": self._obs.copy(),
+            "autoreset": self._autoreset.copy(), "episode_return": self._episode_return.copy(),
+            "episode_length": self._episode_length.copy(), "nstep": self.nstep.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], env_restored: bool) -> None:
+        """Restore RNG and n-step state; the in-flight episode only if the env itself was restored."""
+        self.rng.bit_generator.state = state["rng"]
+        if env_restored:
+            self._obs = state["obs"].copy()
+            self._autoreset = state["autoreset"].copy()
+            self._episode_return = state["episode_return"].copy()
+            self._episode_length = state["episode_length"].copy()
+            self.nstep.load_state_dict(state["nstep"])
+
+
+def evaluate(policy: Any, env: gym.vector.VectorEnv, num_episodes: int, epsilon: float,
+             seed: int) -> np.ndarray:
+    """Undiscounted returns of exactly ``num_episodes`` episodes, spread evenly over the sub-envs.
+
+    Sub-env i runs (num_episodes + i) // num_envs episodes, so the sample is not biased towards
+    short episodes (which would finish first).
+    """
+    _check_autoreset(env)
+    rng = np.random.default_rng(seed)
+    n = env.num_envs
+    targets = np.array([(num_episodes + i) // n for i in range(n)])
+    counts = np.zeros(n, dtype=np.int64)
+    running = np.zeros(n, dtype=np.float64)
+    returns: list[np.ndarray] = []
+    obs, _ = env.reset(seed=seed)
+    autoreset = np.zeros(n, dtype=bool)
+    while (counts < targets).any():
+        actions = epsilon_greedy(policy.q_values(obs), epsilon, rng)
+        obs, reward, terminated, truncated, _ = env.step(actions)
+        counting = ~autoreset & (counts < targets)
+        running += np.where(counting, reward, 0.0)
+        autoreset = terminated | truncated
+        finished = autoreset & counting
+        if finished.any():
+            returns.append(running[finished].copy())
+            counts += finished
+            running[finished] = 0.0
+    return np.concatenate(returns) if returns else np.zeros(0)

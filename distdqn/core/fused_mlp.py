@@ -1,0 +1,114 @@
+"""The DQN update of a ReLU MLP with its backward pass written out: the same math as autograd.
+
+For the small networks DQN uses on vector observations, a plain PyTorch update spends most of its
+time outside arithmetic: module calls, building and walking the autograd graph, and many tiny
+kernels. This computes the TD loss gradient with a handful of matrix products into preallocated
+``.grad`` tensors, so the learner's optimizer step, clipping and target update stay the same code
+for both paths. ``tests/test_learner.py`` checks it against autograd, update for update.
+
+Notation: x_0 = obs, z_i = x_{i-1} W_i^T + b_i, x_i = relu(z_i), q = head(x_L).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from distdqn.core.networks import MLPQNetwork
+
+
+def supports(network: torch.nn.Module) -> bool:
+    return type(network) is MLPQNetwork
+
+
+class FusedMLPUpdate:
+    """Computes loss, TD errors and parameter gradients of the DQN loss for an ``MLPQNetwork``."""
+
+    def __init__(self, online: MLPQNetwork, target: MLPQNetwork, double_dqn: bool, loss: str,
+                 huber_delta: float):
+        if not (supports(online) and supports(target)):
+            raise TypeError("FusedMLPUpdate needs MLPQNetwork online and target networks")
+        self.online, self.target = online, target
+        self.double_dqn, self.loss, self.huber_delta = double_dqn, loss, huber_delta
+        for p in online.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+
+    @staticmethod
+    def _layers(net: MLPQNetwork):
+        return [(layer.weight, layer.bias) for layer in net.hidden]
+
+    @staticmethod
+    def _head_q(net: MLPQNetwork, x: torch.Tensor) -> torch.Tensor:
+        head = net.head
+        if net.dueling:
+            advantage = torch.addmm(head.advantage.bias, x, head.advantage.weight.t())
+            value = torch.addmm(head.value.bias, x, head.value.weight.t())
+            return value + advantage - advantage.mean(1, keepdim=True)
+        return torch.addmm(head.bias, x, head.weight.t())
+
+    def _forward(self, net: MLPQNetwork, obs: torch.Tensor, keep: list | None = None) -> torch.Tensor:
+        x = obs
+        for weight, bias in self._layers(net):
+            x = torch.addmm(bias, x, weight.t()).relu_()
+            if keep is not None:
+                keep.append(x)
+        return self._head_q(net, x)
+
+    @torch.no_grad()
+    def __call__(self, obs, action, reward, next_obs, terminated, discount, weights):
+        """Fill the online network's ``.grad``; return (loss, td_errors, mean Q of taken actions)."""
+        online, target = self.online, self.target
+        batch = obs.shape[0]
+        obs = obs.flatten(1).float()
+        next_obs = next_obs.flatten(1).float()
+        action = action[:, None]
+
+        # forward: the online net on s and s' in one pass (keeping activations), the target on s'
+        both = torch.cat([obs, next_obs]) if self.double_dqn else obs
+        activations = [both]
+        q_both = self._forward(online, both, activations)
+        q = q_both[:batch]
+        next_q_target = self._forward(target, next_obs)
+        next_q_select = q_both[batch:] if self.double_dqn else next_q_target
+        next_value = next_q_target.gather(1, next_q_select.argmax(1, keepdim=True)).squeeze(1)
+        targets = torch.addcmul(reward, discount.masked_fill(terminated, 0.0), next_value)
+        q_taken = q.gather(1, action).squeeze(1)
+        td = q_taken - targets
+
+        # loss and dL/dq_taken for the importance-weighted mean
+        if self.loss == "huber":
+            elementwise = torch.nn.functional.huber_loss(q_taken, targets, reduction="none",
+                                                         delta=self.huber_delta)
+            d_td = td.clamp(-self.huber_delta, self.huber_delta)
+        else:
+            elementwise = 0.5 * td.square()
+            d_td = td
+        loss = torch.dot(weights, elementwise) / batch
+        grad_q = torch.zeros_like(q).scatter_(1, action, (weights * d_td).div_(batch)[:, None])
+
+        # backward through the head (only the first `batch` rows carry gradient)
+        x_last = activations[-1][:batch]
+        head = online.head
+        if online.dueling:
+            grad_value = grad_q.sum(1, keepdim=True)
+            grad_adv = grad_q - grad_q.mean(1, keepdim=True)
+            torch.mm(grad_value.t(), x_last, out=head.value.weight.grad)
+            torch.sum(grad_value, 0, out=head.value.bias.grad)
+            torch.mm(grad_adv.t(), x_last, out=head.advantage.weight.grad)
+            torch.sum(grad_adv, 0, out=head.advantage.bias.grad)
+            grad_x = torch.addmm(grad_value @ head.value.weight, grad_adv, head.advantage.weight)
+        else:
+            torch.mm(grad_q.t(), x_last, out=head.weight.grad)
+            torch.sum(grad_q, 0, out=head.bias.grad)
+            grad_x = grad_q @ head.weight
+
+        # backward through the hidden layers: dz_i = dx_i * [x_i > 0]
+        layers = self._layers(online)
+        for i in range(len(layers) - 1, -1, -1):
+            weight, bias = layers[i]
+            grad_z = torch.ops.aten.threshold_backward(grad_x, activations[i + 1][:batch], 0.0)
+            torch.mm(grad_z.t(), activations[i][:batch], out=weight.grad)
+            torch.sum(grad_z, 0, out=bias.grad)
+            if i > 0:
+                grad_x = grad_z @ weight
+        return loss, td, q_taken.mean()

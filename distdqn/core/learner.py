@@ -1,0 +1,143 @@
+"""DQNLearner: online and target networks, the optimizer, and the TD update.
+
+    step(batch)          -> StepResult(metrics, priorities)     one update (single, Ape-X)
+    compute_grads(batch) -> (grads, StepResult)                   gradient only (parameter servers,
+    apply_grads(grads)                                            all-reduce): the optimizer step
+    get_weights() / set_weights(weights)                          dict of NumPy arrays, for broadcast
+    state_dict() / load_state_dict(state)                         online, target, optimizer, counter
+
+Gradients are clipped where they are computed (per worker), so one worker's ``compute_grads`` ->
+``apply_grads`` is exactly ``step``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from distdqn.core import fused_mlp
+from distdqn.core.losses import td_loss, td_targets
+from distdqn.core.targets import TargetUpdater
+from distdqn.core.transitions import Batch
+
+if TYPE_CHECKING:
+    from distdqn.config import LearnerConfig
+
+
+@dataclass
+class StepResult:
+    metrics: dict[str, float]   # loss, q_mean, grad_norm
+    priorities: np.ndarray      # |TD error| per sampled transition, for prioritized replay
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("learner.device is cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+class DQNLearner:
+    def __init__(self, network: nn.Module, cfg: LearnerConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.online = network.to(self.device)
+        self.target = copy.deepcopy(self.online)
+        self.target.requires_grad_(False)
+        self.params = list(self.online.parameters())
+        for p in self.params:  # preallocated: the fused path and apply_grads write into them
+            p.grad = torch.zeros_like(p)
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, eps=cfg.adam_eps,
+                                          fused=self.device.type in ("cpu", "cuda"))
+        self.target_updater = TargetUpdater(cfg.target_update, cfg.target_update_period, cfg.tau)
+        self.updates = 0
+        use_fused = cfg.kernel == "fused_mlp" or (cfg.kernel == "auto" and fused_mlp.supports(network))
+        if cfg.kernel == "fused_mlp" and not fused_mlp.supports(network):
+            raise ValueError("learner.kernel fused_mlp needs an MLP network (network.kind: mlp)")
+        self._fused = (fused_mlp.FusedMLPUpdate(self.online, self.target, cfg.double_dqn, cfg.loss,
+                                                cfg.huber_delta) if use_fused else None)
+
+    # ---- the update ----
+    def _tensors(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        dev = self.device
+        return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(dev, non_blocking=True) for a in (
+            batch.obs, batch.action, batch.reward, batch.next_obs, batch.terminated, batch.discount,
+            batch.weights))
+
+    def _gradients(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Fill ``.grad`` of the online parameters; return (loss, td_errors, q_mean)."""
+        obs, action, reward, next_obs, terminated, discount, weights = self._tensors(batch)
+        if self._fused is not None:
+            return self._fused(obs, action, reward, next_obs, terminated, discount, weights)
+        q_taken = self.online(obs).gather(1, action[:, None]).squeeze(1)
+        with torch.no_grad():
+            next_q_online = self.online(next_obs) if self.cfg.double_dqn else None
+            targets = td_targets(reward, discount, terminated, next_q_online, self.target(next_obs))
+        loss, td_errors = td_loss(q_taken, targets, weights, self.cfg.loss, self.cfg.huber_delta)
+        self.optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        return loss.detach(), td_errors, q_taken.detach().mean()
+
+    def _clip(self) -> torch.Tensor:
+        grads = [p.grad for p in self.params]
+        if self.cfg.max_grad_norm is None:
+            return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        return nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm, foreach=True)
+
+    def _optimizer_step(self) -> None:
+        self.optimizer.step()
+        self.updates += 1
+        self.target_updater.after_update(self.updates, self.target, self.online)
+
+    def step(self, batch: Batch) -> StepResult:
+        """One learner update on ``batch``; returns metrics and the new priorities."""
+        loss, td_errors, q_mean = self._gradients(batch)
+        grad_norm = self._clip()
+        self._optimizer_step()
+        return self._result(loss, td_errors, q_mean, grad_norm)
+
+    def compute_grads(self, batch: Batch) -> tuple[dict[str, np.ndarray], StepResult]:
+        """The clipped gradient on ``batch`` as NumPy arrays (parameters unchanged)."""
+        loss, td_errors, q_mean = self._gradients(batch)
+        grad_norm = self._clip()
+        grads = {name: p.grad.detach().cpu().numpy().copy() for name, p in self.online.named_parameters()}
+        return grads, self._result(loss, td_errors, q_mean, grad_norm)
+
+    def apply_grads(self, grads: Mapping[str, np.ndarray]) -> None:
+        """One optimizer step with the given gradient (for example a mean over workers)."""
+        with torch.no_grad():
+            for name, p in self.online.named_parameters():
+                p.grad.copy_(torch.as_tensor(grads[name]))
+        self._optimizer_step()
+
+    @staticmethod
+    def _result(loss, td_errors, q_mean, grad_norm) -> StepResult:
+        metrics = torch.stack([loss, q_mean, grad_norm]).cpu().tolist()
+        return StepResult({"loss": metrics[0], "q_mean": metrics[1], "grad_norm": metrics[2]},
+                          td_errors.abs().cpu().numpy())
+
+    # ---- weights and state ----
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.online.state_dict().items()}
+
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        with torch.no_grad():
+            for k, v in self.online.state_dict().items():
+                v.copy_(torch.as_tensor(weights[k]))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"online": self.online.state_dict(), "target": self.target.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.online.load_state_dict(state["online"])
+        self.target.load_state_dict(state["target"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = int(state["updates"])

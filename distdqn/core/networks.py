@@ -1,0 +1,80 @@
+"""Q-network builders: MLP, Nature CNN, and a dueling head.
+
+Every Q-network maps a batch of observations [B, *obs_shape] to action values [B, num_actions].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class DuelingHead(nn.Module):
+    """Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a')  (Wang et al. 2016)."""
+
+    def __init__(self, in_features: int, num_actions: int):
+        super().__init__()
+        self.value = nn.Linear(in_features, 1)
+        self.advantage = nn.Linear(in_features, num_actions)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        advantage = self.advantage(features)
+        return self.value(features) + advantage - advantage.mean(dim=1, keepdim=True)
+
+
+class MLPQNetwork(nn.Module):
+    """Fully connected ReLU layers, then a linear (or dueling) head. Flattens the observation."""
+
+    def __init__(self, in_features: int, num_actions: int, hidden_sizes: Sequence[int],
+                 dueling: bool = False):
+        super().__init__()
+        sizes = [in_features, *hidden_sizes]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.head = DuelingHead(sizes[-1], num_actions) if dueling else nn.Linear(sizes[-1], num_actions)
+        self.dueling = dueling
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.flatten(1).float()
+        for layer in self.hidden:
+            x = torch.relu(layer(x))
+        return self.head(x)
+
+
+class NatureCNN(nn.Module):
+    """The convolutional torso of Mnih et al. (2015) for [B, C, 84, 84] frames (uint8 or float)."""
+
+    def __init__(self, obs_shape: Sequence[int], num_actions: int, hidden_sizes: Sequence[int],
+                 dueling: bool = False):
+        super().__init__()
+        channels = obs_shape[0]
+        self.torso = nn.Sequential(
+            nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.torso(torch.zeros(1, *obs_shape)).shape[1]
+        self.mlp = MLPQNetwork(flat, num_actions, hidden_sizes or [512], dueling)
+        self.scale = 1.0 / 255.0
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.float()
+        if obs.dtype == torch.uint8:
+            x = x * self.scale
+        return self.mlp(self.torso(x))
+
+
+def build_q_network(kind: str, obs_shape: Sequence[int], num_actions: int,
+                    hidden_sizes: Sequence[int], dueling: bool = False) -> nn.Module:
+    """Build the Q-network named by ``kind`` (``mlp`` or ``nature_cnn``)."""
+    if kind == "mlp":
+        return MLPQNetwork(int(np.prod(obs_shape)), num_actions, hidden_sizes, dueling)
+    if kind == "nature_cnn":
+        if len(obs_shape) != 3:
+            raise ValueError(f"nature_cnn needs [C, H, W] observations, got shape {tuple(obs_shape)}")
+        return NatureCNN(obs_shape, num_actions, hidden_sizes, dueling)
+    raise ValueError(f"unknown network kind {kind!r}")

@@ -1,0 +1,20 @@
+"""Errors a user can cause and fix: the CLI prints them as one line, with no traceback."""
+
+
+class UserError(Exception):
+    """Bad input from the user: config, command line, environment id, checkpoint, run directory.
+
+    The message is one line that names the problem (and, for config problems, the field's path).
+    """
+
+
+class ConfigError(UserError):
+    """The configuration is invalid. The message starts with the field's dotted path."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint is missing, corrupt, or does not match the configuration."""
+
+
+class EnvironmentSpecError(UserError):
+    """The environment id is unknown, or its spaces are not ones DQN can handle."""

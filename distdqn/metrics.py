@@ -1,0 +1,128 @@
+"""Metrics: one JSON object per log interval in metrics.jsonl, TensorBoard scalars, a progress bar.
+
+``TrainingStats`` accumulates what happens between two rows (episodes that ended, learner update
+metrics) and turns it into a row with rates over the interval. ``MetricsWriter`` writes rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class TrainingStats:
+    """Between-rows accumulator for env steps, learner updates, episodes and update metrics."""
+
+    def __init__(self, start_time: float, env_steps: int = 0, learner_updates: int = 0):
+        self.start_time = start_time
+        self._last = (start_time, env_steps, learner_updates)
+        self._episode_returns: deque[float] = deque(maxlen=100)
+        self._new_returns: list[float] = []
+        self._new_lengths: list[int] = []
+        self._update_sums: dict[str, float] = {}
+        self._update_count = 0
+        self.episodes = 0
+
+    def add_episodes(self, returns: np.ndarray, lengths: np.ndarray) -> None:
+        self._new_returns.extend(returns.tolist())
+        self._new_lengths.extend(lengths.tolist())
+        self._episode_returns.extend(returns.tolist())
+        self.episodes += len(returns)
+
+    def add_update(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self._update_sums[key] = self._update_sums.get(key, 0.0) + value
+        self._update_count += 1
+
+    @property
+    def recent_return(self) -> float:
+        return float(np.mean(self._episode_returns)) if self._episode_returns else math.nan
+
+    def row(self, env_steps: int, learner_updates: int, **extra: Any) -> dict[str, Any]:
+        """A metrics row for the interval since the previous row; resets the interval."""
+        now = time.perf_counter()
+        last_time, last_steps, last_updates = self._last
+        elapsed = max(now - last_time, 1e-9)
+        row: dict[str, Any] = {
+            "wall_s": now - self.start_time,
+            "env_steps": env_steps,
+            "learner_updates": learner_updates,
+            "episodes": self.episodes,
+            "episode_return_mean": float(np.mean(self._new_returns)) if self._new_returns else None,
+            "episode_return_mean_100": self.recent_return if self._episode_returns else None,
+            "episode_length_mean": float(np.mean(self._new_lengths)) if self._new_lengths else None,
+            "env_steps_per_s": (env_steps - last_steps) / elapsed,
+            "updates_per_s": (learner_updates - last_updates) / elapsed,
+        }
+        for key, total in self._update_sums.items():
+            row[key] = total / self._update_count
+        if "loss" not in row:
+            row["loss"] = None
+        row.update(extra)
+        self._last = (now, env_steps, learner_updates)
+        self._new_returns, self._new_lengths = [], []
+        self._update_sums, self._update_count = {}, 0
+        return row
+
+
+class MetricsWriter:
+    """Appends rows to ``metrics.jsonl`` and mirrors numeric fields to TensorBoard (x = env steps)."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool, progress: bool, total_env_steps: int,
+                 initial_env_steps: int = 0):
+        self.path = run_dir / "metrics.jsonl"
+        self._file = self.path.open("a")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self._progress = None
+        if progress and sys.stderr.isatty():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(),
+                TextColumn("{task.completed:,.0f}/{task.total:,.0f} env steps"),
+                TextColumn("return {task.fields[ret]}"), TextColumn("eval {task.fields[eval]}"),
+                TextColumn("{task.fields[rate]} steps/s"), TimeElapsedColumn(), transient=False)
+            self._task = self._progress.add_task("train", total=total_env_steps,
+                                                 completed=initial_env_steps, ret="-", eval="-", rate="-")
+            self._progress.start()
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            step = int(row["env_steps"])
+            for key, value in row.items():
+                if key != "env_steps" and isinstance(value, int | float) and value is not None:
+                    self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+        if self._progress is not None:
+            fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+            self._progress.update(self._task, completed=row["env_steps"],
+                                  ret=fmt(row.get("episode_return_mean_100")),
+                                  eval=fmt(row.get("eval_return_mean")),
+                                  rate=f"{row['env_steps_per_s']:,.0f}")
+
+    def histogram(self, tag: str, values: np.ndarray, env_steps: int) -> None:
+        if self._tb is not None and len(values):
+            self._tb.add_histogram(tag, np.asarray(values), env_steps)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        if self._tb is not None:
+            self._tb.close()
+        self._file.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,57 @@
+"""Core components built from the config: the one place that maps config fields to constructors."""
+
+from __future__ import annotations
+
+import torch
+
+from distdqn.config import Config
+from distdqn.core.actor import Actor
+from distdqn.core.learner import DQNLearner
+from distdqn.core.networks import build_q_network
+from distdqn.core.policy import make_policy
+from distdqn.core.replay import ReplayBuffer, make_replay
+from distdqn.core.schedules import LinearSchedule, make_schedule
+from distdqn.envs import EnvInfo, make_vector_env
+
+
+def build_network(cfg: Config, info: EnvInfo) -> torch.nn.Module:
+    return build_q_network(cfg.network.kind, info.obs_shape, info.num_actions,
+                           cfg.network.hidden_sizes, cfg.network.dueling)
+
+
+def build_learner(cfg: Config, info: EnvInfo) -> DQNLearner:
+    return DQNLearner(build_network(cfg, info), cfg.learner)
+
+
+def build_policy(cfg: Config, info: EnvInfo, weights):
+    return make_policy(cfg.network.kind, info.obs_shape, info.num_actions, cfg.network.hidden_sizes,
+                       cfg.network.dueling, weights)
+
+
+def build_replay(cfg: Config, info: EnvInfo, seed: int) -> ReplayBuffer:
+    r = cfg.replay
+    return make_replay(r.prioritized, r.capacity, info.obs_shape, info.obs_dtype, seed, r.alpha,
+                       r.priority_eps)
+
+
+def build_actor(cfg: Config, info: EnvInfo, weights, seed: int, num_envs: int | None = None) -> Actor:
+    env = make_vector_env(cfg.env, num_envs or cfg.env.num_envs)
+    return Actor(env, build_policy(cfg, info, weights), cfg.replay.n_step, cfg.learner.gamma, seed)
+
+
+def build_epsilon_schedule(cfg: Config):
+    e = cfg.exploration
+    return make_schedule(e.schedule, e.eps_start, e.eps_end, e.decay_env_steps)
+
+
+def build_beta_schedule(cfg: Config) -> LinearSchedule:
+    r = cfg.replay
+    return LinearSchedule(r.beta_start, r.beta_end, r.beta_anneal_env_steps or cfg.train.total_env_steps)
+
+
+def updates_due(cfg: Config, env_steps: int, learner_updates: int) -> int:
+    """Learner updates owed so that updates / env steps (after learning starts) is the replay ratio."""
+    if env_steps < cfg.learning_starts_env_steps:
+        return 0
+    target = int((env_steps - cfg.learning_starts_env_steps) * cfg.train.replay_ratio) + 1
+    return max(0, target - learner_updates)

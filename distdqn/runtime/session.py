@@ -1,0 +1,205 @@
+"""What every topology does around its loop, in one place: evaluation and the solved criterion,
+metrics rows, periodic checkpoints, and the final summary. No Ray here.
+
+The solved criterion: the first evaluation over at least 10 greedy episodes whose mean return
+reaches the threshold. ``time_to_solve_s`` is wall-clock seconds from the start of ``run`` (env
+creation, evaluations and everything else included), summed over resumed segments.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distdqn.checkpoint import prune_checkpoints, save_checkpoint
+from distdqn.config import Config
+from distdqn.core.actor import evaluate
+from distdqn.envs import EnvInfo, make_vector_env
+from distdqn.metrics import MetricsWriter, TrainingStats
+
+
+@dataclass
+class RunResult:
+    summary: dict[str, Any]
+    run_dir: Path
+
+
+def default_torch_threads(processes: int = 1) -> int:
+    """This process's share of the machine's cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, processes))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def snapshot_env(env: Any) -> bytes | None:
+    """The vector env pickled, so a resumed run continues the same episodes; None if it can't be."""
+    try:
+        return pickle.dumps(env)
+    except Exception:  # noqa: BLE001 - e.g. Box2D worlds and subprocess envs are not picklable
+        return None
+
+
+def restore_env(snapshot: bytes) -> Any:
+    return pickle.loads(snapshot)
+
+
+class RunSession:
+    """Evaluation, metrics, checkpoints and the summary for one run (or one resumed segment)."""
+
+    def __init__(self, cfg: Config, run_dir: Path, info: EnvInfo, extra_summary: dict | None = None):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.start = time.perf_counter()
+        self.wall_offset = 0.0          # wall seconds of earlier segments of a resumed run
+        self.threshold = cfg.eval.solve_threshold if cfg.eval.solve_threshold is not None else info.reward_threshold
+        if self.threshold is None:
+            self.threshold = math.inf   # an id without a reward_threshold is never "solved"
+        self.eval_envs = make_vector_env(cfg.env, cfg.eval.num_envs)
+        self.evaluations = 0
+        self.last_eval: dict[str, Any] | None = None
+        self.solved_at: dict[str, Any] | None = None
+        self.next_eval = cfg.eval.interval_env_steps
+        self.next_log = cfg.log.interval_env_steps
+        self.next_checkpoint = cfg.checkpoint.interval_env_steps or math.inf
+        self.stats = TrainingStats(self.start)
+        self.writer: MetricsWriter | None = None
+        self.extra_summary = extra_summary or {}
+
+    # ---- lifecycle ----
+    def open(self, env_steps: int = 0, learner_updates: int = 0) -> None:
+        self.stats = TrainingStats(self.start, env_steps, learner_updates)
+        self.writer = MetricsWriter(self.run_dir, self.cfg.log.tensorboard, self.cfg.log.progress,
+                                    self.cfg.train.total_env_steps, env_steps)
+        self.stats.start_time = self.start - self.wall_offset
+
+    def wall_s(self) -> float:
+        return self.wall_offset + time.perf_counter() - self.start
+
+    # ---- evaluation ----
+    def evaluate(self, policy: Any, env_steps: int) -> dict[str, Any]:
+        returns = evaluate(policy, self.eval_envs, self.cfg.eval.episodes, self.cfg.eval.epsilon,
+                           seed=self.cfg.seed * 1_000_003 + 7919 * (self.evaluations + 1))
+        self.evaluations += 1
+        self.last_eval = {"eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
+                          "eval_episodes": len(returns), "eval_env_steps": env_steps}
+        if self.solved_at is None and len(returns) >= 10 and returns.mean() >= self.threshold:
+            self.solved_at = {"time_to_solve_s": self.wall_s(), "env_steps_to_solve": env_steps}
+        return self.last_eval
+
+    def evaluate_if_due(self, policy: Any, env_steps: int) -> bool:
+        """Evaluate when due; True when the run should stop (solved and ``stop_when_solved``)."""
+        if env_steps >= self.next_eval:
+            while self.next_eval <= env_steps:
+                self.next_eval += self.cfg.eval.interval_env_steps
+            self.evaluate(policy, env_steps)
+        return self.cfg.eval.stop_when_solved and self.solved_at is not None
+
+    # ---- metrics ----
+    def log_if_due(self, env_steps: int, learner_updates: int, **extra: Any) -> None:
+        if env_steps >= self.next_log:
+            while self.next_log <= env_steps:
+                self.next_log += self.cfg.log.interval_env_steps
+            self.log(env_steps, learner_updates, **extra)
+
+    def log(self, env_steps: int, learner_updates: int, **extra: Any) -> None:
+        row = self.stats.row(env_steps, learner_updates, **extra)
+        if self.last_eval is not None:
+            row.update(self.last_eval)
+        row["solved"] = self.solved_at is not None
+        self.writer.write(row)
+
+    # ---- checkpoints ----
+    def checkpoint_if_due(self, env_steps: int, components: Callable[[], dict[str, Any]]) -> None:
+        if env_steps >= self.next_checkpoint:
+            while self.next_checkpoint <= env_steps:
+                self.next_checkpoint += self.cfg.checkpoint.interval_env_steps
+            self.save(f"step-{env_steps:012d}", env_steps, components())
+            prune_checkpoints(self.run_dir / "checkpoints", "step-", self.cfg.checkpoint.keep)
+
+    def save(self, name: str, env_steps: int, components: dict[str, Any]) -> Path:
+        components = {**components, "session": self.state_dict(), "rng": rng_state()}
+        return save_checkpoint(self.run_dir / "checkpoints", name, components, self.cfg.to_yaml(),
+                               {"env_steps": env_steps, "topology": self.cfg.topology})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"wall_s": self.wall_s(), "evaluations": self.evaluations, "last_eval": self.last_eval,
+                "solved_at": self.solved_at, "next_eval": self.next_eval, "next_log": self.next_log,
+                "next_checkpoint": self.next_checkpoint, "episodes": self.stats.episodes,
+                "recent_returns": list(self.stats._episode_returns)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.wall_offset = float(state["wall_s"])
+        self.evaluations = int(state["evaluations"])
+        self.last_eval, self.solved_at = state["last_eval"], state["solved_at"]
+        self.next_eval, self.next_log = state["next_eval"], state["next_log"]
+        self.next_checkpoint = state["next_checkpoint"]
+        self._restored_stats = (state["episodes"], state["recent_returns"])
+
+    def restore_stats(self) -> None:
+        if hasattr(self, "_restored_stats"):
+            episodes, recent = self._restored_stats
+            self.stats.episodes = episodes
+            self.stats._episode_returns.extend(recent)
+
+    # ---- the end ----
+    def finish(self, policy: Any, env_steps: int, learner_updates: int, components: dict[str, Any],
+               interrupted: bool = False, **extra_summary: Any) -> RunResult:
+        """Final evaluation, final checkpoint, last metrics row and summary.json."""
+        if self.last_eval is None or self.last_eval["eval_env_steps"] != env_steps:
+            self.evaluate(policy, env_steps)
+        self.log(env_steps, learner_updates)
+        self.save("final", env_steps, components)
+        summary = {
+            "topology": self.cfg.topology,
+            "env_id": self.cfg.env.id,
+            "seed": self.cfg.seed,
+            "solved": self.solved_at is not None,
+            "solve_threshold": self.threshold,
+            "time_to_solve_s": self.solved_at["time_to_solve_s"] if self.solved_at else None,
+            "env_steps_to_solve": self.solved_at["env_steps_to_solve"] if self.solved_at else None,
+            "final_eval_return_mean": self.last_eval["eval_return_mean"],
+            "final_eval_return_std": self.last_eval["eval_return_std"],
+            "wall_s": self.wall_s(),
+            "env_steps": env_steps,
+            "learner_updates": learner_updates,
+            "episodes": self.stats.episodes,
+            "interrupted": interrupted,
+            **self.extra_summary,
+            **extra_summary,
+        }
+        tmp = self.run_dir / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=1))
+        os.replace(tmp, self.run_dir / "summary.json")
+        self.close()
+        return RunResult(summary, self.run_dir)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        self.eval_envs.close()
