@@ -21,43 +21,47 @@ def supports(network: torch.nn.Module) -> bool:
 
 
 class FusedMLPUpdate:
-    """Computes loss, TD errors and parameter gradients of the DQN loss for an ``MLPQNetwork``."""
+    """Computes loss, TD errors and parameter gradients of the DQN loss for an ``MLPQNetwork``.
+
+    The parameter tensors are looked up once: the learner updates them in place (the optimizer,
+    ``load_state_dict`` and ``set_weights`` all copy into them), so the references stay valid.
+    """
 
     def __init__(self, online: MLPQNetwork, target: MLPQNetwork, double_dqn: bool, loss: str,
                  huber_delta: float):
         if not (supports(online) and supports(target)):
             raise TypeError("FusedMLPUpdate needs MLPQNetwork online and target networks")
-        self.online, self.target = online, target
         self.double_dqn, self.loss, self.huber_delta = double_dqn, loss, huber_delta
+        self.dueling = online.dueling
         for p in online.parameters():
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
+        self._online_hidden = [(layer.weight, layer.bias) for layer in online.hidden]
+        self._target_hidden = [(layer.weight, layer.bias) for layer in target.hidden]
+        self._online_head = self._head_params(online)
+        self._target_head = self._head_params(target)
 
     @staticmethod
-    def _layers(net: MLPQNetwork):
-        return [(layer.weight, layer.bias) for layer in net.hidden]
-
-    @staticmethod
-    def _head_q(net: MLPQNetwork, x: torch.Tensor) -> torch.Tensor:
+    def _head_params(net: MLPQNetwork) -> tuple[torch.Tensor, ...]:
         head = net.head
         if net.dueling:
-            advantage = torch.addmm(head.advantage.bias, x, head.advantage.weight.t())
-            value = torch.addmm(head.value.bias, x, head.value.weight.t())
-            return value + advantage - advantage.mean(1, keepdim=True)
-        return torch.addmm(head.bias, x, head.weight.t())
+            return head.value.weight, head.value.bias, head.advantage.weight, head.advantage.bias
+        return head.weight, head.bias
 
-    def _forward(self, net: MLPQNetwork, obs: torch.Tensor, keep: list | None = None) -> torch.Tensor:
-        x = obs
-        for weight, bias in self._layers(net):
+    def _forward(self, hidden, head, x: torch.Tensor, keep: list | None = None) -> torch.Tensor:
+        for weight, bias in hidden:
             x = torch.addmm(bias, x, weight.t()).relu_()
             if keep is not None:
                 keep.append(x)
-        return self._head_q(net, x)
+        if self.dueling:
+            value_w, value_b, adv_w, adv_b = head
+            advantage = torch.addmm(adv_b, x, adv_w.t())
+            return advantage.sub_(advantage.mean(1, keepdim=True)).add_(torch.addmm(value_b, x, value_w.t()))
+        return torch.addmm(head[1], x, head[0].t())
 
     @torch.no_grad()
     def __call__(self, obs, action, reward, next_obs, terminated, discount, weights):
         """Fill the online network's ``.grad``; return (loss, td_errors, mean Q of taken actions)."""
-        online, target = self.online, self.target
         batch = obs.shape[0]
         obs = obs.flatten(1).float()
         next_obs = next_obs.flatten(1).float()
@@ -66,9 +70,9 @@ class FusedMLPUpdate:
         # forward: the online net on s and s' in one pass (keeping activations), the target on s'
         both = torch.cat([obs, next_obs]) if self.double_dqn else obs
         activations = [both]
-        q_both = self._forward(online, both, activations)
+        q_both = self._forward(self._online_hidden, self._online_head, both, activations)
         q = q_both[:batch]
-        next_q_target = self._forward(target, next_obs)
+        next_q_target = self._forward(self._target_hidden, self._target_head, next_obs)
         next_q_select = q_both[batch:] if self.double_dqn else next_q_target
         next_value = next_q_target.gather(1, next_q_select.argmax(1, keepdim=True)).squeeze(1)
         targets = torch.addcmul(reward, discount.masked_fill(terminated, 0.0), next_value)
@@ -88,24 +92,24 @@ class FusedMLPUpdate:
 
         # backward through the head (only the first `batch` rows carry gradient)
         x_last = activations[-1][:batch]
-        head = online.head
-        if online.dueling:
+        if self.dueling:
+            value_w, value_b, adv_w, adv_b = self._online_head
             grad_value = grad_q.sum(1, keepdim=True)
             grad_adv = grad_q - grad_q.mean(1, keepdim=True)
-            torch.mm(grad_value.t(), x_last, out=head.value.weight.grad)
-            torch.sum(grad_value, 0, out=head.value.bias.grad)
-            torch.mm(grad_adv.t(), x_last, out=head.advantage.weight.grad)
-            torch.sum(grad_adv, 0, out=head.advantage.bias.grad)
-            grad_x = torch.addmm(grad_value @ head.value.weight, grad_adv, head.advantage.weight)
+            torch.mm(grad_value.t(), x_last, out=value_w.grad)
+            torch.sum(grad_value, 0, out=value_b.grad)
+            torch.mm(grad_adv.t(), x_last, out=adv_w.grad)
+            torch.sum(grad_adv, 0, out=adv_b.grad)
+            grad_x = torch.addmm(grad_value @ value_w, grad_adv, adv_w)
         else:
-            torch.mm(grad_q.t(), x_last, out=head.weight.grad)
-            torch.sum(grad_q, 0, out=head.bias.grad)
-            grad_x = grad_q @ head.weight
+            head_w, head_b = self._online_head
+            torch.mm(grad_q.t(), x_last, out=head_w.grad)
+            torch.sum(grad_q, 0, out=head_b.grad)
+            grad_x = grad_q @ head_w
 
         # backward through the hidden layers: dz_i = dx_i * [x_i > 0]
-        layers = self._layers(online)
-        for i in range(len(layers) - 1, -1, -1):
-            weight, bias = layers[i]
+        for i in range(len(self._online_hidden) - 1, -1, -1):
+            weight, bias = self._online_hidden[i]
             grad_z = torch.ops.aten.threshold_backward(grad_x, activations[i + 1][:batch], 0.0)
             torch.mm(grad_z.t(), activations[i][:batch], out=weight.grad)
             torch.sum(grad_z, 0, out=bias.grad)

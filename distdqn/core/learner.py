@@ -54,6 +54,9 @@ class DQNLearner:
         self.params = list(self.online.parameters())
         for p in self.params:  # preallocated: the fused path and apply_grads write into them
             p.grad = torch.zeros_like(p)
+        self._grads = [p.grad for p in self.params]
+        self.fast_adam = hasattr(torch, "_fused_adam_")
+        self._adam_state: tuple | None = None
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, eps=cfg.adam_eps,
                                           fused=self.device.type in ("cpu", "cuda"))
         self.target_updater = TargetUpdater(cfg.target_update, cfg.target_update_period, cfg.tau)
@@ -86,13 +89,30 @@ class DQNLearner:
         return loss.detach(), td_errors, q_taken.detach().mean()
 
     def _clip(self) -> torch.Tensor:
-        grads = [p.grad for p in self.params]
-        if self.cfg.max_grad_norm is None:
-            return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        return nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm, foreach=True)
+        """Clip the global gradient norm in place (as ``clip_grad_norm_``); return the norm before."""
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self._grads)))
+        if self.cfg.max_grad_norm is not None:
+            coef = (self.cfg.max_grad_norm / (total + 1e-6)).clamp_(max=1.0)
+            torch._foreach_mul_(self._grads, coef)
+        return total
 
     def _optimizer_step(self) -> None:
-        self.optimizer.step()
+        """Adam. After the first step (which creates the optimizer's state) the fused Adam kernel is
+        called directly on that state: the same arithmetic as ``optimizer.step()`` without its
+        per-call Python bookkeeping, which costs more than the kernel for small networks."""
+        if self._adam_state is None:
+            self.optimizer.step()
+            if self.fast_adam:
+                state = [self.optimizer.state[p] for p in self.params]
+                self._adam_state = ([s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state],
+                                    [s["step"] for s in state])
+        else:
+            exp_avgs, exp_avg_sqs, steps = self._adam_state
+            beta1, beta2 = self.optimizer.param_groups[0]["betas"]
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_(self.params, self._grads, exp_avgs, exp_avg_sqs, [], steps,
+                               amsgrad=False, lr=self.cfg.lr, beta1=beta1, beta2=beta2,
+                               weight_decay=0.0, eps=self.cfg.adam_eps, maximize=False)
         self.updates += 1
         self.target_updater.after_update(self.updates, self.target, self.online)
 
@@ -140,4 +160,5 @@ class DQNLearner:
         self.online.load_state_dict(state["online"])
         self.target.load_state_dict(state["target"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self._adam_state = None  # the optimizer's state tensors were replaced
         self.updates = int(state["updates"])

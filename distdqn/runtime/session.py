@@ -88,6 +88,7 @@ class RunSession:
         self.next_checkpoint = cfg.checkpoint.interval_env_steps or math.inf
         self.stats = TrainingStats(self.start)
         self.writer: MetricsWriter | None = None
+        self._last_logged_env_steps = -1
         self.extra_summary = extra_summary or {}
 
     # ---- lifecycle ----
@@ -132,6 +133,7 @@ class RunSession:
             row.update(self.last_eval)
         row["solved"] = self.solved_at is not None
         self.writer.write(row)
+        self._last_logged_env_steps = env_steps
 
     # ---- checkpoints ----
     def checkpoint_if_due(self, env_steps: int, components: Callable[[], dict[str, Any]]) -> None:
@@ -172,7 +174,9 @@ class RunSession:
         """Final evaluation, final checkpoint, last metrics row and summary.json."""
         if self.last_eval is None or self.last_eval["eval_env_steps"] != env_steps:
             self.evaluate(policy, env_steps)
-        self.log(env_steps, learner_updates)
+            self.log(env_steps, learner_updates)
+        elif self._last_logged_env_steps != env_steps:
+            self.log(env_steps, learner_updates)
         self.save("final", env_steps, components)
         summary = {
             "topology": self.cfg.topology,

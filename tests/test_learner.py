@@ -1,0 +1,289 @@
+"""DQNLearner: the fused MLP update against autograd, gradient split, weights, state and target sync."""
+
+from __future__ import annotations
+
+import copy
+import io
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from distdqn.config import LearnerConfig
+from distdqn.core.learner import DQNLearner
+from distdqn.core.networks import MLPQNetwork, NatureCNN
+from distdqn.core.transitions import Batch
+
+torch.set_num_threads(1)
+
+OBS_DIM, NUM_ACTIONS = 4, 3
+
+
+def make_learner(seed: int = 0, dueling: bool = False, hidden=(16, 16), **cfg) -> DQNLearner:
+    torch.manual_seed(seed)
+    net = MLPQNetwork(OBS_DIM, NUM_ACTIONS, list(hidden), dueling)
+    base = dict(lr=1e-2, device="cpu", target_update_period=5)
+    base.update(cfg)
+    return DQNLearner(net, LearnerConfig(**base))
+
+
+def random_batch(rng: np.random.Generator, size: int = 32, prioritized: bool = True) -> Batch:
+    return Batch(
+        obs=rng.normal(size=(size, OBS_DIM)).astype(np.float32),
+        action=rng.integers(0, NUM_ACTIONS, size).astype(np.int64),
+        reward=rng.normal(size=size).astype(np.float32),
+        next_obs=rng.normal(size=(size, OBS_DIM)).astype(np.float32),
+        terminated=rng.random(size) < 0.2,
+        discount=np.full(size, 0.99 ** 3, np.float32),
+        indices=np.arange(size, dtype=np.int64),
+        weights=(rng.uniform(0.2, 1.0, size) if prioritized else np.ones(size)).astype(np.float32),
+    )
+
+
+def params(learner: DQNLearner, which: str = "online") -> dict[str, torch.Tensor]:
+    net = learner.online if which == "online" else learner.target
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def assert_params_close(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if atol == 0.0:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0.0, msg=k)
+
+
+# ---- fused MLP kernel == autograd ----
+
+@pytest.mark.parametrize("dueling,loss,double_dqn,max_grad_norm", [
+    (dueling, loss, double, clip)
+    for dueling, loss, double, clip in itertools.product([False, True], ["huber", "mse"], [True, False],
+                                                         [None, 0.5])
+])
+def test_fused_kernel_matches_autograd(dueling, loss, double_dqn, max_grad_norm):
+    cfg = dict(dueling=dueling, loss=loss, double_dqn=double_dqn, max_grad_norm=max_grad_norm,
+               lr=3e-3, target_update_period=7)
+    fused = make_learner(kernel="fused_mlp", **cfg)
+    autograd = make_learner(kernel="autograd", **cfg)
+    assert fused._fused is not None and autograd._fused is None
+    assert_params_close(params(fused), params(autograd))     # same initial weights
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        batch = random_batch(rng)
+        r_fused, r_auto = fused.step(batch), autograd.step(batch)
+        np.testing.assert_allclose(r_fused.priorities, r_auto.priorities, atol=1e-4, rtol=1e-4)
+        for key in ("loss", "q_mean", "grad_norm"):
+            assert r_fused.metrics[key] == pytest.approx(r_auto.metrics[key], rel=1e-4, abs=1e-5), key
+    assert_params_close(params(fused), params(autograd), atol=1e-5)
+    assert_params_close(params(fused, "target"), params(autograd, "target"), atol=1e-5)
+    # the run actually moved the parameters
+    assert not torch.allclose(params(fused)["head.value.weight" if dueling else "head.weight"],
+                              params(make_learner(dueling=dueling))["head.value.weight" if dueling
+                                                                   else "head.weight"])
+
+
+def test_fused_kernel_gradient_matches_autograd_on_one_batch():
+    rng = np.random.default_rng(7)
+    batch = random_batch(rng, 64)
+    for dueling in (False, True):
+        grads_fused, res_f = make_learner(dueling=dueling, kernel="fused_mlp", max_grad_norm=None).compute_grads(batch)
+        grads_auto, res_a = make_learner(dueling=dueling, kernel="autograd", max_grad_norm=None).compute_grads(batch)
+        for name in grads_auto:
+            np.testing.assert_allclose(grads_fused[name], grads_auto[name], atol=1e-6, rtol=1e-5, err_msg=name)
+        assert res_f.metrics["grad_norm"] == pytest.approx(res_a.metrics["grad_norm"], rel=1e-5)
+
+
+def test_auto_kernel_picks_fused_for_mlp_only_and_fused_rejects_cnn():
+    assert make_learner(kernel="auto")._fused is not None
+    with pytest.raises(ValueError):
+        DQNLearner(NatureCNN((4, 84, 84), 2, [8]), LearnerConfig(kernel="fused_mlp", device="cpu"))
+    assert DQNLearner(NatureCNN((4, 84, 84), 2, [8]), LearnerConfig(kernel="auto", device="cpu"))._fused is None
+
+
+# ---- the step's pieces ----
+
+@pytest.mark.parametrize("kernel", ["fused_mlp", "autograd"])
+@pytest.mark.parametrize("max_grad_norm", [None, 0.1])
+def test_compute_grads_then_apply_grads_equals_step(kernel, max_grad_norm):
+    a = make_learner(kernel=kernel, max_grad_norm=max_grad_norm, target_update_period=3)
+    b = make_learner(kernel=kernel, max_grad_norm=max_grad_norm, target_update_period=3)
+    rng = np.random.default_rng(2)
+    for _ in range(7):
+        batch = random_batch(rng)
+        before = params(b)
+        result_a = a.step(batch)
+        grads, result_b = b.compute_grads(batch)
+        assert_params_close(params(b), before)              # compute_grads changes nothing
+        if max_grad_norm is not None:
+            norm = np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads.values()))
+            assert norm <= max_grad_norm * (1 + 1e-4)         # the returned gradient is clipped
+        b.apply_grads(grads)
+        np.testing.assert_array_equal(result_a.priorities, result_b.priorities)
+        assert result_a.metrics == result_b.metrics
+        assert_params_close(params(a), params(b))
+        assert_params_close(params(a, "target"), params(b, "target"))
+    assert a.updates == b.updates == 7
+
+
+def test_grad_norm_metric_is_the_norm_before_clipping():
+    rng = np.random.default_rng(12)
+    batch = random_batch(rng)
+    unclipped, _ = make_learner(max_grad_norm=None).compute_grads(batch)
+    norm = np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in unclipped.values()))
+    clipped, result = make_learner(max_grad_norm=norm / 4).compute_grads(batch)
+    assert result.metrics["grad_norm"] == pytest.approx(norm, rel=1e-5)
+    for name in unclipped:   # clipping scales the whole gradient by one factor
+        np.testing.assert_allclose(clipped[name], unclipped[name] / 4, rtol=1e-4, atol=1e-7)
+
+
+def test_step_returns_priorities_equal_to_abs_td_errors():
+    learner = make_learner(kernel="autograd", double_dqn=False)
+    batch = random_batch(np.random.default_rng(3), 8)
+    with torch.no_grad():
+        q = learner.online(torch.from_numpy(batch.obs))
+        q_taken = q.gather(1, torch.from_numpy(batch.action)[:, None]).squeeze(1).numpy()
+        next_max = learner.target(torch.from_numpy(batch.next_obs)).max(1).values.numpy()
+    y = batch.reward + batch.discount * (~batch.terminated) * next_max
+    result = learner.step(batch)
+    assert result.priorities.shape == (8,)
+    np.testing.assert_allclose(result.priorities, np.abs(q_taken - y), rtol=1e-5, atol=1e-6)
+    assert result.metrics["q_mean"] == pytest.approx(float(q_taken.mean()), rel=1e-5, abs=1e-6)
+
+
+# ---- weights and state ----
+
+def test_get_weights_set_weights_round_trip():
+    a, b = make_learner(seed=0), make_learner(seed=1)
+    weights = a.get_weights()
+    assert all(isinstance(v, np.ndarray) for v in weights.values())
+    assert set(weights) == set(a.online.state_dict())
+    assert not all(np.array_equal(weights[k], v) for k, v in b.get_weights().items())
+    b.set_weights(weights)
+    for k, v in b.get_weights().items():
+        np.testing.assert_array_equal(v, weights[k])
+    # get_weights is a copy: training a does not change the dict handed out
+    snapshot = {k: v.copy() for k, v in weights.items()}
+    a.step(random_batch(np.random.default_rng(4)))
+    for k in weights:
+        np.testing.assert_array_equal(weights[k], snapshot[k])
+    # set_weights moves the online net only; the learner keeps working afterwards
+    b.step(random_batch(np.random.default_rng(4)))
+
+
+def _trained(kernel: str, rng: np.random.Generator) -> DQNLearner:
+    learner = make_learner(seed=0, kernel=kernel, target_update_period=4)
+    for _ in range(6):
+        learner.step(random_batch(rng))
+    return learner
+
+
+def _assert_continue_identically(a: DQNLearner, b: DQNLearner, rng: np.random.Generator) -> None:
+    assert b.updates == a.updates
+    assert_params_close(params(b), params(a))
+    assert_params_close(params(b, "target"), params(a, "target"))
+    for _ in range(3):   # the optimizer's moments came along too: identical continued updates
+        batch = random_batch(rng)
+        ra, rb = a.step(batch), b.step(batch)
+        np.testing.assert_array_equal(ra.priorities, rb.priorities)
+        assert_params_close(params(b), params(a))
+        assert_params_close(params(b, "target"), params(a, "target"))
+
+
+@pytest.mark.parametrize("kernel", ["fused_mlp", "autograd"])
+def test_state_dict_through_torch_save_continues_identically(kernel):
+    """The checkpoint path: torch.save -> torch.load -> load_state_dict into a fresh learner."""
+    rng = np.random.default_rng(5)
+    a = _trained(kernel, rng)
+    buffer = io.BytesIO()
+    torch.save(a.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = make_learner(seed=9, kernel=kernel, target_update_period=4)
+    fresh.load_state_dict(torch.load(buffer, weights_only=False))
+    _assert_continue_identically(a, fresh, rng)
+
+
+@pytest.mark.parametrize("kernel", ["fused_mlp", "autograd"])
+def test_state_dict_in_memory_continues_identically(kernel):
+    """Loading another learner's state_dict in the same process must not tie the two learners together
+    (they must not share Adam moments or parameters afterwards)."""
+    rng = np.random.default_rng(5)
+    a = _trained(kernel, rng)
+    fresh = make_learner(seed=9, kernel=kernel, target_update_period=4)
+    fresh.load_state_dict(a.state_dict())
+    _assert_continue_identically(a, fresh, rng)
+
+
+def test_state_dict_is_a_snapshot():
+    """state_dict() taken before more updates restores the learner to that point."""
+    rng = np.random.default_rng(13)
+    a = _trained("autograd", rng)
+    b = make_learner(seed=9, kernel="autograd", target_update_period=4)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))     # a reference copy of the same moment
+    state = a.state_dict()
+    a.step(random_batch(np.random.default_rng(99)))      # a detour, then roll back
+    a.load_state_dict(state)
+    _assert_continue_identically(a, b, rng)
+
+
+@pytest.mark.parametrize("kernel", ["fused_mlp", "autograd"])
+def test_hard_target_update_exactly_every_period(kernel):
+    period = 4
+    learner = make_learner(kernel=kernel, target_update_period=period, target_update="hard")
+    assert_params_close(params(learner, "target"), params(learner))    # starts as a copy
+    rng = np.random.default_rng(6)
+    for update in range(1, 13):
+        target_before = params(learner, "target")
+        learner.step(random_batch(rng))
+        assert learner.updates == update
+        if update % period == 0:
+            assert_params_close(params(learner, "target"), params(learner))
+        else:
+            assert_params_close(params(learner, "target"), target_before)
+            assert not torch.equal(params(learner, "target")["head.weight"], params(learner)["head.weight"])
+
+
+def test_soft_target_update_after_every_step():
+    learner = make_learner(kernel="autograd", target_update="soft", tau=0.25)
+    target_before = params(learner, "target")
+    learner.step(random_batch(np.random.default_rng(8)))
+    online = params(learner)
+    for k, v in params(learner, "target").items():
+        torch.testing.assert_close(v, 0.25 * online[k] + 0.75 * target_before[k])
+
+
+def test_target_network_is_not_trained():
+    learner = make_learner(kernel="autograd", target_update_period=1000)
+    target_before = params(learner, "target")
+    rng = np.random.default_rng(10)
+    for _ in range(5):
+        learner.step(random_batch(rng))
+    assert_params_close(params(learner, "target"), target_before)
+    assert not any(p.requires_grad for p in learner.target.parameters())
+
+
+# ---- it learns ----
+
+@pytest.mark.parametrize("kernel", ["fused_mlp", "autograd"])
+@pytest.mark.parametrize("dueling", [False, True])
+def test_update_descends_a_fixed_regression(kernel, dueling):
+    """reward 1 and terminated always: the target is exactly 1, so Q(s, a_taken) must approach 1."""
+    learner = make_learner(kernel=kernel, dueling=dueling, lr=1e-2, max_grad_norm=10.0, target_update_period=10)
+    rng = np.random.default_rng(11)
+    obs = rng.normal(size=(64, OBS_DIM)).astype(np.float32)
+    action = rng.integers(0, NUM_ACTIONS, 64).astype(np.int64)
+    batch = Batch(obs=obs, action=action, reward=np.ones(64, np.float32),
+                  next_obs=rng.normal(size=(64, OBS_DIM)).astype(np.float32), terminated=np.ones(64, bool),
+                  discount=np.full(64, 0.99, np.float32), indices=np.arange(64), weights=np.ones(64, np.float32))
+
+    def error() -> float:
+        with torch.no_grad():
+            q = learner.online(torch.from_numpy(obs)).gather(1, torch.from_numpy(action)[:, None]).squeeze(1)
+        return float((q - 1.0).abs().mean())
+
+    start = error()
+    losses = [learner.step(batch).metrics["loss"] for _ in range(300)]
+    assert start > 0.5
+    assert error() < 0.05
+    assert losses[-1] < losses[0] / 20
