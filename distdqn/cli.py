@@ -41,6 +41,15 @@ def check_compatible(checkpoint_cfg, cfg, where: Path) -> None:
                                   f"{_field(a, path)!r} in the checkpoint, {_field(b, path)!r} now")
 
 
+def _check_devices(cfg) -> None:
+    from distdqn.errors import ConfigError
+    if cfg.learner.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise ConfigError("learner.device: cuda was asked for but no CUDA device is available "
+                              "(use auto or cpu)")
+
+
 def _default_run_dir(cfg) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = cfg.env.id.replace("/", "-")
@@ -93,6 +102,7 @@ def train(
     else:
         cfg = load_config(config, overrides, seed)
     info = env_info(cfg.env)
+    _check_devices(cfg)
 
     if resume is None:
         run_dir = run_dir or _default_run_dir(cfg)

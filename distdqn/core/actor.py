@@ -44,50 +44,58 @@ class Actor:
         self.env = env
         self.policy = policy
         self.num_envs = env.num_envs
+        self.num_actions = int(env.single_action_space.n)
         self.rng = np.random.default_rng(seed)
         self.nstep = NStepAccumulator(n_step, gamma)
         self._obs, _ = env.reset(seed=seed)
         self._autoreset = np.zeros(self.num_envs, dtype=bool)   # next step of this sub-env is a reset
         self._episode_return = np.zeros(self.num_envs, dtype=np.float64)
         self._episode_length = np.zeros(self.num_envs, dtype=np.int64)
-        self._buffers: StepBlock | None = None
+        self._buffers: dict[str, np.ndarray] | None = None
 
-    def _block(self, num_steps: int) -> StepBlock:
+    def _buffers_for(self, num_steps: int) -> dict[str, np.ndarray]:
         b = self._buffers
-        if b is None or len(b) != num_steps:
+        if b is None or len(b["action"]) != num_steps:
             n, obs = self.num_envs, self._obs
-            b = self._buffers = StepBlock(
-                obs=np.zeros((num_steps, *obs.shape), obs.dtype),
-                action=np.zeros((num_steps, n), np.int64),
-                reward=np.zeros((num_steps, n), np.float32),
-                next_obs=np.zeros((num_steps, *obs.shape), obs.dtype),
-                terminated=np.zeros((num_steps, n), bool),
-                truncated=np.zeros((num_steps, n), bool),
-                valid=np.zeros((num_steps, n), bool),
-            )
+            b = self._buffers = {
+                # obs[t + 1] is what step t returned: the next observation of step t (the final one
+                # when the episode ended there) and the observation step t + 1 acts on.
+                "obs": np.zeros((num_steps + 1, *obs.shape), obs.dtype),
+                "action": np.zeros((num_steps, n), np.int64),
+                "reward": np.zeros((num_steps, n), np.float32),
+                "terminated": np.zeros((num_steps, n), bool),
+                "truncated": np.zeros((num_steps, n), bool),
+            }
         return b
 
     def collect(self, num_steps: int, epsilon: float | np.ndarray) -> Rollout:
         """Step the vector env ``num_steps`` times (``num_steps * num_envs`` sub-env steps)."""
-        block = self._block(num_steps)
-        obs, autoreset = self._obs, self._autoreset
+        b = self._buffers_for(num_steps)
+        obs_buf, action, reward = b["obs"], b["action"], b["reward"]
+        terminated, truncated = b["terminated"], b["truncated"]
+        # exploration draws for the whole block at once
+        explore = self.rng.random((num_steps, self.num_envs)) < epsilon
+        random_actions = self.rng.integers(0, self.num_actions, size=(num_steps, self.num_envs))
+
+        obs_buf[0] = self._obs
         for t in range(num_steps):
-            actions = epsilon_greedy(self.policy.q_values(obs), epsilon, self.rng)
-            next_obs, reward, terminated, truncated, _ = self.env.step(actions)
-            block.obs[t] = obs
-            block.action[t] = actions
-            block.reward[t] = reward
-            block.next_obs[t] = next_obs
-            block.terminated[t] = terminated
-            block.truncated[t] = truncated
-            np.logical_not(autoreset, out=block.valid[t])
-            autoreset = terminated | truncated
-            obs = next_obs
-        self._obs, self._autoreset = obs, autoreset
+            greedy = self.policy.q_values(obs_buf[t]).argmax(axis=1)
+            action[t] = np.where(explore[t], random_actions[t], greedy)
+            obs_buf[t + 1], reward[t], terminated[t], truncated[t], _ = self.env.step(action[t])
+        self._obs = obs_buf[num_steps].copy()
+
+        # The step after an episode's end is the autoreset step: not a transition.
+        ended = terminated | truncated
+        valid = np.empty_like(ended)
+        valid[0] = ~self._autoreset
+        np.logical_not(ended[:-1], out=valid[1:])
+        self._autoreset = ended[-1].copy()
+        block = StepBlock(obs=obs_buf[:-1], action=action, reward=reward, next_obs=obs_buf[1:],
+                          terminated=terminated, truncated=truncated, valid=valid)
 
         returns, lengths = self._episode_stats(block)
         transitions = self.nstep.add(block)
-        return Rollout(transitions, int(block.valid.sum()), returns, lengths)
+        return Rollout(transitions, int(valid.sum()), returns, lengths)
 
     def _episode_stats(self, block: StepBlock) -> tuple[np.ndarray, np.ndarray]:
         """Returns and lengths of the episodes that ended in ``block``, without a per-step loop."""

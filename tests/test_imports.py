@@ -1,0 +1,59 @@
+"""Imports flow one way: core <- envs <- runtime, topologies <- cli; only runtime/ and topologies/
+import ray; core has no sockets, files or processes (DESIGN.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "distdqn"
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def modules_under(sub: str) -> list[Path]:
+    return sorted((PACKAGE / sub).rglob("*.py")) if (PACKAGE / sub).is_dir() else [PACKAGE / f"{sub}.py"]
+
+
+def uses(path: Path, prefixes: tuple[str, ...]) -> set[str]:
+    return {m for m in imported_modules(path) if m.split(".")[0] in prefixes or m.startswith(prefixes)}
+
+
+def test_core_is_pure():
+    forbidden = ("ray", "socket", "subprocess", "multiprocessing", "distdqn.envs", "distdqn.runtime",
+                 "distdqn.topologies", "distdqn.cli", "distdqn.checkpoint", "distdqn.metrics")
+    for path in modules_under("core"):
+        assert not uses(path, forbidden), (path.name, uses(path, forbidden))
+
+
+def test_envs_imports_only_core():
+    forbidden = ("ray", "distdqn.runtime", "distdqn.topologies", "distdqn.cli")
+    assert not uses(PACKAGE / "envs.py", forbidden)
+
+
+def test_only_runtime_and_topologies_import_ray():
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).parts
+        if rel[0] in ("runtime", "topologies"):
+            continue
+        assert not uses(path, ("ray",)), path
+
+
+def test_nothing_below_cli_imports_it():
+    for path in PACKAGE.rglob("*.py"):
+        if path.name != "cli.py":
+            assert not uses(path, ("distdqn.cli",)), path
+
+
+def test_the_scan_sees_imports():
+    # the checker itself must find what is there, or the tests above prove nothing
+    assert "torch" in imported_modules(PACKAGE / "core" / "learner.py")
+    assert "distdqn.envs" in imported_modules(PACKAGE / "runtime" / "components.py")
