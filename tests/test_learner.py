@@ -23,7 +23,7 @@ OBS_DIM, NUM_ACTIONS = 4, 3
 def make_learner(seed: int = 0, dueling: bool = False, hidden=(16, 16), **cfg) -> DQNLearner:
     torch.manual_seed(seed)
     net = MLPQNetwork(OBS_DIM, NUM_ACTIONS, list(hidden), dueling)
-    base = dict(lr=1e-2, device="cpu", target_update_period=5)
+    base = {"lr": 1e-2, "device": "cpu", "target_update_period": 5}
     base.update(cfg)
     return DQNLearner(net, LearnerConfig(**base))
 
@@ -48,11 +48,11 @@ def params(learner: DQNLearner, which: str = "online") -> dict[str, torch.Tensor
 
 def assert_params_close(a: dict, b: dict, atol: float = 0.0) -> None:
     assert a.keys() == b.keys()
-    for k in a:
+    for k, value in a.items():
         if atol == 0.0:
-            assert torch.equal(a[k], b[k]), k
+            assert torch.equal(value, b[k]), k
         else:
-            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0.0, msg=k)
+            torch.testing.assert_close(value, b[k], atol=atol, rtol=0.0, msg=k)
 
 
 # ---- fused MLP kernel == autograd ----
@@ -63,8 +63,8 @@ def assert_params_close(a: dict, b: dict, atol: float = 0.0) -> None:
                                                          [None, 0.5])
 ])
 def test_fused_kernel_matches_autograd(dueling, loss, double_dqn, max_grad_norm):
-    cfg = dict(dueling=dueling, loss=loss, double_dqn=double_dqn, max_grad_norm=max_grad_norm,
-               lr=3e-3, target_update_period=7)
+    cfg = {"dueling": dueling, "loss": loss, "double_dqn": double_dqn, "max_grad_norm": max_grad_norm,
+           "lr": 3e-3, "target_update_period": 7}
     fused = make_learner(kernel="fused_mlp", **cfg)
     autograd = make_learner(kernel="autograd", **cfg)
     assert fused._fused is not None and autograd._fused is None
@@ -88,10 +88,12 @@ def test_fused_kernel_gradient_matches_autograd_on_one_batch():
     rng = np.random.default_rng(7)
     batch = random_batch(rng, 64)
     for dueling in (False, True):
-        grads_fused, res_f = make_learner(dueling=dueling, kernel="fused_mlp", max_grad_norm=None).compute_grads(batch)
-        grads_auto, res_a = make_learner(dueling=dueling, kernel="autograd", max_grad_norm=None).compute_grads(batch)
-        for name in grads_auto:
-            np.testing.assert_allclose(grads_fused[name], grads_auto[name], atol=1e-6, rtol=1e-5, err_msg=name)
+        fused = make_learner(dueling=dueling, kernel="fused_mlp", max_grad_norm=None)
+        autograd = make_learner(dueling=dueling, kernel="autograd", max_grad_norm=None)
+        grads_fused, res_f = fused.compute_grads(batch)
+        grads_auto, res_a = autograd.compute_grads(batch)
+        for name, grad in grads_auto.items():
+            np.testing.assert_allclose(grads_fused[name], grad, atol=1e-6, rtol=1e-5, err_msg=name)
         assert res_f.metrics["grad_norm"] == pytest.approx(res_a.metrics["grad_norm"], rel=1e-5)
 
 
@@ -269,17 +271,20 @@ def test_target_network_is_not_trained():
 @pytest.mark.parametrize("dueling", [False, True])
 def test_update_descends_a_fixed_regression(kernel, dueling):
     """reward 1 and terminated always: the target is exactly 1, so Q(s, a_taken) must approach 1."""
-    learner = make_learner(kernel=kernel, dueling=dueling, lr=1e-2, max_grad_norm=10.0, target_update_period=10)
+    learner = make_learner(kernel=kernel, dueling=dueling, lr=1e-2, max_grad_norm=10.0,
+                           target_update_period=10)
     rng = np.random.default_rng(11)
     obs = rng.normal(size=(64, OBS_DIM)).astype(np.float32)
     action = rng.integers(0, NUM_ACTIONS, 64).astype(np.int64)
     batch = Batch(obs=obs, action=action, reward=np.ones(64, np.float32),
-                  next_obs=rng.normal(size=(64, OBS_DIM)).astype(np.float32), terminated=np.ones(64, bool),
-                  discount=np.full(64, 0.99, np.float32), indices=np.arange(64), weights=np.ones(64, np.float32))
+                  next_obs=rng.normal(size=(64, OBS_DIM)).astype(np.float32),
+                  terminated=np.ones(64, bool), discount=np.full(64, 0.99, np.float32),
+                  indices=np.arange(64), weights=np.ones(64, np.float32))
 
     def error() -> float:
         with torch.no_grad():
-            q = learner.online(torch.from_numpy(obs)).gather(1, torch.from_numpy(action)[:, None]).squeeze(1)
+            q = learner.online(torch.from_numpy(obs))
+            q = q.gather(1, torch.from_numpy(action)[:, None]).squeeze(1)
         return float((q - 1.0).abs().mean())
 
     start = error()

@@ -10,8 +10,13 @@ import torch
 from torch import nn
 
 from distdqn.core.losses import td_loss, td_targets
-from distdqn.core.schedules import (ConstantSchedule, ExponentialSchedule, LinearSchedule, make_schedule,
-                                    per_actor_epsilons)
+from distdqn.core.schedules import (
+    ConstantSchedule,
+    ExponentialSchedule,
+    LinearSchedule,
+    make_schedule,
+    per_actor_epsilons,
+)
 from distdqn.core.targets import TargetUpdater, hard_update, soft_update
 
 torch.set_num_threads(1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -133,7 +135,7 @@ def test_open_windows_complete_in_the_next_block():
 def _split(steps: StepBlock, cuts: list[int]) -> list[StepBlock]:
     bounds = [0, *cuts, len(steps)]
     return [StepBlock(**{k: v[a:b].copy() for k, v in vars(steps).items()})
-            for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+            for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def _episodes(num_steps: int, num_envs: int, rng: np.random.Generator, end_prob: float = 0.15) -> StepBlock:

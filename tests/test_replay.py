@@ -23,8 +23,8 @@ def numbered(start: int, count: int, obs_shape=OBS_SHAPE, obs_dtype=np.float32) 
 
 
 def stored_ids(replay: ReplayBuffer) -> np.ndarray:
-    """The id in each filled row of the ring (read through a batch of every position)."""
-    return replay._gather(np.arange(len(replay)), np.ones(len(replay), np.float32)).reward.astype(int)
+    """The id in each filled row of the ring, by position."""
+    return replay.state_dict()["reward"].astype(int)
 
 
 def draw_counts(replay: ReplayBuffer, draws: int, batch_size: int, beta: float = 0.4) -> np.ndarray:
@@ -59,12 +59,12 @@ def test_stored_fields_follow_their_transition():
     replay = ReplayBuffer(4, OBS_SHAPE, np.float32)
     replay.add(numbered(10, 4))
     replay.add(numbered(14, 2))          # ids 14, 15 overwrite positions 0, 1
-    batch = replay._gather(np.arange(4), np.ones(4, np.float32))
+    rows = replay.state_dict()
     ids = np.array([14, 15, 12, 13])
-    np.testing.assert_array_equal(batch.obs[:, 0], ids)
-    np.testing.assert_array_equal(batch.next_obs[:, 1], ids + 1)
-    np.testing.assert_array_equal(batch.action, ids % 5)
-    np.testing.assert_array_equal(batch.terminated, ids % 3 == 0)
+    np.testing.assert_array_equal(rows["obs"][:, 0], ids)
+    np.testing.assert_array_equal(rows["next_obs"][:, 1], ids + 1)
+    np.testing.assert_array_equal(rows["action"], ids % 5)
+    np.testing.assert_array_equal(rows["terminated"], ids % 3 == 0)
 
 
 def test_batch_larger_than_capacity_keeps_its_newest_part():
@@ -214,7 +214,7 @@ def _assert_batches_equal(a: Batch, b: Batch) -> None:
 
 @pytest.mark.parametrize("prioritized", [False, True])
 def test_state_dict_round_trip_gives_identical_future_samples(prioritized):
-    kwargs = dict(alpha=0.7) if prioritized else {}
+    kwargs = {"alpha": 0.7} if prioritized else {}
     cls = PrioritizedReplay if prioritized else ReplayBuffer
     replay = cls(10, OBS_SHAPE, np.float32, seed=11, **kwargs)
     replay.add(numbered(0, 13))                 # wrapped

@@ -153,12 +153,13 @@ class DQNLearner:
                 v.copy_(torch.as_tensor(weights[k]))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"online": self.online.state_dict(), "target": self.target.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "updates": self.updates}
+        """A snapshot (copies, not the live tensors)."""
+        return copy.deepcopy({"online": self.online.state_dict(), "target": self.target.state_dict(),
+                              "optimizer": self.optimizer.state_dict(), "updates": self.updates})
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.online.load_state_dict(state["online"])
         self.target.load_state_dict(state["target"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self._adam_state = None  # the optimizer's state tensors were replaced
         self.updates = int(state["updates"])

@@ -41,7 +41,8 @@ class StepBlock:
         return len(self.reward)
 
     def tail(self, length: int) -> StepBlock:
-        return StepBlock(**{f.name: getattr(self, f.name)[len(self) - length:] for f in fields(self)})
+        """A copy of the last ``length`` steps (the caller may reuse its arrays for the next block)."""
+        return StepBlock(**{f.name: getattr(self, f.name)[len(self) - length:].copy() for f in fields(self)})
 
     @staticmethod
     def concatenate(a: StepBlock, b: StepBlock) -> StepBlock:
