@@ -23,6 +23,7 @@ from torch import nn
 
 from distdqn.core import fused_mlp
 from distdqn.core.losses import td_loss, td_targets
+from distdqn.core.optim import Adam
 from distdqn.core.targets import TargetUpdater
 from distdqn.core.transitions import Batch
 
@@ -55,10 +56,7 @@ class DQNLearner:
         for p in self.params:  # preallocated: the fused path and apply_grads write into them
             p.grad = torch.zeros_like(p)
         self._grads = [p.grad for p in self.params]
-        self.fast_adam = hasattr(torch, "_fused_adam_")
-        self._adam_state: tuple | None = None
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, eps=cfg.adam_eps,
-                                          fused=self.device.type in ("cpu", "cuda"))
+        self.optimizer = Adam(self.params, lr=cfg.lr, eps=cfg.adam_eps)
         self.target_updater = TargetUpdater(cfg.target_update, cfg.target_update_period, cfg.tau)
         self.updates = 0
         use_fused = cfg.kernel == "fused_mlp" or (cfg.kernel == "auto" and fused_mlp.supports(network))
@@ -84,8 +82,9 @@ class DQNLearner:
             next_q_online = self.online(next_obs) if self.cfg.double_dqn else None
             targets = td_targets(reward, discount, terminated, next_q_online, self.target(next_obs))
         loss, td_errors = td_loss(q_taken, targets, weights, self.cfg.loss, self.cfg.huber_delta)
-        self.optimizer.zero_grad(set_to_none=False)
+        torch._foreach_zero_(self._grads)
         loss.backward()
+        self._grads = [p.grad for p in self.params]  # autograd may have replaced a .grad tensor
         return loss.detach(), td_errors, q_taken.detach().mean()
 
     def _clip(self) -> torch.Tensor:
@@ -97,22 +96,7 @@ class DQNLearner:
         return total
 
     def _optimizer_step(self) -> None:
-        """Adam. After the first step (which creates the optimizer's state) the fused Adam kernel is
-        called directly on that state: the same arithmetic as ``optimizer.step()`` without its
-        per-call Python bookkeeping, which costs more than the kernel for small networks."""
-        if self._adam_state is None:
-            self.optimizer.step()
-            if self.fast_adam:
-                state = [self.optimizer.state[p] for p in self.params]
-                self._adam_state = ([s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state],
-                                    [s["step"] for s in state])
-        else:
-            exp_avgs, exp_avg_sqs, steps = self._adam_state
-            beta1, beta2 = self.optimizer.param_groups[0]["betas"]
-            torch._foreach_add_(steps, 1)
-            torch._fused_adam_(self.params, self._grads, exp_avgs, exp_avg_sqs, [], steps,
-                               amsgrad=False, lr=self.cfg.lr, beta1=beta1, beta2=beta2,
-                               weight_decay=0.0, eps=self.cfg.adam_eps, maximize=False)
+        self.optimizer.step(self._grads)
         self.updates += 1
         self.target_updater.after_update(self.updates, self.target, self.online)
 
@@ -160,6 +144,5 @@ class DQNLearner:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.online.load_state_dict(state["online"])
         self.target.load_state_dict(state["target"])
-        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
-        self._adam_state = None  # the optimizer's state tensors were replaced
+        self.optimizer.load_state_dict(state["optimizer"])
         self.updates = int(state["updates"])
