@@ -101,6 +101,8 @@ def train(
         resume_state = components
     else:
         cfg = load_config(config, overrides, seed)
+    if address is not None:
+        cfg.cluster.address = address
     info = env_info(cfg.env)
     _check_devices(cfg)
 

@@ -78,7 +78,10 @@ class ReplayConfig(_Section):
 
 class LearnerConfig(_Section):
     lr: float = Field(2.5e-3, gt=0.0)
-    """Adam learning rate."""
+    """Adam learning rate (at the start, if ``lr_end`` is set)."""
+    lr_end: float | None = Field(None, gt=0.0)
+    """If set, the learning rate decays linearly from ``lr`` to this over the run's planned learner
+    updates (``train.total_env_steps * train.replay_ratio``), then stays there."""
     adam_eps: float = Field(1e-8, gt=0.0)
     gamma: float = Field(0.99, gt=0.0, le=1.0)
     """Discount per environment step; n-step transitions use gamma^n."""
@@ -108,17 +111,17 @@ class ExplorationConfig(_Section):
     schedule: Literal["linear", "exponential", "constant"] = "linear"
     eps_start: float = Field(1.0, ge=0.0, le=1.0)
     eps_end: float = Field(0.02, ge=0.0, le=1.0)
-    decay_env_steps: int = Field(10_000, ge=1)
+    decay_env_steps: int = Field(5_000, ge=1)
     """Linear: env steps from eps_start to eps_end. Exponential: env steps per factor of e."""
 
 
 class TrainConfig(_Section):
-    total_env_steps: int = Field(60_000, ge=1)
+    total_env_steps: int = Field(40_000, ge=1)
     """Environment steps (summed over sub-environments) after which training stops."""
-    learning_starts: int = Field(1_000, ge=0)
+    learning_starts: int = Field(500, ge=0)
     """Environment steps collected before the first learner update."""
-    replay_ratio: float = Field(0.25, gt=0.0)
-    """Learner updates per environment step (0.25: one update every 4 env steps)."""
+    replay_ratio: float = Field(0.5, gt=0.0)
+    """Learner updates per environment step (0.5: one update every 2 env steps)."""
     steps_per_collect: int = Field(4, ge=1)
     """Vector-env steps collected between two learner phases (each gives ``num_envs`` env steps)."""
     torch_threads: int | None = Field(None, ge=1)
@@ -157,8 +160,43 @@ class CheckpointConfig(_Section):
     """Include the replay buffer, so that a resumed run continues exactly."""
 
 
+class ApexConfig(_Section):
+    """Ape-X (Horgan et al. 2018): actors -> central prioritized replay -> learner."""
+
+    num_actors: int = Field(2, ge=1)
+    """Actor processes, each with its own vector env of ``env.num_envs`` sub-environments."""
+    base_epsilon: float = Field(0.4, ge=0.0, le=1.0)
+    epsilon_alpha: float = Field(7.0, ge=0.0)
+    """Each of the num_actors * num_envs sub-environments i explores with
+    eps_i = base_epsilon^(1 + i / (count - 1) * epsilon_alpha), fixed (the paper's per-actor epsilons)."""
+    weight_sync_period: int = Field(50, ge=1)
+    """Learner updates between weight publications; actors pick up the newest at their next call."""
+    blocks_per_call: int = Field(4, ge=1)
+    """``Actor.collect`` calls (of ``train.steps_per_collect`` vector steps) per remote call."""
+    updates_per_call: int = Field(64, ge=1)
+    """Learner updates per remote call (metrics and weights come back between calls)."""
+    batches_per_sample: int = Field(8, ge=1)
+    """Batches fetched from the replay per request (the next request is in flight while they train)."""
+    slack_updates: int = Field(256, ge=1)
+    """How far (in learner updates) either side may run ahead of the replay ratio before it waits."""
+    actor_cpus: float = Field(1.0, ge=0.0)
+    learner_cpus: float = Field(1.0, ge=0.0)
+    learner_gpus: float = Field(0.0, ge=0.0)
+    """GPUs for the learner (learner.device auto/cuda uses one when this is > 0)."""
+    replay_cpus: float = Field(0.0, ge=0.0)
+    stall_timeout_s: float = Field(120.0, gt=0.0)
+    """The run ends with an error if no actor or learner call completes for this long."""
+
+
+class ClusterConfig(_Section):
+    address: str | None = None
+    """Ray cluster to join (host:port, or ``auto``); None starts a local instance (or uses RAY_ADDRESS)."""
+    connect_timeout_s: float = Field(30.0, gt=0.0)
+    """Longest wait for the cluster to start or answer."""
+
+
 class Config(_Section):
-    topology: Literal["single"] = "single"
+    topology: Literal["single", "apex"] = "single"
     """How the algorithm is spread over processes (see distdqn/topologies)."""
     seed: int = Field(0, ge=0)
     env: EnvConfig = Field(default_factory=EnvConfig)
@@ -170,6 +208,8 @@ class Config(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    apex: ApexConfig = Field(default_factory=ApexConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Config:

@@ -50,3 +50,20 @@ def test_mismatched_state_is_refused():
     other = Adam([torch.zeros(5)], lr=1e-3).state_dict()
     with pytest.raises(ValueError, match="does not match"):
         adam.load_state_dict(other)
+
+
+def test_learner_learning_rate_decays_linearly_to_lr_end():
+    from distdqn.config import LearnerConfig
+    from distdqn.core.learner import DQNLearner
+    from distdqn.core.networks import build_q_network
+
+    learner = DQNLearner(build_q_network("mlp", (3,), 2, [8]), LearnerConfig(lr=1e-2, lr_end=1e-3),
+                         lr_decay_updates=10)
+    grads = {k: torch.zeros_like(v).numpy() for k, v in learner.online.named_parameters()}
+    seen = []
+    for _ in range(15):
+        learner.apply_grads(grads)
+        seen.append(learner.optimizer.lr)
+    assert seen[0] == pytest.approx(1e-2)
+    assert seen[5] == pytest.approx(1e-2 + 0.5 * (1e-3 - 1e-2))
+    assert seen[10:] == pytest.approx([1e-3] * 5)

@@ -59,7 +59,7 @@ class FusedMLPUpdate:
             return advantage.sub_(advantage.mean(1, keepdim=True)).add_(torch.addmm(value_b, x, value_w.t()))
         return torch.addmm(head[1], x, head[0].t())
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, obs, action, reward, next_obs, terminated, discount, weights):
         """Fill the online network's ``.grad``; return (loss, td_errors, mean Q of taken actions)."""
         batch = obs.shape[0]

@@ -24,6 +24,7 @@ from torch import nn
 from distdqn.core import fused_mlp
 from distdqn.core.losses import td_loss, td_targets
 from distdqn.core.optim import Adam
+from distdqn.core.schedules import LinearSchedule
 from distdqn.core.targets import TargetUpdater
 from distdqn.core.transitions import Batch
 
@@ -46,7 +47,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 class DQNLearner:
-    def __init__(self, network: nn.Module, cfg: LearnerConfig):
+    def __init__(self, network: nn.Module, cfg: LearnerConfig, lr_decay_updates: int | None = None):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.online = network.to(self.device)
@@ -57,6 +58,8 @@ class DQNLearner:
             p.grad = torch.zeros_like(p)
         self._grads = [p.grad for p in self.params]
         self.optimizer = Adam(self.params, lr=cfg.lr, eps=cfg.adam_eps)
+        self.lr_schedule = (LinearSchedule(cfg.lr, cfg.lr_end, lr_decay_updates or 1)
+                            if cfg.lr_end is not None else None)
         self.target_updater = TargetUpdater(cfg.target_update, cfg.target_update_period, cfg.tau)
         self.updates = 0
         use_fused = cfg.kernel == "fused_mlp" or (cfg.kernel == "auto" and fused_mlp.supports(network))
@@ -87,6 +90,7 @@ class DQNLearner:
         self._grads = [p.grad for p in self.params]  # autograd may have replaced a .grad tensor
         return loss.detach(), td_errors, q_taken.detach().mean()
 
+    @torch.inference_mode()
     def _clip(self) -> torch.Tensor:
         """Clip the global gradient norm in place (as ``clip_grad_norm_``); return the norm before."""
         total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self._grads)))
@@ -96,6 +100,8 @@ class DQNLearner:
         return total
 
     def _optimizer_step(self) -> None:
+        if self.lr_schedule is not None:
+            self.optimizer.lr = self.lr_schedule(self.updates)
         self.optimizer.step(self._grads)
         self.updates += 1
         self.target_updater.after_update(self.updates, self.target, self.online)

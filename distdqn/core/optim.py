@@ -25,7 +25,7 @@ class Adam:
         self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
         self.fused = hasattr(torch, "_fused_adam_") and all(p.device.type in ("cpu", "cuda") for p in self.params)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self, grads: list[torch.Tensor]) -> None:
         """theta <- theta - lr * m_hat / (sqrt(v_hat) + eps), with bias-corrected moments."""
         torch._foreach_add_(self.steps, 1)

@@ -84,3 +84,16 @@ def epsilon_greedy(q_values: np.ndarray, epsilon: float | np.ndarray, rng: np.ra
     if explore.any():
         actions = np.where(explore, rng.integers(0, num_actions, size=num_rows), actions)
     return actions
+
+
+def initial_priorities(policy, obs: np.ndarray, action: np.ndarray, reward: np.ndarray,
+                       next_obs: np.ndarray, terminated: np.ndarray, discount: np.ndarray) -> np.ndarray:
+    """|r + discount * (1 - terminated) * max_a Q(s', a) - Q(s, a)| with the actor's own network.
+
+    Ape-X actors compute these for the transitions they send, so that new data enters the replay
+    with a priority that reflects it instead of the running maximum.
+    """
+    q = policy.q_values(np.concatenate([obs, next_obs]))
+    q_taken = q[np.arange(len(obs)), action]
+    bootstrap = np.where(terminated, 0.0, discount * q[len(obs):].max(axis=1))
+    return np.abs(reward + bootstrap - q_taken)

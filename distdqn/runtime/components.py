@@ -20,7 +20,8 @@ def build_network(cfg: Config, info: EnvInfo) -> torch.nn.Module:
 
 
 def build_learner(cfg: Config, info: EnvInfo) -> DQNLearner:
-    return DQNLearner(build_network(cfg, info), cfg.learner)
+    planned_updates = int(cfg.train.total_env_steps * cfg.train.replay_ratio)
+    return DQNLearner(build_network(cfg, info), cfg.learner, lr_decay_updates=planned_updates)
 
 
 def build_policy(cfg: Config, info: EnvInfo, weights):

@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,6 +90,7 @@ class RunSession:
         self.stats = TrainingStats(self.start)
         self.writer: MetricsWriter | None = None
         self._last_logged_env_steps = -1
+        self.notes: list[str] = []
         self.extra_summary = extra_summary or {}
 
     # ---- lifecycle ----
@@ -120,7 +122,23 @@ class RunSession:
             self.evaluate(policy, env_steps)
         return self.cfg.eval.stop_when_solved and self.solved_at is not None
 
+    def due_for_evaluation(self, env_steps: int) -> bool:
+        return env_steps >= self.next_eval
+
+    def write_json(self, name: str, obj: Any) -> None:
+        tmp = self.run_dir / f".{name}.tmp"
+        tmp.write_text(json.dumps(obj, indent=1))
+        os.replace(tmp, self.run_dir / name)
+
+    def note(self, message: str) -> None:
+        """Something worth telling the user and keeping in the summary (an actor restart, say)."""
+        self.notes.append(f"{self.wall_s():.1f}s: {message}")
+        print(f"[distdqn] {message}", file=sys.stderr, flush=True)
+
     # ---- metrics ----
+    def due_for_log(self, env_steps: int) -> bool:
+        return env_steps >= self.next_log
+
     def log_if_due(self, env_steps: int, learner_updates: int, **extra: Any) -> None:
         if env_steps >= self.next_log:
             while self.next_log <= env_steps:
@@ -193,6 +211,7 @@ class RunSession:
             "learner_updates": learner_updates,
             "episodes": self.stats.episodes,
             "interrupted": interrupted,
+            "notes": self.notes,
             **self.extra_summary,
             **extra_summary,
         }
@@ -206,4 +225,6 @@ class RunSession:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-        self.eval_envs.close()
+        if self.eval_envs is not None:
+            self.eval_envs.close()
+            self.eval_envs = None

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-TOPOLOGIES = ("single",)
+TOPOLOGIES = ("single", "apex")
 
 
 def get_run(topology: str) -> Callable:
     """The ``run`` function of ``topology`` (imported lazily: only what is used is loaded)."""
     if topology == "single":
         from distdqn.topologies.single import run
+        return run
+    if topology == "apex":
+        from distdqn.topologies.apex import run
         return run
     raise ValueError(f"unknown topology {topology!r}")

@@ -1,0 +1,210 @@
+"""Ray actors that host core components: a replay server, a learner, and experience actors.
+
+They are thin: each wraps one core object and exposes calls that do a bounded amount of work and
+return, so the driver (a topology's ``run``) decides who does what and when, and can checkpoint,
+restart or stop them between calls. Every wait inside them has a timeout.
+
+Weights travel as a dict of NumPy arrays put once into the object store; callers pass the
+reference inside a list (a "box") so that Ray does not resolve it unless the receiver needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from distdqn.config import Config
+from distdqn.core.policy import initial_priorities
+from distdqn.core.ratelimit import RateLimiter
+from distdqn.core.transitions import Transitions
+from distdqn.envs import EnvInfo
+from distdqn.runtime import components as build
+
+SAMPLE_WAIT_S = 5.0   # a replay call waits at most this long for the rate limiter, then returns empty
+
+
+def _threads(cpus: float) -> None:
+    torch.set_num_threads(max(1, int(cpus) or 1))
+
+
+@ray.remote
+class ReplayServer:
+    """The central replay (prioritized or uniform) behind a rate limiter. An asyncio actor: a call
+    that must wait for the other side yields, so adds and samples interleave."""
+
+    def __init__(self, cfg: Config, info: EnvInfo, seed: int):
+        self.cfg = cfg
+        self.replay = build.build_replay(cfg, info, seed)
+        self.limiter = RateLimiter(cfg.train.replay_ratio, cfg.learning_starts_env_steps,
+                                   cfg.apex.slack_updates)
+        self._changed: asyncio.Condition | None = None
+        self.waits = {"insert_s": 0.0, "sample_s": 0.0}
+
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    async def _wait_until(self, predicate, key: str) -> bool:
+        changed = self._condition()
+        start = time.perf_counter()
+        async with changed:
+            try:
+                await asyncio.wait_for(changed.wait_for(predicate), SAMPLE_WAIT_S)
+                ok = True
+            except asyncio.TimeoutError:
+                ok = False
+        self.waits[key] += time.perf_counter() - start
+        return ok
+
+    async def add(self, transitions: Transitions, priorities: np.ndarray | None, env_steps: int) -> bool:
+        """Insert once the rate limiter allows it; False (nothing inserted) after SAMPLE_WAIT_S."""
+        if not await self._wait_until(lambda: self.limiter.can_insert(env_steps), "insert_s"):
+            return False
+        self.replay.add(transitions, priorities)
+        self.limiter.inserted(env_steps)
+        async with self._condition():
+            self._condition().notify_all()
+        return True
+
+    async def sample(self, num_batches: int, batch_size: int, beta: float) -> list:
+        """``num_batches`` batches once the rate limiter allows them; [] after SAMPLE_WAIT_S."""
+        ok = await self._wait_until(
+            lambda: len(self.replay) >= batch_size and self.limiter.can_sample(num_batches), "sample_s")
+        if not ok:
+            return []
+        self.limiter.sampled(num_batches)
+        batches = [self.replay.sample(batch_size, beta) for _ in range(num_batches)]
+        async with self._condition():
+            self._condition().notify_all()
+        return batches
+
+    async def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
+        self.replay.update_priorities(indices, td_errors)
+
+    async def stats(self) -> dict[str, Any]:
+        return {"replay_size": len(self.replay), "inserted_transitions": self.replay.total_added,
+                "inserted_env_steps": self.limiter.env_steps, "sampled_batches": self.limiter.updates,
+                "replay_insert_wait_s": self.waits["insert_s"], "replay_sample_wait_s": self.waits["sample_s"]}
+
+    async def state_dict(self) -> dict[str, Any]:
+        return {"replay": self.replay.state_dict(), "limiter": self.limiter.state_dict()}
+
+    async def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.replay.load_state_dict(state["replay"])
+        self.limiter.load_state_dict(state["limiter"])
+
+    async def identity(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+
+
+@ray.remote
+class LearnerWorker:
+    """A DQNLearner that trains from the replay server in chunks of updates."""
+
+    def __init__(self, cfg: Config, info: EnvInfo, replay: Any, seed: int):
+        _threads(cfg.apex.learner_cpus)
+        torch.manual_seed(seed)
+        self.cfg = cfg
+        self.learner = build.build_learner(cfg, info)
+        self.replay = replay
+        self.beta = build.build_beta_schedule(cfg)
+        self._prefetch = None
+        self._published_at = -1
+
+    def weights(self) -> tuple[int, list]:
+        """(learner updates, [ref]) of the current online weights, put once into the object store."""
+        return self.learner.updates, [ray.put(self.learner.get_weights())]
+
+    def train(self, num_updates: int, env_steps: int) -> dict[str, Any]:
+        """Up to ``num_updates`` updates; returns metric sums, and new weights every sync period."""
+        cfg = self.cfg.apex
+        sums: dict[str, float] = {}
+        done, start, waited = 0, time.perf_counter(), 0.0
+        beta = self.beta(env_steps)
+        batch_size = self.cfg.learner.batch_size
+        while done < num_updates:
+            if self._prefetch is None:
+                self._prefetch = self.replay.sample.remote(cfg.batches_per_sample, batch_size, beta)
+            t = time.perf_counter()
+            batches = ray.get(self._prefetch, timeout=SAMPLE_WAIT_S + 30)
+            waited += time.perf_counter() - t
+            # ask for the next batches before training on these (the replay works meanwhile)
+            self._prefetch = self.replay.sample.remote(cfg.batches_per_sample, batch_size, beta)
+            if not batches:
+                break  # the rate limiter says wait for actors: report back to the driver
+            for batch in batches:
+                result = self.learner.step(batch)
+                self.replay.update_priorities.remote(batch.indices, result.priorities)
+                for k, v in result.metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                done += 1
+        out: dict[str, Any] = {"updates": done, "learner_updates": self.learner.updates, "sums": sums,
+                               "busy_s": time.perf_counter() - start - waited, "wait_s": waited}
+        if self.learner.updates - self._published_at >= cfg.weight_sync_period:
+            self._published_at = self.learner.updates
+            out["weights"] = self.weights()
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.learner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.learner.load_state_dict(state)
+
+    def identity(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+
+
+@ray.remote
+class ExperienceActor:
+    """An Actor (vector env + epsilon-greedy policy) that sends its transitions, with initial
+    priorities, straight to the replay server."""
+
+    def __init__(self, cfg: Config, info: EnvInfo, replay: Any, epsilons: np.ndarray, seed: int):
+        _threads(cfg.apex.actor_cpus)
+        self.cfg = cfg
+        network = build.build_network(cfg, info)
+        weights = {k: v.numpy() for k, v in network.state_dict().items()}
+        self.actor = build.build_actor(cfg, info, weights, seed)
+        self.replay = replay
+        self.epsilons = np.asarray(epsilons, dtype=np.float64)
+        self.version = -1
+        self.prioritized = cfg.replay.prioritized
+
+    def collect(self, version: int, weights_box: list, num_blocks: int) -> dict[str, Any]:
+        """Take newer weights if offered, collect ``num_blocks`` blocks, send them to the replay."""
+        if version > self.version:
+            self.actor.policy.set_weights(ray.get(weights_box[0], timeout=60))
+            self.version = version
+        start = time.perf_counter()
+        env_steps, returns, lengths, waits, send_s = 0, [], [], 0, 0.0
+        for _ in range(num_blocks):
+            rollout = self.actor.collect(self.cfg.train.steps_per_collect, self.epsilons)
+            t = rollout.transitions
+            priorities = (initial_priorities(self.actor.policy, t.obs, t.action, t.reward, t.next_obs,
+                                             t.terminated, t.discount) if self.prioritized else None)
+            sent = time.perf_counter()
+            # the replay holds an insert back while the learner is behind: that is the back-pressure
+            while not ray.get(self.replay.add.remote(t, priorities, rollout.env_steps),
+                              timeout=SAMPLE_WAIT_S + 30):
+                waits += 1
+                if time.perf_counter() - sent > self.cfg.apex.stall_timeout_s:
+                    raise TimeoutError(f"the replay refused inserts for {self.cfg.apex.stall_timeout_s:.0f} s")
+            send_s += time.perf_counter() - sent
+            env_steps += rollout.env_steps
+            returns.append(rollout.episode_returns)
+            lengths.append(rollout.episode_lengths)
+        return {"env_steps": env_steps, "episode_returns": np.concatenate(returns) if returns else np.zeros(0),
+                "episode_lengths": np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
+                "version": self.version, "insert_waits": waits, "wall_s": time.perf_counter() - start,
+                "send_s": send_s}
+
+    def identity(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}

@@ -1,0 +1,184 @@
+"""apex: distributed prioritized experience replay (Horgan et al. 2018, "Distributed Prioritized
+Experience Replay", ICLR).
+
+    ExperienceActor 0 ---+                                   +--- weights (object store) ---+
+    ExperienceActor 1 ---+-- n-step transitions + initial --> ReplayServer                  |
+          ...            |   priorities (batches)            (prioritized, rate-limited)    |
+    ExperienceActor N-1 -+                                     |  ^                         |
+          ^                                        batches    |  | new priorities           |
+          |                                                   v  |                         |
+          +------------- newest weights, at each call ------ LearnerWorker ----------------+
+
+    The driver (this function) only conducts: it keeps one call in flight per actor and one for
+    the learner, hands actors the newest weights, evaluates, logs, checkpoints, and restarts
+    actors that die. Each of the num_actors * num_envs sub-environments explores with its own
+    fixed epsilon_i = 0.4^(1 + 7 i / (count - 1)).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from distdqn.config import Config
+from distdqn.core.schedules import per_actor_epsilons
+from distdqn.envs import EnvInfo
+from distdqn.errors import UserError
+from distdqn.runtime import components as build
+from distdqn.runtime.cluster import connect
+from distdqn.runtime.session import RunResult, RunSession, seed_everything, set_rng_state
+from distdqn.runtime.workers import ExperienceActor, LearnerWorker, ReplayServer
+
+
+class RunAborted(UserError):
+    """A process the run cannot do without (learner, replay) died or stalled."""
+
+
+def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None = None) -> RunResult:
+    a = cfg.apex
+    seed_everything(cfg.seed)
+    session = RunSession(cfg, run_dir, info)
+    cluster = connect(cfg.cluster.address, timeout_s=cfg.cluster.connect_timeout_s)
+    try:
+        # ---- build: replay server, learner, actors (spread over the cluster's nodes) ----
+        replay = ReplayServer.options(num_cpus=a.replay_cpus).remote(cfg, info, cfg.seed + 1)
+        learner = LearnerWorker.options(num_cpus=a.learner_cpus, num_gpus=a.learner_gpus).remote(
+            cfg, info, replay, cfg.seed + 2)
+        epsilons = per_actor_epsilons(a.num_actors * cfg.env.num_envs, a.base_epsilon, a.epsilon_alpha)
+        epsilons = epsilons.reshape(a.num_actors, cfg.env.num_envs)
+        restarts = 0
+
+        def start_actor(index: int, generation: int):
+            seed = cfg.seed + 1000 * (index + 1) + 7919 * generation
+            return ExperienceActor.options(num_cpus=a.actor_cpus, scheduling_strategy="SPREAD").remote(
+                cfg, info, replay, epsilons[index], seed)
+
+        actors = [start_actor(i, 0) for i in range(a.num_actors)]
+        env_steps, updates = 0, 0
+
+        def record_processes() -> None:
+            """processes.json: which process plays which role, and where (for users and tests)."""
+            roles = {"learner": learner, "replay": replay, **{f"actor{i}": x for i, x in enumerate(actors)}}
+            refs = {name: handle.identity.remote() for name, handle in roles.items()}
+            session.write_json("processes.json", {name: _get_or_none(ref) for name, ref in refs.items()})
+
+        # ---- resume: learner and replay from the checkpoint (actors start fresh episodes) ----
+        if resume is not None:
+            ray.get([learner.load_state_dict.remote(resume["learner"]),
+                     replay.load_state_dict.remote(resume["replay"])] if "replay" in resume
+                    else [learner.load_state_dict.remote(resume["learner"])], timeout=a.stall_timeout_s)
+            session.load_state_dict(resume["session"])
+            env_steps = resume["counters"]["env_steps"]
+            updates = resume["counters"]["learner_updates"]
+            restarts = resume["counters"].get("actor_restarts", 0)
+            set_rng_state(resume["rng"])
+        version, weights_box = ray.get(learner.weights.remote(), timeout=a.stall_timeout_s)
+        policy = build.build_policy(cfg, info, ray.get(weights_box[0]))
+        nodes = {}
+
+        def components() -> dict[str, Any]:
+            learner_state, replay_state = ray.get([learner.state_dict.remote(), replay.state_dict.remote()],
+                                                  timeout=a.stall_timeout_s)
+            state = {"learner": learner_state,
+                     "counters": {"env_steps": env_steps, "learner_updates": updates, "actor_restarts": restarts}}
+            if cfg.checkpoint.save_replay:
+                state["replay"] = replay_state
+            return state
+
+        # ---- loop: keep every actor and the learner busy; conduct between their calls ----
+        session.open(env_steps, updates)
+        session.restore_stats()
+        record_processes()
+        in_flight: dict[Any, tuple[str, int]] = {}
+        for i, actor in enumerate(actors):
+            in_flight[actor.collect.remote(version, weights_box, a.blocks_per_call)] = ("actor", i)
+        in_flight[learner.train.remote(a.updates_per_call, env_steps)] = ("learner", 0)
+        actor_versions = np.zeros(a.num_actors, dtype=np.int64)
+        learner_busy_s = 0.0
+        last_progress = time.perf_counter()
+        interrupted = False
+        try:
+            while env_steps < cfg.train.total_env_steps:
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+                if not ready:
+                    if time.perf_counter() - last_progress > a.stall_timeout_s:
+                        raise RunAborted(f"apex: no actor or learner call finished in {a.stall_timeout_s:.0f} s")
+                    continue
+                last_progress = time.perf_counter()
+                ref = ready[0]
+                role, index = in_flight.pop(ref)
+                if role == "actor":
+                    try:
+                        out = ray.get(ref)
+                    except (RayActorError, RayTaskError, GetTimeoutError) as exc:
+                        # an actor died: start a new one in its place, the run goes on
+                        restarts += 1
+                        ray.kill(actors[index], no_restart=True)
+                        actors[index] = start_actor(index, restarts)
+                        session.note(f"actor {index} died and was restarted ({type(exc).__name__})")
+                        record_processes()
+                        out = None
+                    if out is not None:
+                        env_steps += out["env_steps"]
+                        actor_versions[index] = out["version"]
+                        session.stats.add_episodes(out["episode_returns"], out["episode_lengths"])
+                    in_flight[actors[index].collect.remote(version, weights_box, a.blocks_per_call)] = ("actor", index)
+                else:
+                    try:
+                        out = ray.get(ref)
+                    except (RayActorError, RayTaskError) as exc:
+                        raise RunAborted(f"apex: the learner or replay failed ({_first_line(exc)}); "
+                                         f"the last checkpoint is intact") from None
+                    updates = out["learner_updates"]
+                    learner_busy_s += out["busy_s"]
+                    if out["updates"]:
+                        session.stats.add_update({k: v / out["updates"] for k, v in out["sums"].items()})
+                    if "weights" in out:
+                        version, weights_box = out["weights"]
+                    in_flight[learner.train.remote(a.updates_per_call, env_steps)] = ("learner", 0)
+
+                if session.due_for_evaluation(env_steps):
+                    policy.set_weights(ray.get(weights_box[0]))
+                if session.evaluate_if_due(policy, env_steps):
+                    break
+                if session.due_for_log(env_steps):
+                    replay_stats = ray.get(replay.stats.remote(), timeout=a.stall_timeout_s)
+                    session.log_if_due(env_steps, updates, actor_restarts=restarts,
+                                       weight_lag_updates=float(updates - actor_versions.mean()),
+                                       learner_busy_s=learner_busy_s, **replay_stats)
+                session.checkpoint_if_due(env_steps, components)
+        except KeyboardInterrupt:
+            interrupted = True
+
+        # ---- tear down: final weights, evaluation, checkpoint, summary ----
+        for ref in in_flight:
+            ray.cancel(ref, force=False)
+        version, weights_box = ray.get(learner.weights.remote(), timeout=a.stall_timeout_s)
+        policy.set_weights(ray.get(weights_box[0]))
+        for actor in actors:
+            ident = _get_or_none(actor.identity.remote())
+            if ident is not None:
+                nodes[ident["node_id"]] = nodes.get(ident["node_id"], 0) + 1
+        return session.finish(policy, env_steps, updates, components(), interrupted,
+                               actor_restarts=restarts, num_actors=a.num_actors,
+                               cluster_nodes=cluster.num_nodes, actor_nodes=nodes)
+    finally:
+        session.close()
+        cluster.shutdown()
+
+
+def _get_or_none(ref) -> Any:
+    try:
+        return ray.get(ref, timeout=30)
+    except (RayActorError, GetTimeoutError):
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1][:300] if text else type(exc).__name__
