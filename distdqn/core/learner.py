@@ -13,6 +13,7 @@ Gradients are clipped where they are computed (per worker), so one worker's ``co
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,10 @@ from distdqn.core.optim import Adam
 from distdqn.core.schedules import LinearSchedule
 from distdqn.core.targets import TargetUpdater
 from distdqn.core.transitions import Batch
+
+# Batches that arrive through Ray's object store are read-only NumPy views; the learner only reads
+# them, so torch's warning about non-writable arrays does not apply.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 if TYPE_CHECKING:
     from distdqn.config import LearnerConfig

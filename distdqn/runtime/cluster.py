@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 from dataclasses import dataclass
 
 import ray
@@ -73,24 +72,14 @@ def connect(address: str | None = None, num_cpus: int | None = None, timeout_s: 
         init_kwargs = dict(address=address, **kwargs)
         started_here = False
 
-    # ray.init has no overall timeout of its own: run it in a thread and bound the wait.
-    outcome: dict[str, BaseException | None] = {}
-
-    def init() -> None:
-        try:
-            ray.init(**init_kwargs)
-            outcome["error"] = None
-        except BaseException as exc:  # noqa: BLE001 - reported below as one line
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=init, daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise ClusterError(f"--address {address or 'local'}: Ray did not start or connect within {timeout_s:.0f} s")
-    if outcome["error"] is not None:
-        first = str(outcome["error"]).strip().splitlines()[0] if str(outcome["error"]).strip() else ""
-        raise ClusterError(f"--address {address or 'local'}: {type(outcome['error']).__name__}: {first}")
+    # Reachability was checked above with a bounded wait; ray.init itself must run on the main
+    # thread (it installs signal handlers), and fails on its own when its processes do not start.
+    try:
+        ray.init(**init_kwargs)
+    except Exception as exc:  # noqa: BLE001 - reported as one line
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else ""
+        raise ClusterError(f"--address {address or 'local'}: {type(exc).__name__}: {first}") from None
     resources = ray.cluster_resources()
     return Cluster(address, started_here, len([n for n in ray.nodes() if n.get("Alive")]),
                    resources.get("CPU", 0.0), resources.get("GPU", 0.0))

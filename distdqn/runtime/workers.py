@@ -139,12 +139,16 @@ class LearnerWorker:
             self._prefetch = self.replay.sample.remote(cfg.batches_per_sample, batch_size, beta)
             if not batches:
                 break  # the rate limiter says wait for actors: report back to the driver
+            indices, priorities = [], []
             for batch in batches:
                 result = self.learner.step(batch)
-                self.replay.update_priorities.remote(batch.indices, result.priorities)
+                indices.append(batch.indices)
+                priorities.append(result.priorities)
                 for k, v in result.metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
                 done += 1
+            if self.cfg.replay.prioritized:  # one message for the whole group of batches
+                self.replay.update_priorities.remote(np.concatenate(indices), np.concatenate(priorities))
         out: dict[str, Any] = {"updates": done, "learner_updates": self.learner.updates, "sums": sums,
                                "busy_s": time.perf_counter() - start - waited, "wait_s": waited}
         if self.learner.updates - self._published_at >= cfg.weight_sync_period:
