@@ -105,6 +105,9 @@ def train(
         cfg.cluster.address = address
     info = env_info(cfg.env)
     _check_devices(cfg)
+    if cfg.topology != "single":  # fail on an unreachable cluster before anything is written
+        from distdqn.runtime.cluster import check_reachable
+        check_reachable(cfg.cluster.address, min(cfg.cluster.connect_timeout_s, 10.0))
 
     if resume is None:
         run_dir = run_dir or _default_run_dir(cfg)

@@ -172,10 +172,11 @@ class ApexConfig(_Section):
     weight_sync_period: int = Field(50, ge=1)
     """Learner updates between weight publications; actors pick up the newest at their next call."""
     blocks_per_call: int = Field(4, ge=1)
-    """``Actor.collect`` calls (of ``train.steps_per_collect`` vector steps) per remote call."""
+    """``Actor.collect`` calls (of ``train.steps_per_collect`` vector steps) per remote call; their
+    transitions go to the replay as one insert."""
     updates_per_call: int = Field(64, ge=1)
     """Learner updates per remote call (metrics and weights come back between calls)."""
-    batches_per_sample: int = Field(8, ge=1)
+    batches_per_sample: int = Field(16, ge=1)
     """Batches fetched from the replay per request (the next request is in flight while they train)."""
     slack_updates: int = Field(256, ge=1)
     """How far (in learner updates) either side may run ahead of the replay ratio before it waits."""

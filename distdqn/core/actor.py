@@ -100,6 +100,10 @@ class Actor:
     def _episode_stats(self, block: StepBlock) -> tuple[np.ndarray, np.ndarray]:
         """Returns and lengths of the episodes that ended in ``block``, without a per-step loop."""
         done = (block.terminated | block.truncated) & block.valid
+        if not done.any():  # the common case: nothing ended, only the running sums move
+            self._episode_return += np.where(block.valid, block.reward, 0.0).sum(axis=0)
+            self._episode_length += block.valid.sum(axis=0)
+            return np.zeros(0), np.zeros(0, dtype=np.int64)
         rewards = np.where(block.valid, block.reward, 0.0)
         cum_return = self._episode_return + np.cumsum(rewards, axis=0)          # [T, N]
         cum_length = self._episode_length + np.cumsum(block.valid, axis=0)

@@ -1,7 +1,7 @@
 """Keeps the replay ratio (learner updates per env step) what the config says, whoever is faster.
 
 A sample of one batch is allowed while updates <= ratio * (env_steps - min_env_steps) + slack;
-an insert of k env steps is allowed while updates >= ratio * (env_steps + k - min_env_steps) - slack.
+an insert is allowed while updates >= ratio * (env_steps - min_env_steps) - slack.
 Fast actors wait for the learner, a fast learner waits for the actors; ``slack`` (in updates) lets
 each side run ahead a little so that neither stalls on every call (Reverb's SampleToInsertRatio).
 """
@@ -31,7 +31,9 @@ class RateLimiter:
         return self.updates + num_batches <= self._owed(self.env_steps) + self.slack
 
     def can_insert(self, env_steps: int) -> bool:
-        return self.updates >= self._owed(self.env_steps + env_steps) - self.slack
+        """Judged before the insert (not after), so an insert larger than the slack still goes in
+        once the learner has caught up: sampling and inserting can never both be refused."""
+        return self.updates >= self._owed(self.env_steps) - self.slack
 
     def inserted(self, env_steps: int) -> None:
         self.env_steps += env_steps

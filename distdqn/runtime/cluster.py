@@ -52,6 +52,17 @@ def _reachable(host: str, port: int, timeout_s: float) -> str | None:
         return exc.strerror or type(exc).__name__
 
 
+def check_reachable(address: str | None, timeout_s: float = 10.0) -> None:
+    """Raise ClusterError unless ``address`` (or RAY_ADDRESS) is empty, ``auto``, or answers on TCP."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address in (None, "local", "auto"):
+        return
+    host, port = _host_port(address)
+    problem = _reachable(host, port, timeout_s)
+    if problem is not None:
+        raise ClusterError(f"--address {address}: cannot reach a Ray cluster there ({problem})")
+
+
 def connect(address: str | None = None, num_cpus: int | None = None, timeout_s: float = 30.0) -> Cluster:
     """Join ``address`` (or RAY_ADDRESS) or start a local instance; raise ClusterError on failure."""
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -64,11 +75,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, timeout_s: 
         started_here = True
         address = None
     else:
-        if address != "auto":
-            host, port = _host_port(address)
-            problem = _reachable(host, port, min(timeout_s, 10.0))
-            if problem is not None:
-                raise ClusterError(f"--address {address}: cannot reach a Ray cluster there ({problem})")
+        check_reachable(address, min(timeout_s, 10.0))
         init_kwargs = dict(address=address, **kwargs)
         started_here = False
 

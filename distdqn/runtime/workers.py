@@ -188,27 +188,23 @@ class ExperienceActor:
             self.actor.policy.set_weights(ray.get(weights_box[0], timeout=60))
             self.version = version
         start = time.perf_counter()
-        env_steps, returns, lengths, waits, send_s = 0, [], [], 0, 0.0
-        for _ in range(num_blocks):
-            rollout = self.actor.collect(self.cfg.train.steps_per_collect, self.epsilons)
-            t = rollout.transitions
-            priorities = (initial_priorities(self.actor.policy, t.obs, t.action, t.reward, t.next_obs,
-                                             t.terminated, t.discount) if self.prioritized else None)
-            sent = time.perf_counter()
-            # the replay holds an insert back while the learner is behind: that is the back-pressure
-            while not ray.get(self.replay.add.remote(t, priorities, rollout.env_steps),
-                              timeout=SAMPLE_WAIT_S + 30):
-                waits += 1
-                if time.perf_counter() - sent > self.cfg.apex.stall_timeout_s:
-                    raise TimeoutError(f"the replay refused inserts for {self.cfg.apex.stall_timeout_s:.0f} s")
-            send_s += time.perf_counter() - sent
-            env_steps += rollout.env_steps
-            returns.append(rollout.episode_returns)
-            lengths.append(rollout.episode_lengths)
-        return {"env_steps": env_steps, "episode_returns": np.concatenate(returns) if returns else np.zeros(0),
-                "episode_lengths": np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
+        rollouts = [self.actor.collect(self.cfg.train.steps_per_collect, self.epsilons)
+                    for _ in range(num_blocks)]
+        t = Transitions.concatenate([r.transitions for r in rollouts])
+        env_steps = sum(r.env_steps for r in rollouts)
+        priorities = (initial_priorities(self.actor.policy, t.obs, t.action, t.reward, t.next_obs,
+                                         t.terminated, t.discount) if self.prioritized else None)
+        # one insert per call; the replay holds it back while the learner is behind (back-pressure)
+        sent, waits = time.perf_counter(), 0
+        while not ray.get(self.replay.add.remote(t, priorities, env_steps), timeout=SAMPLE_WAIT_S + 30):
+            waits += 1
+            if time.perf_counter() - sent > self.cfg.apex.stall_timeout_s:
+                raise TimeoutError(f"the replay refused inserts for {self.cfg.apex.stall_timeout_s:.0f} s")
+        return {"env_steps": env_steps,
+                "episode_returns": np.concatenate([r.episode_returns for r in rollouts]),
+                "episode_lengths": np.concatenate([r.episode_lengths for r in rollouts]),
                 "version": self.version, "insert_waits": waits, "wall_s": time.perf_counter() - start,
-                "send_s": send_s}
+                "send_s": time.perf_counter() - sent}
 
     def identity(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
