@@ -17,7 +17,8 @@ SHORT_RUN = [
 ]
 
 
-def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
+def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 300,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = dict(env or os.environ, PYTHONWARNINGS="ignore")
     return subprocess.run([sys.executable, "-m", "distdqn.cli", *args], cwd=cwd or REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)

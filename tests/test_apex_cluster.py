@@ -27,12 +27,20 @@ def _ray(*args: str, env: dict, timeout: float = 120) -> subprocess.CompletedPro
     return subprocess.run([RAY, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _cluster_env() -> dict[str, str]:
+    """Token authentication on every node and the driver, as Ray (>= 2.59) expects of a cluster."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_AUTH_MODE"] = "token"
+    return env
+
+
 @pytest.fixture
 def two_node_cluster(tmp_path):
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    env = dict(os.environ, RAY_ADDRESS="")
-    env.pop("RAY_ADDRESS")
+    env = _cluster_env()
+    token = _ray("get-auth-token", "--generate", env=env)
+    assert token.returncode == 0, token.stderr[-2000:]
     head = _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
                 "--include-dashboard=false", "--disable-usage-stats", env=env)
     assert head.returncode == 0, head.stderr[-2000:]
@@ -50,7 +58,8 @@ def test_apex_runs_actors_on_both_nodes(two_node_cluster, tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli(["train", "configs/cartpole-apex.yaml", "--address", two_node_cluster,
                       "--run-dir", str(run_dir), "--set", "apex.num_actors=2", "--set", "apex.actor_cpus=1",
-                      "--set", "train.total_env_steps=6000", "--set", "log.progress=false"], timeout=600)
+                      "--set", "train.total_env_steps=6000", "--set", "log.progress=false"], timeout=600,
+                     env=_cluster_env())
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["cluster_nodes"] == 2
