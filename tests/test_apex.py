@@ -60,3 +60,55 @@ def test_apex_survives_a_killed_actor(tmp_path):
     assert any("actor 0 died" in note for note in summary["notes"])
     assert summary["solved"], summary
     assert json.loads((run_dir / "processes.json").read_text())["actor0"]["pid"] != victim
+
+
+@pytest.mark.slow
+def test_apex_resume_continues_from_its_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    first = run_cli(["train", "configs/cartpole-apex.yaml", "--seed", "2", "--run-dir", str(run_dir),
+                     "--set", "train.total_env_steps=4000", "--set", "log.progress=false"], timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = json.loads((run_dir / "summary.json").read_text())
+    assert before["learner_updates"] > 0
+
+    resumed = run_cli(["train", "--resume", str(run_dir), "--set", "train.total_env_steps=8000"], timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = json.loads((run_dir / "summary.json").read_text())
+    assert after["env_steps"] >= 8000
+    # counters continue from the checkpoint instead of starting again
+    assert after["learner_updates"] > before["learner_updates"]
+    assert after["episodes"] > before["episodes"]
+    rows = read_metrics(run_dir)
+    steps = [r["env_steps"] for r in rows]
+    assert steps == sorted(steps)
+    # the replay came back: its size right after resuming is at least what was saved
+    resumed_rows = [r for r in rows if r["env_steps"] > before["env_steps"] and r.get("replay_size")]
+    assert resumed_rows and resumed_rows[0]["replay_size"] >= before["env_steps"] * 0.9
+
+
+@pytest.mark.slow
+def test_learner_death_ends_the_run_clearly_and_keeps_the_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "distdqn.cli", "train", "configs/cartpole-apex.yaml", "--seed", "4",
+           "--run-dir", str(run_dir), "--set", "log.progress=false",
+           "--set", "checkpoint.interval_env_steps=2000"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not (run_dir / "checkpoints" / "latest").is_file():
+            time.sleep(0.5)
+        assert (run_dir / "checkpoints" / "latest").is_file(), "no periodic checkpoint appeared"
+        learner_pid = json.loads((run_dir / "processes.json").read_text())["learner"]["pid"]
+        os.kill(learner_pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, err[-3000:]
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "learner" in errors[0], err[-2000:]
+    assert not (run_dir / "summary.json").exists()
+    # the last checkpoint is whole and usable
+    evaluated = run_cli(["evaluate", str(run_dir), "--episodes", "3"])
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
