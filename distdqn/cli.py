@@ -43,7 +43,7 @@ def check_compatible(checkpoint_cfg, cfg, where: Path) -> None:
 
 def _check_devices(cfg) -> None:
     from distdqn.errors import ConfigError
-    if cfg.learner.device == "cuda":
+    if cfg.learner.device == "cuda" and cfg.topology == "single":  # elsewhere the GPU may be on another node
         import torch
         if not torch.cuda.is_available():
             raise ConfigError("learner.device: cuda was asked for but no CUDA device is available "
