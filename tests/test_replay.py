@@ -243,3 +243,32 @@ def test_load_state_dict_rejects_a_different_capacity():
         ReplayBuffer(11, OBS_SHAPE, np.float32).load_state_dict(replay.state_dict())
     with pytest.raises(ValueError):
         ReplayBuffer(10, (3,), np.float32).load_state_dict(replay.state_dict())
+
+
+def test_sample_batches_draws_like_separate_samples_and_returns_views():
+    """Several batches at once: right shapes, weights per batch as for one batch, indices in range."""
+    from distdqn.core.replay import PrioritizedReplay, ReplayBuffer
+    from distdqn.core.transitions import Transitions
+
+    for cls in (ReplayBuffer, PrioritizedReplay):
+        replay = cls(100, (2,), np.float32, seed=1)
+        n = 60
+        replay.add(Transitions(obs=np.arange(2 * n, dtype=np.float32).reshape(n, 2),
+                               action=np.arange(n) % 3, reward=np.arange(n, dtype=np.float32),
+                               next_obs=np.zeros((n, 2), np.float32), terminated=np.zeros(n, bool),
+                               discount=np.ones(n, np.float32)))
+        if cls is PrioritizedReplay:
+            replay.update_priorities(np.arange(n), np.linspace(0.1, 5.0, n))
+        batches = replay.sample_batches(5, 16, beta=0.5)
+        assert len(batches) == 5
+        for batch in batches:
+            assert batch.obs.shape == (16, 2) and batch.indices.shape == (16,)
+            assert (batch.indices < n).all()
+            np.testing.assert_array_equal(batch.reward, batch.indices.astype(np.float32))
+            np.testing.assert_array_equal(batch.obs[:, 0], 2 * batch.indices)
+            assert batch.weights.max() <= 1.0 + 1e-6
+        # one sample(B) is exactly the first of sample_batches(1, B) from the same RNG state
+        state = replay.state_dict()
+        single = replay.sample(16, beta=0.5)
+        replay.load_state_dict(state)
+        np.testing.assert_array_equal(replay.sample_batches(1, 16, beta=0.5)[0].indices, single.indices)

@@ -115,11 +115,25 @@ class ReplayBuffer:
         )
 
     def sample(self, batch_size: int, beta: float = 1.0) -> Batch:
-        """Sample ``batch_size`` transitions uniformly with replacement (``beta`` is ignored)."""
+        """One batch of ``batch_size`` transitions (see ``sample_batches``)."""
+        return self.sample_batches(1, batch_size, beta)[0]
+
+    def sample_batches(self, num_batches: int, batch_size: int, beta: float = 1.0) -> list[Batch]:
+        """``num_batches`` batches drawn at once: one index draw and one gather for all of them,
+        then split into views (a learner that runs several updates per phase asks for them together)."""
         if self._size == 0:
             raise ValueError("cannot sample from an empty replay")
-        indices = self.rng.integers(0, self._size, size=batch_size)
-        return self._gather(indices, np.ones(batch_size, dtype=np.float32))
+        indices, weights = self._draw(num_batches, batch_size, beta)
+        big = self._gather(indices.reshape(-1), weights.reshape(-1))
+        return [Batch(obs=big.obs[s], action=big.action[s], reward=big.reward[s], next_obs=big.next_obs[s],
+                      terminated=big.terminated[s], discount=big.discount[s], indices=big.indices[s],
+                      weights=big.weights[s])
+                for s in (slice(i * batch_size, (i + 1) * batch_size) for i in range(num_batches))]
+
+    def _draw(self, num_batches: int, batch_size: int, beta: float) -> tuple[np.ndarray, np.ndarray]:
+        """Uniform with replacement; every importance weight is 1."""
+        indices = self.rng.integers(0, self._size, size=(num_batches, batch_size))
+        return indices, np.ones((num_batches, batch_size), dtype=np.float32)
 
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
         """Uniform replay keeps no priorities."""
@@ -178,17 +192,16 @@ class PrioritizedReplay(ReplayBuffer):
             self.max_priority = max(self.max_priority, float(priorities.max()))
         self._set(positions, priorities)
 
-    def sample(self, batch_size: int, beta: float = 0.4) -> Batch:
-        """Stratified proportional sampling: one draw from each of ``batch_size`` equal mass segments."""
-        if self._size == 0:
-            raise ValueError("cannot sample from an empty replay")
+    def _draw(self, num_batches: int, batch_size: int, beta: float) -> tuple[np.ndarray, np.ndarray]:
+        """Stratified proportional sampling: each batch takes one draw from each of ``batch_size``
+        equal-mass segments; all batches are searched in the sum-tree together."""
         total = self._sums.root
-        targets = (np.arange(batch_size) + self.rng.random(batch_size)) * (total / batch_size)
-        indices = np.minimum(self._sums.find_prefix_sum(targets), self._size - 1)
+        targets = (np.arange(batch_size) + self.rng.random((num_batches, batch_size))) * (total / batch_size)
+        indices = np.minimum(self._sums.find_prefix_sum(targets.reshape(-1)), self._size - 1)
         probs = self._sums[indices] / total
         min_prob = self._mins.root / total
         weights = np.power(probs / min_prob, -beta).astype(np.float32)  # = (N P_i)^-b / (N P_min)^-b
-        return self._gather(indices, weights)
+        return indices.reshape(num_batches, batch_size), weights.reshape(num_batches, batch_size)
 
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
         priorities = np.abs(np.asarray(td_errors, dtype=np.float64)) + self.priority_eps

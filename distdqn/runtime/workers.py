@@ -80,7 +80,7 @@ class ReplayServer:
         if not ok:
             return []
         self.limiter.sampled(num_batches)
-        batches = [self.replay.sample(batch_size, beta) for _ in range(num_batches)]
+        batches = self.replay.sample_batches(num_batches, batch_size, beta)
         async with self._condition():
             self._condition().notify_all()
         return batches

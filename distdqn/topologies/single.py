@@ -78,8 +78,8 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             session.stats.add_episodes(rollout.episode_returns, rollout.episode_lengths)
 
             num_updates = build.updates_due(cfg, env_steps, learner.updates)
-            for _ in range(num_updates):
-                batch = replay.sample(cfg.learner.batch_size, beta(env_steps))
+            batches = replay.sample_batches(num_updates, cfg.learner.batch_size, beta(env_steps)) if num_updates else []
+            for batch in batches:
                 result = learner.step(batch)
                 replay.update_priorities(batch.indices, result.priorities)
                 session.stats.add_update(result.metrics)
