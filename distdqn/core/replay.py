@@ -121,14 +121,14 @@ class ReplayBuffer:
     def sample_batches(self, num_batches: int, batch_size: int, beta: float = 1.0) -> list[Batch]:
         """``num_batches`` batches drawn at once: one index draw and one gather for all of them,
         then split into views (a learner that runs several updates per phase asks for them together)."""
+        return self.sample_stacked(num_batches, batch_size, beta).split(num_batches)
+
+    def sample_stacked(self, num_batches: int, batch_size: int, beta: float = 1.0) -> Batch:
+        """The batches of ``sample_batches`` as one stacked Batch (fewer arrays to send elsewhere)."""
         if self._size == 0:
             raise ValueError("cannot sample from an empty replay")
         indices, weights = self._draw(num_batches, batch_size, beta)
-        big = self._gather(indices.reshape(-1), weights.reshape(-1))
-        return [Batch(obs=big.obs[s], action=big.action[s], reward=big.reward[s], next_obs=big.next_obs[s],
-                      terminated=big.terminated[s], discount=big.discount[s], indices=big.indices[s],
-                      weights=big.weights[s])
-                for s in (slice(i * batch_size, (i + 1) * batch_size) for i in range(num_batches))]
+        return self._gather(indices.reshape(-1), weights.reshape(-1))
 
     def _draw(self, num_batches: int, batch_size: int, beta: float) -> tuple[np.ndarray, np.ndarray]:
         """Uniform with replacement; every importance weight is 1."""

@@ -41,3 +41,9 @@ class Batch(Transitions):
 
     indices: np.ndarray = None  # [B] int64 positions in the replay
     weights: np.ndarray = None  # [B] float32 importance-sampling weights (ones for uniform replay)
+
+    def split(self, num_batches: int) -> list[Batch]:
+        """Consecutive equal parts, as views (no copies)."""
+        size = len(self) // num_batches
+        return [Batch(**{f.name: getattr(self, f.name)[i * size:(i + 1) * size] for f in fields(self)})
+                for i in range(num_batches)]

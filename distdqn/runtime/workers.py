@@ -22,7 +22,7 @@ import torch
 from distdqn.config import Config
 from distdqn.core.policy import initial_priorities
 from distdqn.core.ratelimit import RateLimiter
-from distdqn.core.transitions import Transitions
+from distdqn.core.transitions import Batch, Transitions
 from distdqn.envs import EnvInfo
 from distdqn.runtime import components as build
 
@@ -73,17 +73,18 @@ class ReplayServer:
             self._condition().notify_all()
         return True
 
-    async def sample(self, num_batches: int, batch_size: int, beta: float) -> list:
-        """``num_batches`` batches once the rate limiter allows them; [] after SAMPLE_WAIT_S."""
+    async def sample(self, num_batches: int, batch_size: int, beta: float) -> Batch | None:
+        """``num_batches`` batches, stacked into one Batch (8 arrays to send, not 8 per batch), once
+        the rate limiter allows them; None after SAMPLE_WAIT_S."""
         ok = await self._wait_until(
             lambda: len(self.replay) >= batch_size and self.limiter.can_sample(num_batches), "sample_s")
         if not ok:
-            return []
+            return None
         self.limiter.sampled(num_batches)
-        batches = self.replay.sample_batches(num_batches, batch_size, beta)
+        stacked = self.replay.sample_stacked(num_batches, batch_size, beta)
         async with self._condition():
             self._condition().notify_all()
-        return batches
+        return stacked
 
     async def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
         self.replay.update_priorities(indices, td_errors)
@@ -133,14 +134,14 @@ class LearnerWorker:
             if self._prefetch is None:
                 self._prefetch = self.replay.sample.remote(cfg.batches_per_sample, batch_size, beta)
             t = time.perf_counter()
-            batches = ray.get(self._prefetch, timeout=SAMPLE_WAIT_S + 30)
+            stacked = ray.get(self._prefetch, timeout=SAMPLE_WAIT_S + 30)
             waited += time.perf_counter() - t
             # ask for the next batches before training on these (the replay works meanwhile)
             self._prefetch = self.replay.sample.remote(cfg.batches_per_sample, batch_size, beta)
-            if not batches:
+            if stacked is None:
                 break  # the rate limiter says wait for actors: report back to the driver
             indices, priorities = [], []
-            for batch in batches:
+            for batch in stacked.split(cfg.batches_per_sample):
                 result = self.learner.step(batch)
                 indices.append(batch.indices)
                 priorities.append(result.priorities)
