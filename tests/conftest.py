@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import SHORT_RUN, run_cli
+from tests.helpers import SHORT_RUN, ray_cli, run_cli, start_ray_head
 
 
 @pytest.fixture(scope="session")
@@ -12,3 +12,14 @@ def short_run(tmp_path_factory):
     result = run_cli(["train", "--run-dir", str(run_dir), "--seed", "3", *SHORT_RUN])
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One Ray cluster (a head on loopback) shared by the distributed-topology tests of a session;
+    runs join it with --address instead of each starting Ray. Yields (address, env for the CLI)."""
+    address = start_ray_head(num_cpus=4)
+    try:
+        yield address
+    finally:
+        ray_cli("stop", "--force")

@@ -22,3 +22,34 @@ def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 300,
     env = dict(env or os.environ, PYTHONWARNINGS="ignore")
     return subprocess.run([sys.executable, "-m", "distdqn.cli", *args], cwd=cwd or REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def ray_env() -> dict[str, str]:
+    """Environment for Ray CLI commands and drivers joining a test cluster: token authentication
+    on every node and the driver, as Ray (>= 2.59) expects of a cluster it did not start itself."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_AUTH_MODE"] = "token"
+    return env
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    ray = str(Path(sys.executable).with_name("ray"))
+    return subprocess.run([ray, *args], env=ray_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def start_ray_head(num_cpus: int) -> str:
+    """Start a Ray head on loopback (generating the auth token if needed); returns its address."""
+    token = ray_cli("get-auth-token", "--generate")
+    assert token.returncode == 0, token.stderr[-2000:]
+    port = free_port()
+    head = ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                   f"--num-cpus={num_cpus}", "--include-dashboard=false", "--disable-usage-stats")
+    assert head.returncode == 0, head.stderr[-2000:]
+    return f"127.0.0.1:{port}"

@@ -1,4 +1,5 @@
-"""apex on a real local Ray instance, through the CLI: it learns, survives an actor's death, resumes."""
+"""apex through the CLI on the session's real Ray cluster (joined with --address): it learns,
+survives an actor's death, stops cleanly when the learner dies, resumes."""
 
 from __future__ import annotations
 
@@ -12,17 +13,13 @@ import time
 import pytest
 
 from distdqn.metrics import read_metrics
-from tests.helpers import REPO, run_cli
-
-APEX_FAST = ["--set", "topology=apex", "--set", "log.progress=false", "--set", "apex.num_actors=2",
-             "--set", "apex.actor_cpus=0.5", "--set", "apex.learner_cpus=1"]
-
+from tests.helpers import REPO, ray_env, run_cli
 
 @pytest.mark.slow
-def test_apex_solves_cartpole(tmp_path):
+def test_apex_solves_cartpole(tmp_path, ray_cluster):
     run_dir = tmp_path / "run"
     result = run_cli(["train", "configs/cartpole-apex.yaml", "--seed", "0", "--run-dir", str(run_dir),
-                      "--set", "log.progress=false"], timeout=900)
+                      "--address", ray_cluster, "--set", "log.progress=false"], timeout=900, env=ray_env())
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["solved"], summary
@@ -34,12 +31,13 @@ def test_apex_solves_cartpole(tmp_path):
 
 
 @pytest.mark.slow
-def test_apex_survives_a_killed_actor(tmp_path):
+def test_apex_survives_a_killed_actor(tmp_path, ray_cluster):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "distdqn.cli", "train", "configs/cartpole-apex.yaml", "--seed", "1",
-           "--run-dir", str(run_dir), "--set", "log.progress=false", "--set", "apex.num_actors=2",
-           "--set", "apex.actor_cpus=0.5"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           "--run-dir", str(run_dir), "--address", ray_cluster, "--set", "log.progress=false",
+           "--set", "apex.num_actors=2", "--set", "apex.actor_cpus=0.5"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ray_env())
     try:
         deadline = time.time() + 120
         victim = None
@@ -63,15 +61,17 @@ def test_apex_survives_a_killed_actor(tmp_path):
 
 
 @pytest.mark.slow
-def test_apex_resume_continues_from_its_checkpoint(tmp_path):
+def test_apex_resume_continues_from_its_checkpoint(tmp_path, ray_cluster):
     run_dir = tmp_path / "run"
     first = run_cli(["train", "configs/cartpole-apex.yaml", "--seed", "2", "--run-dir", str(run_dir),
-                     "--set", "train.total_env_steps=4000", "--set", "log.progress=false"], timeout=600)
+                     "--address", ray_cluster, "--set", "train.total_env_steps=4000",
+                     "--set", "log.progress=false"], timeout=600, env=ray_env())
     assert first.returncode == 0, first.stderr[-3000:]
     before = json.loads((run_dir / "summary.json").read_text())
     assert before["learner_updates"] > 0
 
-    resumed = run_cli(["train", "--resume", str(run_dir), "--set", "train.total_env_steps=8000"], timeout=600)
+    resumed = run_cli(["train", "--resume", str(run_dir), "--address", ray_cluster,
+                       "--set", "train.total_env_steps=8000"], timeout=600, env=ray_env())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = json.loads((run_dir / "summary.json").read_text())
     assert after["env_steps"] >= 8000
@@ -87,12 +87,13 @@ def test_apex_resume_continues_from_its_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_learner_death_ends_the_run_clearly_and_keeps_the_checkpoint(tmp_path):
+def test_learner_death_ends_the_run_clearly_and_keeps_the_checkpoint(tmp_path, ray_cluster):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "distdqn.cli", "train", "configs/cartpole-apex.yaml", "--seed", "4",
-           "--run-dir", str(run_dir), "--set", "log.progress=false",
+           "--run-dir", str(run_dir), "--address", ray_cluster, "--set", "log.progress=false",
            "--set", "checkpoint.interval_env_steps=2000"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ray_env())
     try:
         deadline = time.time() + 180
         while time.time() < deadline and not (run_dir / "checkpoints" / "latest").is_file():
@@ -112,3 +113,17 @@ def test_learner_death_ends_the_run_clearly_and_keeps_the_checkpoint(tmp_path):
     # the last checkpoint is whole and usable
     evaluated = run_cli(["evaluate", str(run_dir), "--episodes", "3"])
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_apex_starts_its_own_ray_when_given_no_address(tmp_path):
+    """The embedded default: no cluster, no address, `distdqn train` with apex just works."""
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    result = run_cli(["train", "--set", "topology=apex", "--seed", "3", "--run-dir", str(run_dir),
+                      "--set", "train.total_env_steps=3000", "--set", "log.progress=false"],
+                     timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["cluster_nodes"] == 1 and summary["env_steps"] >= 3000
+    assert summary["learner_updates"] > 0
