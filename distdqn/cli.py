@@ -119,7 +119,13 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     typer.echo(f"run directory: {run_dir}", err=True)
-    result = get_run(cfg.topology)(cfg, run_dir, info, resume_state)
+    try:
+        result = get_run(cfg.topology)(cfg, run_dir, info, resume_state)
+    except UserError:
+        # refused before it started (a cluster too small, say): leave no half-made run behind
+        if resume is None and sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]:
+            shutil.rmtree(run_dir)
+        raise
     s = result.summary
     solved = (f"solved in {s['time_to_solve_s']:.2f} s at {s['env_steps_to_solve']} env steps"
               if s["solved"] else "not solved")

@@ -41,3 +41,14 @@ def test_unreachable_address_is_a_one_line_error(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0] and "cannot reach" in errors[0]
     assert not run_dir.exists()
+
+
+def test_a_cluster_too_small_for_the_run_is_a_one_line_error(ray_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(["train", "configs/cartpole-apex.yaml", "--address", ray_cluster, "--run-dir", str(run_dir),
+                      "--set", "apex.num_actors=50", "--set", "apex.actor_cpus=1"], timeout=300, env=ray_env())
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "needs 51 CPUs" in errors[0], result.stderr[-2000:]
+    assert not run_dir.exists()

@@ -71,7 +71,9 @@ def connect(address: str | None = None, num_cpus: int | None = None, timeout_s: 
     kwargs = dict(include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
                   configure_logging=True)
     if address in (None, "local"):
-        init_kwargs = dict(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+        # the local instance offers at least what the run asks for (oversubscribing the cores
+        # rather than leaving some of its processes unscheduled)
+        init_kwargs = dict(num_cpus=max(os.cpu_count() or 1, num_cpus or 0), **kwargs)
         started_here = True
         address = None
     else:
@@ -90,3 +92,13 @@ def connect(address: str | None = None, num_cpus: int | None = None, timeout_s: 
     resources = ray.cluster_resources()
     return Cluster(address, started_here, len([n for n in ray.nodes() if n.get("Alive")]),
                    resources.get("CPU", 0.0), resources.get("GPU", 0.0))
+
+
+def require_resources(cpus: float, gpus: float, what: str) -> None:
+    """Fail fast, in one line, when the cluster cannot place what the run asks for (Ray would
+    otherwise leave the tasks pending forever)."""
+    have = ray.cluster_resources()
+    have_cpus, have_gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
+    if cpus > have_cpus + 1e-9 or gpus > have_gpus + 1e-9:
+        raise ClusterError(f"{what} needs {cpus:g} CPUs and {gpus:g} GPUs; the cluster has "
+                           f"{have_cpus:g} CPUs and {have_gpus:g} GPUs")

@@ -17,6 +17,7 @@ Experience Replay", ICLR).
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from distdqn.core.schedules import per_actor_epsilons
 from distdqn.envs import EnvInfo
 from distdqn.errors import UserError
 from distdqn.runtime import components as build
-from distdqn.runtime.cluster import connect
+from distdqn.runtime.cluster import connect, require_resources
 from distdqn.runtime.session import RunResult, RunSession, seed_everything, set_rng_state
 from distdqn.runtime.workers import ExperienceActor, LearnerWorker, ReplayServer
 
@@ -43,8 +44,12 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     a = cfg.apex
     seed_everything(cfg.seed)
     session = RunSession(cfg, run_dir, info)
-    cluster = connect(cfg.cluster.address, timeout_s=cfg.cluster.connect_timeout_s)
+    cpus = a.replay_cpus + a.learner_cpus + a.num_actors * a.actor_cpus
+    cluster = connect(cfg.cluster.address, num_cpus=math.ceil(cpus), timeout_s=cfg.cluster.connect_timeout_s)
     try:
+        require_resources(cpus, a.learner_gpus,
+                          f"apex (replay {a.replay_cpus:g} + learner {a.learner_cpus:g} + "
+                          f"{a.num_actors} actors x {a.actor_cpus:g} CPUs)")
         # ---- build: replay server, learner, actors (spread over the cluster's nodes) ----
         replay = ReplayServer.options(num_cpus=a.replay_cpus).remote(cfg, info, cfg.seed + 1)
         learner = LearnerWorker.options(num_cpus=a.learner_cpus, num_gpus=a.learner_gpus).remote(
