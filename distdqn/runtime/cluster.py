@@ -73,7 +73,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, timeout_s: 
     if address in (None, "local"):
         # the local instance offers at least what the run asks for (oversubscribing the cores
         # rather than leaving some of its processes unscheduled)
-        init_kwargs = dict(num_cpus=max(os.cpu_count() or 1, num_cpus or 0), **kwargs)
+        # address="local": always a new instance, even when `ray start` left one running here
+        init_kwargs = dict(address="local", num_cpus=max(os.cpu_count() or 1, num_cpus or 0), **kwargs)
         started_here = True
         address = None
     else:

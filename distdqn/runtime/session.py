@@ -91,6 +91,7 @@ class RunSession:
         self.writer: MetricsWriter | None = None
         self._last_logged_env_steps = -1
         self.notes: list[str] = []
+        self._restored_stats: tuple[int, list[float]] | None = None
         self.extra_summary = extra_summary or {}
 
     # ---- lifecycle ----
@@ -181,7 +182,8 @@ class RunSession:
         self._restored_stats = (state["episodes"], state["recent_returns"])
 
     def restore_stats(self) -> None:
-        if hasattr(self, "_restored_stats"):
+        """After ``open``: carry the episode count and recent returns over from the checkpoint."""
+        if self._restored_stats is not None:
             episodes, recent = self._restored_stats
             self.stats.episodes = episodes
             self.stats._episode_returns.extend(recent)
