@@ -83,7 +83,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             restarts = resume["counters"].get("actor_restarts", 0)
             set_rng_state(resume["rng"])
         version, weights_box = ray.get(learner.weights.remote(), timeout=a.stall_timeout_s)
-        policy = build.build_policy(cfg, info, ray.get(weights_box[0]))
+        policy = build.build_policy(cfg, info, ray.get(weights_box[0], timeout=a.stall_timeout_s))
         nodes = {}
 
         def components() -> dict[str, Any]:
@@ -148,7 +148,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                     in_flight[learner.train.remote(a.updates_per_call, env_steps)] = ("learner", 0)
 
                 if session.due_for_evaluation(env_steps):
-                    policy.set_weights(ray.get(weights_box[0]))
+                    policy.set_weights(ray.get(weights_box[0], timeout=a.stall_timeout_s))
                 if session.evaluate_if_due(policy, env_steps):
                     break
                 if session.due_for_log(env_steps):
@@ -164,7 +164,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         for ref in in_flight:
             ray.cancel(ref, force=False)
         version, weights_box = ray.get(learner.weights.remote(), timeout=a.stall_timeout_s)
-        policy.set_weights(ray.get(weights_box[0]))
+        policy.set_weights(ray.get(weights_box[0], timeout=a.stall_timeout_s))
         for actor in actors:
             ident = _get_or_none(actor.identity.remote())
             if ident is not None:
