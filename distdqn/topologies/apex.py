@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from distdqn.config import Config
 from distdqn.core.schedules import per_actor_epsilons
@@ -120,7 +120,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                 if role == "actor":
                     try:
                         out = ray.get(ref)
-                    except (RayActorError, RayTaskError, GetTimeoutError) as exc:
+                    except RayError as exc:
                         # an actor died: start a new one in its place, the run goes on
                         restarts += 1
                         ray.kill(actors[index], no_restart=True)
@@ -136,7 +136,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                 else:
                     try:
                         out = ray.get(ref)
-                    except (RayActorError, RayTaskError) as exc:
+                    except RayError as exc:
                         raise RunAborted(f"apex: the learner or replay failed ({_first_line(exc)}); "
                                          f"the last checkpoint is intact") from None
                     updates = out["learner_updates"]
