@@ -130,7 +130,7 @@ def main() -> None:
                 rates[key].append(rate(fn, args.seconds / 4))
         med = {k: statistics.median(v) for k, v in rates.items()}
         ratios = [f / p for f, p in zip(rates["fused"], rates["plain"])]
-        cell = lambda k: f"{med[k]:,.0f}/s ({1e6 / med[k]:.0f} us)"  # noqa: E731
+        cell = lambda k: f"{med[k]:,.0f}/s ({1e6 / med[k]:.0f} us)"
         print(f"| 2x{hidden} MLP, batch {batch_size} | {cell('plain')} | {cell('autograd')} | "
               f"{cell('fused')} | {cell('matmul')} | {statistics.median(ratios):.2f}x |")
 

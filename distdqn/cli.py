@@ -12,7 +12,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -69,13 +69,13 @@ def _load_checkpoint_config(path: Path):
 
 @app.command()
 def train(
-    config: Annotated[Optional[Path], typer.Argument(help="YAML config; default: CartPole-v1 preset")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed (overrides the config's)")] = None,
-    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Where to write the run")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key.path=value")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory")] = None,
+    config: Annotated[Path | None, typer.Argument(help="YAML config; default: CartPole-v1 preset")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (overrides the config's)")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Where to write the run")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key.path=value")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory")] = False,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (distributed topologies)")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (distributed topologies)")] = None,
 ) -> None:
     """Train a DQN. With no CONFIG, trains CartPole-v1 on the default topology."""
     from distdqn.config import load_config

@@ -124,7 +124,7 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.scalars({k: v for k, v in row.items() if k != "env_steps"}, int(row["env_steps"]))
         if self._progress is not None:
-            fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+            fmt = lambda v: "-" if v is None else f"{v:.1f}"
             self._progress.update(self._task, completed=row["env_steps"],
                                   ret=fmt(row.get("episode_return_mean_100")),
                                   eval=fmt(row.get("eval_return_mean")),

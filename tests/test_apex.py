@@ -15,6 +15,7 @@ import pytest
 from distdqn.metrics import read_metrics
 from tests.helpers import REPO, ray_env, run_cli
 
+
 @pytest.mark.slow
 def test_apex_solves_cartpole(tmp_path, ray_cluster):
     run_dir = tmp_path / "run"

@@ -8,6 +8,7 @@ import pytest
 
 from tests.helpers import free_port, ray_cli, ray_env, run_cli
 
+
 @pytest.fixture
 def two_node_cluster(ray_cluster):
     """A second node (its own raylet) joined to the session's cluster on this machine."""

@@ -58,7 +58,7 @@ class ReplayServer:
             try:
                 await asyncio.wait_for(changed.wait_for(predicate), SAMPLE_WAIT_S)
                 ok = True
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 ok = False
         self.waits[key] += time.perf_counter() - start
         return ok

@@ -25,7 +25,12 @@ from distdqn.config import Config
 from distdqn.envs import EnvInfo
 from distdqn.runtime import components as build
 from distdqn.runtime.session import (
-    RunResult, RunSession, default_torch_threads, restore_env, seed_everything, set_rng_state,
+    RunResult,
+    RunSession,
+    default_torch_threads,
+    restore_env,
+    seed_everything,
+    set_rng_state,
     snapshot_env,
 )
 
