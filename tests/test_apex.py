@@ -20,7 +20,10 @@ from tests.helpers import REPO, ray_env, run_cli
 def test_apex_solves_cartpole(tmp_path, ray_cluster):
     run_dir = tmp_path / "run"
     result = run_cli(["train", "configs/cartpole-apex.yaml", "--seed", "0", "--run-dir", str(run_dir),
-                      "--address", ray_cluster, "--set", "log.progress=false"], timeout=900, env=ray_env())
+                      "--address", ray_cluster, "--set", "log.progress=false",
+                      # ends at the first solving evaluation; the budget only bounds a slow seed
+                      "--set", "eval.stop_when_solved=true", "--set", "train.total_env_steps=100000"],
+                     timeout=900, env=ray_env())
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["solved"], summary
@@ -36,7 +39,8 @@ def test_apex_survives_a_killed_actor(tmp_path, ray_cluster):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "distdqn.cli", "train", "configs/cartpole-apex.yaml", "--seed", "1",
            "--run-dir", str(run_dir), "--address", ray_cluster, "--set", "log.progress=false",
-           "--set", "apex.num_actors=2", "--set", "apex.actor_cpus=0.5"]
+           "--set", "apex.num_actors=2", "--set", "apex.actor_cpus=0.5",
+           "--set", "eval.stop_when_solved=true", "--set", "train.total_env_steps=100000"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=ray_env())
     try:
