@@ -9,11 +9,32 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from distdqn.metrics import read_metrics
 from tests.helpers import REPO, ray_env, run_cli
+
+
+def kill_role_mid_run(args: list[str], role: str, ready, wait_s: float, finish_s: float):
+    """Start `distdqn train ARGS`, wait until ``ready()`` holds, SIGKILL the process playing
+    ``role`` (from processes.json), and let the run finish. Returns (returncode, stderr, pid)."""
+    cmd = [sys.executable, "-m", "distdqn.cli", "train", *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ray_env())
+    try:
+        deadline = time.time() + wait_s
+        while time.time() < deadline and not ready():
+            time.sleep(0.5)
+        assert ready(), f"the run never got ready to lose its {role}"
+        victim = json.loads((Path(args[args.index("--run-dir") + 1]) / "processes.json").read_text())[role]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        _, err = proc.communicate(timeout=finish_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, err, victim
 
 
 @pytest.mark.slow
@@ -37,27 +58,16 @@ def test_apex_solves_cartpole(tmp_path, ray_cluster):
 @pytest.mark.slow
 def test_apex_survives_a_killed_actor(tmp_path, ray_cluster):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "distdqn.cli", "train", "configs/cartpole-apex.yaml", "--seed", "1",
-           "--run-dir", str(run_dir), "--address", ray_cluster, "--set", "log.progress=false",
-           "--set", "apex.num_actors=2", "--set", "apex.actor_cpus=0.5",
-           "--set", "eval.stop_when_solved=true", "--set", "train.total_env_steps=100000"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ray_env())
-    try:
-        deadline = time.time() + 120
-        victim = None
-        while time.time() < deadline and victim is None:
-            processes = run_dir / "processes.json"
-            if processes.is_file() and (run_dir / "metrics.jsonl").is_file() and read_metrics(run_dir):
-                victim = json.loads(processes.read_text())["actor0"]["pid"]
-            time.sleep(0.5)
-        assert victim is not None, "the run never reported its processes"
-        os.kill(victim, signal.SIGKILL)
-        out, err = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err[-3000:]
+    args = ["configs/cartpole-apex.yaml", "--seed", "1", "--run-dir", str(run_dir), "--address", ray_cluster,
+            "--set", "log.progress=false", "--set", "apex.num_actors=2", "--set", "apex.actor_cpus=0.5",
+            "--set", "eval.stop_when_solved=true", "--set", "train.total_env_steps=100000"]
+
+    def started() -> bool:
+        return ((run_dir / "processes.json").is_file() and (run_dir / "metrics.jsonl").is_file()
+                and bool(read_metrics(run_dir)))
+
+    returncode, err, victim = kill_role_mid_run(args, "actor0", started, wait_s=120, finish_s=900)
+    assert returncode == 0, err[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["actor_restarts"] >= 1
     assert any("actor 0 died" in note for note in summary["notes"])
@@ -94,23 +104,11 @@ def test_apex_resume_continues_from_its_checkpoint(tmp_path, ray_cluster):
 @pytest.mark.slow
 def test_learner_death_ends_the_run_clearly_and_keeps_the_checkpoint(tmp_path, ray_cluster):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "distdqn.cli", "train", "configs/cartpole-apex.yaml", "--seed", "4",
-           "--run-dir", str(run_dir), "--address", ray_cluster, "--set", "log.progress=false",
-           "--set", "checkpoint.interval_env_steps=2000"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ray_env())
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline and not (run_dir / "checkpoints" / "latest").is_file():
-            time.sleep(0.5)
-        assert (run_dir / "checkpoints" / "latest").is_file(), "no periodic checkpoint appeared"
-        learner_pid = json.loads((run_dir / "processes.json").read_text())["learner"]["pid"]
-        os.kill(learner_pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 2, err[-3000:]
+    args = ["configs/cartpole-apex.yaml", "--seed", "4", "--run-dir", str(run_dir), "--address", ray_cluster,
+            "--set", "log.progress=false", "--set", "checkpoint.interval_env_steps=2000"]
+    returncode, err, _ = kill_role_mid_run(
+        args, "learner", lambda: (run_dir / "checkpoints" / "latest").is_file(), wait_s=180, finish_s=300)
+    assert returncode == 2, err[-3000:]
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "learner" in errors[0], err[-2000:]

@@ -217,9 +217,7 @@ class RunSession:
             **self.extra_summary,
             **extra_summary,
         }
-        tmp = self.run_dir / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=1))
-        os.replace(tmp, self.run_dir / "summary.json")
+        self.write_json("summary.json", summary)
         self.close()
         return RunResult(summary, self.run_dir)
 
