@@ -1,4 +1,4 @@
-"""The ``distdqn`` command: train, evaluate, plot.
+"""The ``distdqn`` command: train, evaluate, plot, compare.
 
 User errors (bad config, unknown env id, bad checkpoint, existing run directory) are printed as one
 line, ``error: <what>``, with exit status 2 and no traceback; nothing is created or overwritten
@@ -23,7 +23,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 # Fields that must agree between a checkpoint and the config it is resumed or evaluated with.
 _MUST_MATCH = ("topology", "env.id", "env.kwargs", "env.num_envs", "network.kind",
-               "network.hidden_sizes", "network.dueling", "replay.capacity", "replay.prioritized")
+               "network.hidden_sizes", "network.dueling", "replay.capacity", "replay.prioritized",
+               "workers.num_workers")
 
 
 def _field(cfg_dict: dict, path: str):
@@ -174,6 +175,35 @@ def plot(
     from distdqn.plotting import plot_runs
     plot_runs(run_dirs, output)
     typer.echo(f"wrote {output}")
+
+
+@app.command()
+def compare(
+    configs: Annotated[list[Path], typer.Argument(help="YAML configs of the same environment")],
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per config")] = 5,
+    first_seed: Annotated[int, typer.Option("--first-seed", min=0, help="Seeds are first-seed, +1, ...")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Report directory; default reports/compare-ENV-TIME")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override for every config: key.path=value")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing report directory")] = False,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (distributed topologies)")] = None,
+) -> None:
+    """Train every config with each seed, one run at a time, and report which is faster to solve."""
+    import shlex
+
+    from distdqn.compare import compare as run_compare
+    from distdqn.compare import plan_comparison
+
+    command = shlex.join(["distdqn", *sys.argv[1:]])
+    plan = plan_comparison(configs, seeds, first_seed, list(set_ or []), address, out, overwrite, command)
+    for entry in plan.entries:
+        _check_devices(entry.cfg)
+    for cfg in [e.cfg for e in plan.entries if e.cfg.topology != "single"]:
+        # fail on an unreachable cluster before anything is written
+        from distdqn.runtime.cluster import check_reachable
+        check_reachable(address or cfg.cluster.address, min(cfg.cluster.connect_timeout_s, 10.0))
+    runs = run_compare(plan)
+    if not all(run.completed for run in runs):
+        raise typer.Exit(1)
 
 
 def main() -> None:

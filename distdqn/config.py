@@ -189,6 +189,66 @@ class ApexConfig(_Section):
     """The run ends with an error if no actor or learner call completes for this long."""
 
 
+class WorkersConfig(_Section):
+    """The workers of the data-parallel topologies (sync_ps, async_ps, allreduce). Each is a process
+    with its own vector env of ``env.num_envs`` sub-environments, its own local replay and a full
+    model replica. ``train.replay_ratio`` and ``train.learning_starts`` apply to each worker's own
+    replay (batches drawn per local env step), so with N workers each learner update averages N
+    batches and there are replay_ratio / N updates per env step of the whole run."""
+
+    num_workers: int = Field(2, ge=1)
+    cpus: float = Field(1.0, gt=0.0)
+    """CPUs reserved per worker (its torch threads follow, unless ``train.torch_threads`` is set)."""
+    gpus: float = Field(0.0, ge=0.0)
+    """GPUs per worker (``learner.device`` auto/cuda uses one when this is > 0)."""
+    stall_timeout_s: float = Field(120.0, gt=0.0)
+    """The run ends with an error if no worker call completes for this long."""
+
+
+class SyncPSConfig(_Section):
+    """Synchronous parameter server: every round the server waits for the workers, then updates."""
+
+    mode: Literal["gradient", "model"] = "gradient"
+    """``gradient``: theta <- theta - lr * mean_i(grad_i) (through the server's Adam), one learner update
+    per round; ``model``: each worker takes ``local_steps`` updates from theta, then
+    theta <- theta + (1/N) sum_i (theta_i - theta)."""
+    local_steps: int = Field(8, ge=1)
+    """Local learner updates per worker per round in the model form (counted as that many updates)."""
+    round_timeout_s: float = Field(10.0, gt=0.0)
+    """A worker that has not answered this long after a round began is left out of the round (its
+    late update is dropped, and counted); the round goes on with those that answered."""
+    min_workers: int = Field(1, ge=1)
+    """Answers a round needs; with fewer it keeps waiting, up to ``workers.stall_timeout_s``."""
+
+
+class AsyncPSConfig(_Section):
+    """Asynchronous parameter server (Gorila, Nair et al. 2015; A3C-style): workers push whenever ready."""
+
+    mode: Literal["gradient", "parameter"] = "gradient"
+    """``gradient``: each arriving gradient is applied at once (the server's Adam); ``parameter``:
+    each arriving worker model is mixed in, theta <- theta + mixing_rate * (theta_i - theta)."""
+    max_staleness: int = Field(16, ge=0)
+    """Updates computed more than this many server versions ago are dropped (and counted)."""
+    pull_period: int = Field(4, ge=1)
+    """Gradient form: a worker takes fresh weights every this many of its gradients."""
+    local_steps: int = Field(8, ge=1)
+    """Parameter form: local learner updates per push (a worker pulls fresh weights at every push)."""
+    mixing_rate: float = Field(0.5, gt=0.0, le=1.0)
+    """eta of the parameter form."""
+
+
+class AllReduceConfig(_Section):
+    """Decentralized data parallelism: workers average gradients with torch.distributed all-reduce."""
+
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """``auto``: nccl when the learners are on CUDA devices, else gloo."""
+    updates_per_call: int = Field(32, ge=1)
+    """Synchronized updates per remote call (metrics and rank 0's weights come back between calls)."""
+    collective_timeout_s: float = Field(60.0, gt=0.0)
+    """Longest wait for the process group to form and for any all-reduce; a rank that dies or
+    stalls ends the run with an error within about this long."""
+
+
 class ClusterConfig(_Section):
     address: str | None = None
     """Ray cluster to join (host:port, or ``auto``); None starts a local instance (or uses RAY_ADDRESS)."""
@@ -197,7 +257,7 @@ class ClusterConfig(_Section):
 
 
 class Config(_Section):
-    topology: Literal["single", "apex"] = "single"
+    topology: Literal["single", "apex", "sync_ps", "async_ps", "allreduce"] = "single"
     """How the algorithm is spread over processes (see distdqn/topologies)."""
     seed: int = Field(0, ge=0)
     env: EnvConfig = Field(default_factory=EnvConfig)
@@ -210,6 +270,10 @@ class Config(_Section):
     log: LogConfig = Field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     apex: ApexConfig = Field(default_factory=ApexConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    sync_ps: SyncPSConfig = Field(default_factory=SyncPSConfig)
+    async_ps: AsyncPSConfig = Field(default_factory=AsyncPSConfig)
+    allreduce: AllReduceConfig = Field(default_factory=AllReduceConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
@@ -218,6 +282,11 @@ class Config(_Section):
             raise ValueError(
                 f"learner.batch_size: must be <= replay.capacity "
                 f"({self.learner.batch_size} > {self.replay.capacity})"
+            )
+        if self.sync_ps.min_workers > self.workers.num_workers:
+            raise ValueError(
+                f"sync_ps.min_workers: must be <= workers.num_workers "
+                f"({self.sync_ps.min_workers} > {self.workers.num_workers})"
             )
         return self
 

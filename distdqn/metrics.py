@@ -92,6 +92,22 @@ class TensorBoardWriter:
         self._writer.add_event(self._event(summary=summary, wall_time=time.time(), step=step))
         self._writer.flush()
 
+    def histogram(self, tag: str, counts: np.ndarray, step: int) -> None:
+        """Counts of the integer values 0, 1, ..., len(counts) - 1 as a TensorBoard histogram."""
+        from tensorboard.compat.proto.summary_pb2 import HistogramProto
+        counts = np.asarray(counts, dtype=np.float64)
+        values = np.arange(len(counts), dtype=np.float64)
+        total = counts.sum()
+        if total == 0:
+            return
+        seen = values[counts > 0]
+        proto = HistogramProto(min=float(seen.min()), max=float(seen.max()), num=float(total),
+                               sum=float((values * counts).sum()), sum_squares=float((values**2 * counts).sum()),
+                               bucket_limit=(values + 0.5).tolist(), bucket=counts.tolist())
+        summary = self._summary(value=[self._summary.Value(tag=tag, histo=proto)])
+        self._writer.add_event(self._event(summary=summary, wall_time=time.time(), step=step))
+        self._writer.flush()
+
     def close(self) -> None:
         self._writer.close()
 
@@ -127,6 +143,10 @@ class MetricsWriter:
                                   ret=fmt(row.get("episode_return_mean_100")),
                                   eval=fmt(row.get("eval_return_mean")),
                                   rate=f"{row['env_steps_per_s']:,.0f}")
+
+    def histogram(self, tag: str, counts: np.ndarray, step: int) -> None:
+        if self._tb is not None:
+            self._tb.histogram(tag, counts, step)
 
     def close(self) -> None:
         if self._progress is not None:

@@ -1,9 +1,12 @@
 """DQNLearner: online and target networks, the optimizer, and the TD update.
 
     step(batch)          -> StepResult(metrics, priorities)     one update (single, Ape-X)
-    compute_grads(batch) -> (grads, StepResult)                   gradient only (parameter servers,
-    apply_grads(grads)                                            all-reduce): the optimizer step
-    get_weights() / set_weights(weights)                          dict of NumPy arrays, for broadcast
+    step(batch, reduce_grads)                                     the same, with the clipped gradient
+                                                                  averaged across replicas first (all-reduce)
+    compute_grads(batch) -> (grads, StepResult)                   gradient only (parameter servers):
+    apply_grads(grads)                                            the optimizer step with a given gradient
+    advance(num_updates)                                          count updates made elsewhere (model averaging)
+    get_weights() / set_weights(weights, target)                  dict of NumPy arrays, for broadcast
     state_dict() / load_state_dict(state)                         online, target, optimizer, counter
 
 Gradients are clipped where they are computed (per worker), so one worker's ``compute_grads`` ->
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +70,8 @@ class DQNLearner:
                             if cfg.lr_end is not None else None)
         self.target_updater = TargetUpdater(cfg.target_update, cfg.target_update_period, cfg.tau)
         self.updates = 0
+        self.target_version = 0     # ``updates`` when the target network last changed
+        self.owns_target = True     # False: a server keeps the target network and sends it here
         use_fused = cfg.kernel == "fused_mlp" or (cfg.kernel == "auto" and fused_mlp.supports(network))
         if cfg.kernel == "fused_mlp" and not fused_mlp.supports(network):
             raise ValueError("learner.kernel fused_mlp needs an MLP network (network.kind: mlp)")
@@ -109,12 +114,17 @@ class DQNLearner:
             self.optimizer.lr = self.lr_schedule(self.updates)
         self.optimizer.step(self._grads)
         self.updates += 1
-        self.target_updater.after_update(self.updates, self.target, self.online)
+        if self.owns_target and self.target_updater.after_update(self.updates, self.target, self.online):
+            self.target_version = self.updates
 
-    def step(self, batch: Batch) -> StepResult:
-        """One learner update on ``batch``; returns metrics and the new priorities."""
+    def step(self, batch: Batch, reduce_grads: Callable[[list[torch.Tensor]], None] | None = None) -> StepResult:
+        """One learner update on ``batch``; returns metrics and the new priorities. ``reduce_grads``,
+        if given, replaces the clipped gradient tensors in place (all-reduce averages them across
+        replicas) before the optimizer step."""
         loss, td_errors, q_mean = self._gradients(batch)
         grad_norm = self._clip()
+        if reduce_grads is not None:
+            reduce_grads(self._grads)
         self._optimizer_step()
         return self._result(loss, td_errors, q_mean, grad_norm)
 
@@ -132,6 +142,14 @@ class DQNLearner:
                 p.grad.copy_(torch.as_tensor(grads[name]))
         self._optimizer_step()
 
+    def advance(self, num_updates: int) -> None:
+        """Count ``num_updates`` updates that were made elsewhere (model averaging: the online weights
+        were just set to an average of workers' models), with the target updates they would have
+        made: a hard copy if a multiple of the period was crossed, or tau applied ``num_updates`` times."""
+        before, self.updates = self.updates, self.updates + num_updates
+        if self.target_updater.after_updates(before, self.updates, self.target, self.online):
+            self.target_version = self.updates
+
     @staticmethod
     def _result(loss, td_errors, q_mean, grad_norm) -> StepResult:
         metrics = torch.stack([loss, q_mean, grad_norm]).cpu().tolist()
@@ -142,18 +160,28 @@ class DQNLearner:
     def get_weights(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy().copy() for k, v in self.online.state_dict().items()}
 
-    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+    def get_target_weights(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.target.state_dict().items()}
+
+    def set_weights(self, weights: Mapping[str, np.ndarray],
+                    target: Mapping[str, np.ndarray] | None = None) -> None:
+        """Set the online weights (and the target network's, if given)."""
         with torch.no_grad():
             for k, v in self.online.state_dict().items():
                 v.copy_(torch.as_tensor(weights[k]))
+            if target is not None:
+                for k, v in self.target.state_dict().items():
+                    v.copy_(torch.as_tensor(target[k]))
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot (copies, not the live tensors)."""
         return copy.deepcopy({"online": self.online.state_dict(), "target": self.target.state_dict(),
-                              "optimizer": self.optimizer.state_dict(), "updates": self.updates})
+                              "optimizer": self.optimizer.state_dict(), "updates": self.updates,
+                              "target_version": self.target_version})
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.online.load_state_dict(state["online"])
         self.target.load_state_dict(state["target"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.updates = int(state["updates"])
+        self.target_version = int(state.get("target_version", self.updates))

@@ -35,3 +35,18 @@ class TargetUpdater:
             hard_update(target, online)
             return True
         return False
+
+    def after_updates(self, before: int, after: int, target: nn.Module, online: nn.Module) -> bool:
+        """After ``after - before`` updates made at once (model averaging): a hard copy if a multiple
+        of the period lies in (before, after]; a soft update with the rate of that many steps,
+        1 - (1 - tau)^k, which is what k soft updates toward a fixed online network would give."""
+        k = after - before
+        if k <= 0:
+            return False
+        if self.kind == "soft":
+            soft_update(target, online, 1.0 - (1.0 - self.tau) ** k)
+            return True
+        if after // self.period > before // self.period:
+            hard_update(target, online)
+            return True
+        return False

@@ -209,3 +209,128 @@ class ExperienceActor:
 
     def identity(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+
+
+# --------------------------------------------------------------------------------------------
+# Data-parallel workers (sync_ps, async_ps, allreduce): each hosts a Replica.
+
+WeightsBox = tuple[int, list, int, list]
+"""(online version, [online weights], target version, [target weights]): what a server broadcasts.
+Each list holds the weights themselves (small models) or a reference into the object store
+(large ones), which a worker fetches only when it is newer than what it holds."""
+
+
+def _unbox(box: list) -> Any:
+    item = box[0]
+    return ray.get(item, timeout=60) if isinstance(item, ray.ObjectRef) else item
+
+
+@ray.remote
+class ReplicaWorker:
+    """A Replica (vector env, local replay, learner replica) behind bounded calls."""
+
+    def __init__(self, cfg: Config, info: EnvInfo, index: int, num_replicas: int, seed: int, cpus: float,
+                 owns_target: bool):
+        from distdqn.runtime.replica import Replica
+        torch.set_num_threads(cfg.train.torch_threads or max(1, int(cpus) or 1))
+        self.replica = Replica(cfg, info, index, num_replicas, seed)
+        self.replica.learner.owns_target = owns_target
+        self.index = index
+        self.version, self.target_version = -1, -1
+        self._group = None
+
+    def _take(self, box: WeightsBox | None) -> None:
+        """Adopt the server's weights if they are newer than this replica's."""
+        if box is None:
+            return
+        version, online_box, target_version, target_box = box
+        if version == self.version and target_version == self.target_version:
+            return
+        online = _unbox(online_box) if version != self.version else self.replica.learner.get_weights()
+        target = _unbox(target_box) if target_version != self.target_version else None
+        self.replica.set_weights(online, target)
+        self.version, self.target_version = version, target_version
+
+    def gradient(self, box: WeightsBox | None, allow_collect: bool = True) -> dict[str, Any]:
+        """One gradient on the next owed batch, computed at the weights of ``box`` (or the last taken)."""
+        self._take(box)
+        grads, metrics = self.replica.gradient(allow_collect)
+        return {"grads": grads, "version": self.version, "metrics": metrics, **self.replica.drain()}
+
+    def local_steps(self, box: WeightsBox | None, num_updates: int, allow_collect: bool = True) -> dict[str, Any]:
+        """``num_updates`` local learner updates from the weights of ``box``; returns the new weights."""
+        self._take(box)
+        done, sums = self.replica.train(num_updates, allow_collect=allow_collect)
+        return {"weights": self.replica.learner.get_weights(), "updates": done, "version": self.version,
+                "sums": sums, **self.replica.drain()}
+
+    def set_weights(self, online: dict[str, np.ndarray], target: dict[str, np.ndarray]) -> None:
+        self.replica.set_weights(online, target)
+
+    # ---- all-reduce: a torch.distributed process group across the workers ----
+    def rendezvous_address(self) -> tuple[str, int]:
+        """This node's IP and a free port, for rank 0 to host the group's TCP store (as Ray Train does)."""
+        import socket
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def join_group(self, address: str, port: int, rank: int, world_size: int, backend: str,
+                   timeout_s: float) -> str:
+        import datetime
+
+        import torch.distributed as dist
+        if backend == "auto":
+            backend = "nccl" if torch.cuda.is_available() and self.replica.learner.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank,
+                                world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
+        self._group = dist.group.WORLD
+        return backend
+
+    def _allreduce_mean(self, grads: list[torch.Tensor]) -> None:
+        """Average the clipped gradients over all ranks: one flat buffer, one all-reduce."""
+        import torch.distributed as dist
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= dist.get_world_size()
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def train_allreduce(self, num_updates: int, publish: bool) -> dict[str, Any]:
+        """``num_updates`` synchronized updates: every rank calls this with the same count."""
+        start = time.perf_counter()
+        done, sums = self.replica.train(num_updates, reduce_grads=self._allreduce_mean)
+        out = {"updates": done, "learner_updates": self.replica.learner.updates, "sums": sums,
+               "busy_s": time.perf_counter() - start, **self.replica.drain()}
+        if publish:
+            out["weights"] = [ray.put(self.replica.learner.get_weights())]
+        return out
+
+    def weights_hash(self) -> str:
+        """A hash of the online and target parameters (replicas in step have equal hashes)."""
+        import hashlib
+        h = hashlib.sha256()
+        for weights in (self.replica.learner.get_weights(), self.replica.learner.get_target_weights()):
+            for key in sorted(weights):
+                h.update(key.encode())
+                h.update(np.ascontiguousarray(weights[key]).tobytes())
+        return h.hexdigest()[:16]
+
+    def leave_group(self) -> None:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    # ---- state ----
+    def state_dict(self, with_replay: bool) -> dict[str, Any]:
+        return self.replica.state_dict(with_replay)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.replica.load_state_dict(state)
+        self.version = self.target_version = -1
+
+    def identity(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), "index": self.index}

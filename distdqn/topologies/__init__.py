@@ -8,24 +8,23 @@ vector step      one call of ``VectorEnv.step``: ``num_envs`` env steps at once.
 transition       (s, a, R, s', terminated, discount) with an n-step return R, as stored in replay.
 learner update   one gradient step on one batch (counted once per update however many workers
                  contributed gradients to it).
-replay ratio     learner updates per env step.
+replay ratio     batches learned from per env step: learner updates per env step for one learner
+                 (single, apex); in the data-parallel topologies each worker draws batches at this
+                 ratio from its own replay, and one learner update combines N workers' batches.
 round            (sync_ps, federated) one cycle of broadcast -> local work -> aggregate.
 staleness        (async_ps) server version minus the version a worker's update was computed on.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
-TOPOLOGIES = ("single", "apex")
+TOPOLOGIES = ("single", "apex", "sync_ps", "async_ps", "allreduce")
 
 
 def get_run(topology: str) -> Callable:
     """The ``run`` function of ``topology`` (imported lazily: only what is used is loaded)."""
-    if topology == "single":
-        from distdqn.topologies.single import run
-        return run
-    if topology == "apex":
-        from distdqn.topologies.apex import run
-        return run
-    raise ValueError(f"unknown topology {topology!r}")
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"unknown topology {topology!r}")
+    return importlib.import_module(f"distdqn.topologies.{topology}").run

@@ -1,0 +1,142 @@
+"""WorkerRun: what the data-parallel topologies (sync_ps, async_ps, allreduce) share around their
+loops, so that each topology file holds only who calls what, and when:
+
+    connect to the cluster -> start the worker pool -> (restore) -> loop [topology] -> finish
+
+It owns the RunSession (evaluation, metrics, checkpoints, summary), the WorkerPool, the run's
+counters, the accounting of what workers report, worker restarts, and the checkpoint components.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distdqn.config import Config
+from distdqn.envs import EnvInfo
+from distdqn.errors import UserError
+from distdqn.runtime import components as build
+from distdqn.runtime.cluster import connect, require_resources
+from distdqn.runtime.pool import WorkerPool
+from distdqn.runtime.session import RunResult, RunSession, seed_everything, set_rng_state
+
+
+class RunAborted(UserError):
+    """A process the run cannot do without died or stalled; the last checkpoint is intact."""
+
+
+class WorkerRun:
+    def __init__(self, cfg: Config, run_dir: Path, info: EnvInfo, owns_target: bool, placement: bool = False):
+        w = cfg.workers
+        seed_everything(cfg.seed)
+        self.cfg, self.info = cfg, info
+        self.session = RunSession(cfg, run_dir, info)
+        cpus, gpus = w.num_workers * w.cpus, w.num_workers * w.gpus
+        self.cluster = None
+        self.pool: WorkerPool | None = None
+        try:
+            self.cluster = connect(cfg.cluster.address, num_cpus=math.ceil(cpus),
+                                   timeout_s=cfg.cluster.connect_timeout_s)
+            require_resources(cpus, gpus, f"{cfg.topology} ({w.num_workers} workers x {w.cpus:g} CPUs, "
+                                          f"{w.gpus:g} GPUs)")
+            self.pool = WorkerPool(cfg, info, owns_target, placement, timeout_s=w.stall_timeout_s)
+        except BaseException:
+            self.close()
+            raise
+        self.env_steps = 0
+        self.learner_updates = 0
+        self.counters: dict[str, Any] = {}   # topology-specific counts, kept in checkpoints and the summary
+        self._last_progress = time.perf_counter()
+        self.policy = None
+
+    # ---- start and resume ----
+    def restore(self, resume: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Restore the workers, counters, session and RNG; returns the checkpoint's learner state."""
+        if resume is None:
+            return None
+        if "workers" in resume:
+            self.pool.load_state_dicts(resume["workers"])
+        self.session.load_state_dict(resume["session"])
+        counters = dict(resume["counters"])
+        self.env_steps = counters.pop("env_steps")
+        self.learner_updates = counters.pop("learner_updates")
+        self.pool.restarts = counters.pop("worker_restarts", 0)
+        self.counters.update(counters)
+        set_rng_state(resume["rng"])
+        return resume["learner"]
+
+    def open(self, weights: dict[str, np.ndarray]) -> None:
+        """Start metrics, write processes.json (which also waits for every worker to be up)."""
+        self.policy = build.build_policy(self.cfg, self.info, weights)
+        self.session.open(self.env_steps, self.learner_updates)
+        self.session.restore_stats()
+        self.record_processes()
+        self._last_progress = time.perf_counter()
+
+    def record_processes(self) -> None:
+        """processes.json: which process plays which worker, and where (for users and tests)."""
+        self.session.write_json("processes.json", self.pool.identities())
+
+    # ---- during the loop ----
+    def absorb(self, out: dict[str, Any]) -> None:
+        """Count what a worker reports: env steps and finished episodes."""
+        self.env_steps += out["env_steps"]
+        self.session.stats.add_episodes(out["episode_returns"], out["episode_lengths"])
+        self._last_progress = time.perf_counter()
+
+    def add_update_metrics(self, sums: dict[str, float], count: int) -> None:
+        if count:
+            self.session.stats.add_update({k: v / count for k, v in sums.items()})
+
+    def worker_died(self, index: int) -> None:
+        """Start a new worker in the place of one that died; the run goes on."""
+        self.pool.restart(index)
+        self.session.note(f"worker {index} died and was restarted")
+        self.record_processes()
+
+    def check_stall(self) -> None:
+        limit = self.cfg.workers.stall_timeout_s
+        if time.perf_counter() - self._last_progress > limit:
+            raise RunAborted(f"{self.cfg.topology}: no worker call finished in {limit:.0f} s")
+
+    def progressed(self) -> None:
+        self._last_progress = time.perf_counter()
+
+    def housekeeping(self, weights: Callable[[], dict[str, np.ndarray]],
+                     learner_state: Callable[[], dict[str, Any]], **log_extra: Any) -> bool:
+        """Evaluate, log and checkpoint when due; True when the run should stop (solved)."""
+        s = self.session
+        if s.due_for_evaluation(self.env_steps):
+            self.policy.set_weights(weights())
+        if s.evaluate_if_due(self.policy, self.env_steps):
+            return True
+        s.log_if_due(self.env_steps, self.learner_updates, worker_restarts=self.pool.restarts, **log_extra)
+        s.checkpoint_if_due(self.env_steps, lambda: self.components(learner_state()))
+        return False
+
+    def components(self, learner_state: dict[str, Any]) -> dict[str, Any]:
+        return {"learner": learner_state,
+                "workers": self.pool.state_dicts(self.cfg.checkpoint.save_replay),
+                "counters": {"env_steps": self.env_steps, "learner_updates": self.learner_updates,
+                             "worker_restarts": self.pool.restarts, **self.counters}}
+
+    # ---- the end ----
+    def finish(self, weights: dict[str, np.ndarray], learner_state: dict[str, Any], interrupted: bool,
+               **summary: Any) -> RunResult:
+        self.policy.set_weights(weights)
+        return self.session.finish(self.policy, self.env_steps, self.learner_updates,
+                                   self.components(learner_state), interrupted,
+                                   num_workers=self.cfg.workers.num_workers, worker_restarts=self.pool.restarts,
+                                   cluster_nodes=self.cluster.num_nodes, **self.counters, **summary)
+
+    def close(self) -> None:
+        self.session.close()
+        if self.pool is not None:
+            self.pool.shutdown()
+        if self.cluster is not None:
+            self.cluster.shutdown()

@@ -1,0 +1,67 @@
+"""ParameterServer: the server's DQNLearner (online and target networks, optimizer), its version,
+and the weights it broadcasts through the object store: put once per version, read by every worker.
+
+The parameter-server topologies (sync_ps, async_ps) run it in the driver, which conducts the
+workers' calls; all the arithmetic is in ``core`` (the learner, ``core.aggregate``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import ray
+
+from distdqn.core import aggregate
+from distdqn.core.learner import DQNLearner
+from distdqn.runtime.workers import WeightsBox
+
+# Weights smaller than this travel inside each call (Ray inlines small arguments in the task itself,
+# which saves a put and a fetch: about 1 ms each here); larger ones are put into the object store
+# once and fetched by each worker.
+INLINE_BYTES = 100_000
+
+
+def _boxed(weights: dict[str, np.ndarray]) -> list:
+    if sum(v.nbytes for v in weights.values()) < INLINE_BYTES:
+        return [weights]
+    return [ray.put(weights)]
+
+
+class ParameterServer:
+    def __init__(self, learner: DQNLearner):
+        self.learner = learner
+        self._online: tuple[int, list] | None = None   # (version, [ref]) of the last put
+        self._target: tuple[int, list] | None = None
+
+    @property
+    def version(self) -> int:
+        """Learner updates applied so far: a worker's update made at version v is this minus v stale."""
+        return self.learner.updates
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return self.learner.get_weights()
+
+    # ---- the two kinds of update a server applies ----
+    def apply_gradient(self, grads: Mapping[str, np.ndarray]) -> None:
+        """theta <- optimizer step with ``grads`` (a mean over workers, or one worker's)."""
+        self.learner.apply_grads(grads)
+
+    def move_toward(self, models: list[Mapping[str, np.ndarray]], rate: float, num_updates: int,
+                    weights: list[float] | None = None) -> None:
+        """theta <- theta + rate * (mean_i(theta_i) - theta): model averaging (rate 1, the sync form),
+        or one worker's model mixed in (rate eta, the async parameter form). Counts ``num_updates``
+        updates, with the target updates they make."""
+        theta = self.learner.get_weights()
+        mean = aggregate.mean_of(models, weights)
+        self.learner.set_weights(aggregate.add_scaled(theta, aggregate.difference(mean, theta), rate))
+        self.learner.advance(num_updates)
+
+    # ---- broadcast ----
+    def box(self) -> WeightsBox:
+        """The current online and target weights, boxed once per version (see INLINE_BYTES)."""
+        if self._online is None or self._online[0] != self.version:
+            self._online = (self.version, _boxed(self.learner.get_weights()))
+        if self._target is None or self._target[0] != self.learner.target_version:
+            self._target = (self.learner.target_version, _boxed(self.learner.get_target_weights()))
+        return self._online[0], self._online[1], self._target[0], self._target[1]

@@ -1,0 +1,109 @@
+"""allreduce: decentralized data-parallel DQN, no server (synchronous SGD with all-reduce, as in
+Goyal et al. 2017, "Accurate, Large Minibatch SGD", and Horovod / PyTorch DDP).
+
+    +-------------------------- placement group (packed together) ---------------------------+
+    | ReplicaWorker rank 0        ReplicaWorker rank 1        ...   ReplicaWorker rank N-1     |
+    | env, replay, learner        env, replay, learner              env, replay, learner       |
+    |        \\_______________ all-reduce(mean of clipped gradients), every update ___________/ |
+    +-------------------------------------------------------------------------------------------+
+             ^ the driver (this function) only starts calls of ``updates_per_call`` updates on
+               every rank, evaluates rank 0's weights, logs and checkpoints
+
+Every rank starts from the same weights and applies the same averaged gradient with the same Adam,
+so the replicas stay identical (each also updates its own target network, identically); the
+driver checks this with a parameter hash per rank. The process group is formed as Ray Train does
+it: rank 0 names its node's address and a free port, every rank joins with torch.distributed
+(gloo on CPU, nccl on GPUs). A rank that dies or stalls ends the run with an error within
+``allreduce.collective_timeout_s``; the other ranks are stopped, nothing waits forever.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import RayError
+
+from distdqn.config import Config
+from distdqn.envs import EnvInfo
+from distdqn.runtime import components as build
+from distdqn.runtime.conductor import RunAborted, WorkerRun
+from distdqn.runtime.session import RunResult
+
+
+def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None = None) -> RunResult:
+    r = cfg.allreduce
+    job = WorkerRun(cfg, run_dir, info, owns_target=True, placement=True)
+    try:
+        pool = job.pool
+        ranks = pool.handles
+        # ---- build: one process group over the workers; every replica starts from the same weights ----
+        address, port = ray.get(ranks[0].rendezvous_address.remote(), timeout=r.collective_timeout_s)
+        joined = [h.join_group.remote(address, port, rank, len(ranks), r.backend, r.collective_timeout_s)
+                  for rank, h in enumerate(ranks)]
+        backend = _wait_all(joined, r.collective_timeout_s + 30, "forming the process group")[0]
+        initial = build.build_learner(cfg, info)
+        learner_state = job.restore(resume)   # the workers' replicas (learners included) come back too
+        if learner_state is None:
+            weights = initial.get_weights()
+            ray.get([h.set_weights.remote(weights, weights) for h in ranks], timeout=r.collective_timeout_s)
+        else:
+            initial.load_state_dict(learner_state)
+        weights_ref = [ray.put(initial.get_weights())]
+        job.open(initial.get_weights())
+        busy_s = 0.0
+
+        def rank0_state() -> dict[str, Any]:
+            return ray.get(ranks[0].state_dict.remote(False), timeout=r.collective_timeout_s)["learner"]
+
+        # ---- loop: every rank runs updates_per_call synchronized updates; the driver waits for all ----
+        interrupted = False
+        try:
+            while job.env_steps < cfg.train.total_env_steps:
+                calls = [h.train_allreduce.remote(r.updates_per_call, rank == 0) for rank, h in enumerate(ranks)]
+                outs = _wait_all(calls, r.collective_timeout_s + 30, "a step of synchronized updates")
+                for out in outs:
+                    job.absorb(out)
+                    job.add_update_metrics(out["sums"], out["updates"])
+                job.learner_updates = outs[0]["learner_updates"]
+                weights_ref = outs[0]["weights"]
+                busy_s += max(o["busy_s"] for o in outs)
+                if job.housekeeping(lambda: ray.get(weights_ref[0], timeout=60), rank0_state,
+                                    learner_busy_s=busy_s):
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+
+        # ---- tear down: replicas must be identical; final evaluation, checkpoint, summary ----
+        hashes = ray.get([h.weights_hash.remote() for h in ranks], timeout=r.collective_timeout_s)
+        if len(set(hashes)) != 1:
+            job.session.note(f"replicas differ at the end: {hashes}")
+        ray.get([h.leave_group.remote() for h in ranks], timeout=r.collective_timeout_s)
+        return job.finish(ray.get(weights_ref[0], timeout=60), rank0_state(), interrupted,
+                          backend=backend, replica_hashes=hashes, replicas_identical=len(set(hashes)) == 1)
+    except RayError as exc:
+        raise RunAborted(f"allreduce: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}") from None
+    finally:
+        job.close()
+
+
+def _wait_all(refs: list, timeout_s: float, what: str) -> list:
+    """Results of every rank's call, in rank order. The first rank to fail ends the wait at once
+    (the others would block in the collective): the run stops with an error naming it."""
+    pending = {ref: rank for rank, ref in enumerate(refs)}
+    results: dict[int, Any] = {}
+    deadline = time.perf_counter() + timeout_s
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.perf_counter()))
+        if not ready:
+            raise RunAborted(f"allreduce: rank(s) {sorted(pending.values())} did not finish {what} within "
+                             f"{timeout_s:.0f} s; the run stopped (the last checkpoint is intact)")
+        rank = pending.pop(ready[0])
+        try:
+            results[rank] = ray.get(ready[0])
+        except RayError as exc:
+            raise RunAborted(f"allreduce: rank {rank} failed during {what} "
+                             f"({type(exc).__name__}); the run stopped (the last checkpoint is intact)") from None
+    return [results[rank] for rank in range(len(refs))]
