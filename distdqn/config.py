@@ -33,6 +33,11 @@ class EnvConfig(_Section):
     """Sub-environments stepped together as one vector env, per actor process."""
     kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments for ``gymnasium.make`` (for example ``{gravity: 9.8}``)."""
+    attributes: dict[str, float] = Field(default_factory=dict)
+    """Physical parameters set on the environment after it is made, for ids that take them as
+    attributes rather than ``gymnasium.make`` arguments: for CartPole ``gravity``, ``masscart``,
+    ``masspole``, ``length`` (half the pole), ``force_mag``, ``tau`` (its derived masses follow).
+    An attribute the environment does not have is an error."""
     max_episode_steps: int | None = Field(None, ge=1)
     """Override of the id's time limit; None keeps the registered one."""
     vectorization: Literal["auto", "native", "sync", "async"] = "auto"
@@ -249,6 +254,45 @@ class AllReduceConfig(_Section):
     stalls ends the run with an error within about this long."""
 
 
+class ClientConfig(_Section):
+    """One federated client's own environment: overrides of ``env.kwargs`` and ``env.attributes``."""
+
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    attributes: dict[str, float] = Field(default_factory=dict)
+    """For example ``{length: 0.7, masspole: 0.15}`` for a CartPole with a longer, heavier pole."""
+
+
+class FederatedConfig(_Section):
+    """Federated averaging (McMahan et al. 2017): ``workers.num_workers`` clients each keep their
+    environment and replay; only model updates travel to the server."""
+
+    clients: list[ClientConfig] = Field(default_factory=list)
+    """Per-client environment variants, one per worker (client i gets entry i); empty: all use ``env``."""
+    clients_per_round: float = Field(1.0, gt=0.0, le=1.0)
+    """Fraction C of the clients sampled each round (at least one)."""
+    local_steps: int = Field(50, ge=1)
+    """Local learner updates E per sampled client per round (counted as E learner updates a round)."""
+    aggregator: Literal["fedavg", "median", "trimmed_mean"] = "fedavg"
+    """``fedavg``: theta <- theta + sum_k (n_k / n) (theta_k - theta), n_k the samples client k holds;
+    ``median`` / ``trimmed_mean``: coordinate-wise, robust to a minority of clients sending garbage."""
+    trim: int = Field(1, ge=0)
+    """Updates dropped from each end, per coordinate, by ``trimmed_mean``."""
+    proximal_mu: float = Field(0.0, ge=0.0)
+    """FedProx (Li et al. 2020): mu > 0 adds mu/2 ||theta_k - theta||^2 to each client's loss."""
+    round_timeout_s: float = Field(30.0, gt=0.0)
+    """Clients that have not answered this long after a round began are skipped for the round."""
+    min_clients: int = Field(1, ge=1)
+    """Answers a round needs; with fewer, the round is abandoned (the global model is unchanged) and
+    the run says so."""
+    dp_clip: float | None = Field(None, gt=0.0)
+    """Differential privacy: each client clips its update to this L2 norm before sending it."""
+    dp_noise_multiplier: float = Field(0.0, ge=0.0)
+    """... and adds Gaussian noise of standard deviation ``dp_noise_multiplier * dp_clip`` per coordinate."""
+    poisoned_clients: list[int] = Field(default_factory=list)
+    """For robustness experiments only: these clients send garbage (NaN and 1e6-sized values)
+    instead of their update."""
+
+
 class ClusterConfig(_Section):
     address: str | None = None
     """Ray cluster to join (host:port, or ``auto``); None starts a local instance (or uses RAY_ADDRESS)."""
@@ -257,7 +301,7 @@ class ClusterConfig(_Section):
 
 
 class Config(_Section):
-    topology: Literal["single", "apex", "sync_ps", "async_ps", "allreduce"] = "single"
+    topology: Literal["single", "apex", "sync_ps", "async_ps", "allreduce", "federated"] = "single"
     """How the algorithm is spread over processes (see distdqn/topologies)."""
     seed: int = Field(0, ge=0)
     env: EnvConfig = Field(default_factory=EnvConfig)
@@ -274,6 +318,7 @@ class Config(_Section):
     sync_ps: SyncPSConfig = Field(default_factory=SyncPSConfig)
     async_ps: AsyncPSConfig = Field(default_factory=AsyncPSConfig)
     allreduce: AllReduceConfig = Field(default_factory=AllReduceConfig)
+    federated: FederatedConfig = Field(default_factory=FederatedConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
@@ -288,9 +333,28 @@ class Config(_Section):
                 f"sync_ps.min_workers: must be <= workers.num_workers "
                 f"({self.sync_ps.min_workers} > {self.workers.num_workers})"
             )
+        f, n = self.federated, self.workers.num_workers
+        if f.clients and len(f.clients) != n:
+            raise ValueError(f"federated.clients: one entry per client is needed ({len(f.clients)} given, "
+                             f"workers.num_workers is {n})")
+        if f.min_clients > n:
+            raise ValueError(f"federated.min_clients: must be <= workers.num_workers ({f.min_clients} > {n})")
+        if f.dp_noise_multiplier > 0 and f.dp_clip is None:
+            raise ValueError("federated.dp_noise_multiplier: needs federated.dp_clip (the noise is scaled by it)")
+        if any(i < 0 or i >= n for i in f.poisoned_clients):
+            raise ValueError(f"federated.poisoned_clients: client indices must be in [0, {n})")
         return self
 
     # ---- derived values ----
+    def for_client(self, index: int) -> Config:
+        """This config with federated client ``index``'s environment variant (itself if none)."""
+        if not self.federated.clients:
+            return self
+        client = self.federated.clients[index]
+        env = self.env.model_copy(update={"kwargs": {**self.env.kwargs, **client.kwargs},
+                                          "attributes": {**self.env.attributes, **client.attributes}})
+        return self.model_copy(update={"env": env})
+
     @property
     def learning_starts_env_steps(self) -> int:
         """Updates begin once this many env steps are collected and a batch can be drawn."""

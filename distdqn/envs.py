@@ -57,7 +57,23 @@ def _single_env(cfg: EnvConfig) -> gym.Env:
         env = gym.make(cfg.id, frameskip=1, **kwargs)
         env = gym.wrappers.AtariPreprocessing(env, frame_skip=4, screen_size=84, grayscale_obs=True)
         return gym.wrappers.FrameStackObservation(env, 4)
-    return gym.make(cfg.id, **kwargs)
+    return _set_attributes(gym.make(cfg.id, **kwargs), cfg.attributes, cfg.id)
+
+
+def _set_attributes(env, attributes: dict[str, float], env_id: str):
+    """Set physical parameters on ``env.unwrapped`` (CartPole's derived masses are recomputed)."""
+    if not attributes:
+        return env
+    base = env.unwrapped
+    for name, value in attributes.items():
+        current = getattr(base, name, None)
+        if not isinstance(current, int | float) or isinstance(current, bool):
+            raise EnvironmentSpecError(f"env.attributes.{name}: {env_id} has no numeric attribute {name!r}")
+        setattr(base, name, type(current)(value))
+    if hasattr(base, "polemass_length"):   # CartPole keeps these two derived from the others
+        base.total_mass = base.masspole + base.masscart
+        base.polemass_length = base.masspole * base.length
+    return env
 
 
 def _mode(cfg: EnvConfig) -> str:
@@ -75,8 +91,8 @@ def make_vector_env(cfg: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
             kwargs = dict(cfg.kwargs)
             if cfg.max_episode_steps is not None:
                 kwargs["max_episode_steps"] = cfg.max_episode_steps
-            env = gym.make_vec(cfg.id, num_envs=num_envs, vectorization_mode="vector_entry_point",
-                               **kwargs)
+            env = _set_attributes(gym.make_vec(cfg.id, num_envs=num_envs, vectorization_mode="vector_entry_point",
+                                               **kwargs), cfg.attributes, cfg.id)
         elif mode == "sync":
             env = gym.vector.SyncVectorEnv([lambda: _single_env(cfg)] * num_envs)
         else:

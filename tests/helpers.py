@@ -21,7 +21,7 @@ def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 300,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = dict(env or os.environ, PYTHONWARNINGS="ignore")
     return subprocess.run([sys.executable, "-m", "distdqn.cli", *args], cwd=cwd or REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def ray_env() -> dict[str, str]:
@@ -41,7 +41,8 @@ def free_port() -> int:
 
 def ray_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     ray = str(Path(sys.executable).with_name("ray"))
-    return subprocess.run([ray, *args], env=ray_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([ray, *args], env=ray_env(), capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 def start_ray_head(num_cpus: int) -> str:
@@ -53,3 +54,40 @@ def start_ray_head(num_cpus: int) -> str:
                    f"--num-cpus={num_cpus}", "--include-dashboard=false", "--disable-usage-stats")
     assert head.returncode == 0, head.stderr[-2000:]
     return f"127.0.0.1:{port}"
+
+
+def act_on_role_mid_run(args: list[str], role: str, ready, act, wait_s: float, finish_s: float):
+    """Start `distdqn train ARGS`, wait until ``ready()`` holds, call ``act(pid)`` on the process
+    playing ``role`` (from processes.json), and let the run finish. Returns (returncode, stderr, pid)."""
+    import json
+    import time
+    cmd = [sys.executable, "-m", "distdqn.cli", "train", *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ray_env())
+    try:
+        deadline = time.time() + wait_s
+        while time.time() < deadline and not ready():
+            time.sleep(0.5)
+        assert ready(), f"the run never got ready to act on its {role}"
+        victim = json.loads((Path(args[args.index("--run-dir") + 1]) / "processes.json").read_text())[role]["pid"]
+        act(victim)
+        _, err = proc.communicate(timeout=finish_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, err, victim
+
+
+def kill_role_mid_run(args: list[str], role: str, ready, wait_s: float, finish_s: float):
+    """As act_on_role_mid_run, killing the process with SIGKILL."""
+    import signal
+    return act_on_role_mid_run(args, role, ready, lambda pid: os.kill(pid, signal.SIGKILL), wait_s, finish_s)
+
+
+def metrics_started(run_dir: Path):
+    """A ready() for the helpers above: processes.json and at least one metrics row exist."""
+    def ready() -> bool:
+        from distdqn.metrics import read_metrics
+        return ((run_dir / "processes.json").is_file() and (run_dir / "metrics.jsonl").is_file()
+                and bool(read_metrics(run_dir)))
+    return ready

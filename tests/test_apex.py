@@ -5,36 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from distdqn.metrics import read_metrics
-from tests.helpers import REPO, ray_env, run_cli
-
-
-def kill_role_mid_run(args: list[str], role: str, ready, wait_s: float, finish_s: float):
-    """Start `distdqn train ARGS`, wait until ``ready()`` holds, SIGKILL the process playing
-    ``role`` (from processes.json), and let the run finish. Returns (returncode, stderr, pid)."""
-    cmd = [sys.executable, "-m", "distdqn.cli", "train", *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ray_env())
-    try:
-        deadline = time.time() + wait_s
-        while time.time() < deadline and not ready():
-            time.sleep(0.5)
-        assert ready(), f"the run never got ready to lose its {role}"
-        victim = json.loads((Path(args[args.index("--run-dir") + 1]) / "processes.json").read_text())[role]["pid"]
-        os.kill(victim, signal.SIGKILL)
-        _, err = proc.communicate(timeout=finish_s)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return proc.returncode, err, victim
+from tests.helpers import kill_role_mid_run, metrics_started, ray_env, run_cli
 
 
 @pytest.mark.slow
@@ -61,12 +36,7 @@ def test_apex_survives_a_killed_actor(tmp_path, ray_cluster):
     args = ["configs/cartpole-apex.yaml", "--seed", "1", "--run-dir", str(run_dir), "--address", ray_cluster,
             "--set", "log.progress=false", "--set", "apex.num_actors=2", "--set", "apex.actor_cpus=0.5",
             "--set", "eval.stop_when_solved=true", "--set", "train.total_env_steps=100000"]
-
-    def started() -> bool:
-        return ((run_dir / "processes.json").is_file() and (run_dir / "metrics.jsonl").is_file()
-                and bool(read_metrics(run_dir)))
-
-    returncode, err, victim = kill_role_mid_run(args, "actor0", started, wait_s=120, finish_s=900)
+    returncode, err, victim = kill_role_mid_run(args, "actor0", metrics_started(run_dir), wait_s=120, finish_s=900)
     assert returncode == 0, err[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["actor_restarts"] >= 1

@@ -57,3 +57,33 @@ def test_override_into_a_value_is_an_error():
 def test_derived_learning_start_covers_a_batch():
     cfg = load_config(None, ["train.learning_starts=0", "learner.batch_size=32"])
     assert cfg.learning_starts_env_steps == 32
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["sync_ps.min_workers=3"], "sync_ps.min_workers: must be <= workers.num_workers"),
+    (["federated.clients=[{attributes: {length: 0.7}}]"], "federated.clients: one entry per client"),
+    (["federated.dp_noise_multiplier=1.0"], "federated.dp_noise_multiplier: needs federated.dp_clip"),
+    (["federated.poisoned_clients=[5]"], "federated.poisoned_clients"),
+    (["topology=gossip"], "topology"),
+])
+def test_cross_field_errors_name_the_field(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_config(None, overrides)
+
+
+def test_for_client_merges_the_client_variant_into_env():
+    cfg = load_config(CONFIGS / "cartpole-federated.yaml")
+    assert cfg.for_client(1).env.attributes == {"length": 0.6, "masspole": 0.12}
+    assert cfg.for_client(1).learner == cfg.learner
+    assert cfg.env.attributes == {}
+    assert load_config(None).for_client(0) == load_config(None)
+
+
+def test_env_attributes_change_the_physics_and_unknown_ones_are_errors():
+    from distdqn.config import EnvConfig
+    from distdqn.envs import env_info, make_vector_env
+    from distdqn.errors import EnvironmentSpecError
+    env = make_vector_env(EnvConfig(attributes={"length": 1.0, "masspole": 0.2}), 2).unwrapped
+    assert env.length == 1.0 and env.polemass_length == pytest.approx(0.2) and env.total_mass == pytest.approx(1.2)
+    with pytest.raises(EnvironmentSpecError, match="env.attributes.lenght"):
+        env_info(EnvConfig(attributes={"lenght": 1.0}))

@@ -292,3 +292,58 @@ def test_update_descends_a_fixed_regression(kernel, dueling):
     assert start > 0.5
     assert error() < 0.05
     assert losses[-1] < losses[0] / 20
+
+
+# ---- what the data-parallel topologies use: reduce_grads, advance, target weights ----
+
+def test_step_with_reduce_grads_equals_apply_grads_of_the_reduced_gradient():
+    """step(batch, reduce) == compute_grads -> reduce -> apply_grads (the all-reduce path)."""
+    batch = random_batch(np.random.default_rng(5))
+    a, b = make_learner(seed=2), make_learner(seed=2)
+    a.step(batch, reduce_grads=lambda grads: [g.mul_(0.5) for g in grads])
+    grads, _ = b.compute_grads(batch)
+    b.apply_grads({k: v * 0.5 for k, v in grads.items()})
+    assert_params_close(params(a), params(b))
+    assert a.updates == b.updates == 1
+
+
+def test_advance_counts_updates_and_makes_the_hard_target_copies_they_would():
+    learner = make_learner(target_update_period=5)
+    learner.step(random_batch(np.random.default_rng(0)))             # update 1: no copy
+    assert learner.target_version == 0
+    learner.advance(3)                                                # updates 2-4: no multiple of 5
+    assert learner.updates == 4 and learner.target_version == 0
+    assert not torch.equal(params(learner)["head.weight"], params(learner, "target")["head.weight"])
+    learner.advance(3)                                                # updates 5-7: crosses 5
+    assert learner.updates == 7 and learner.target_version == 7
+    assert_params_close(params(learner), params(learner, "target"))
+
+
+def test_advance_soft_equals_k_soft_updates_toward_fixed_weights():
+    a = make_learner(target_update="soft", tau=0.1)
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        for p in a.online.parameters():
+            p.add_(1.0)
+        for p in b.online.parameters():
+            p.add_(1.0)
+    a.advance(3)
+    for step in range(1, 4):
+        b.target_updater.after_update(step, b.target, b.online)
+    assert_params_close(params(a, "target"), params(b, "target"), atol=1e-6)
+
+
+def test_a_learner_that_does_not_own_its_target_never_changes_it():
+    learner = make_learner(target_update_period=1)
+    learner.owns_target = False
+    before = params(learner, "target")
+    for _ in range(3):
+        learner.step(random_batch(np.random.default_rng(1)))
+    assert_params_close(params(learner, "target"), before)
+
+
+def test_set_weights_with_target():
+    a, b = make_learner(seed=0), make_learner(seed=1)
+    b.set_weights(a.get_weights(), a.get_target_weights())
+    assert_params_close(params(a), params(b))
+    assert_params_close(params(a, "target"), params(b, "target"))

@@ -5,6 +5,7 @@ Every Q-network maps a batch of observations [B, *obs_shape] to action values [B
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,7 +33,7 @@ class MLPQNetwork(nn.Module):
                  dueling: bool = False):
         super().__init__()
         sizes = [in_features, *hidden_sizes]
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.head = DuelingHead(sizes[-1], num_actions) if dueling else nn.Linear(sizes[-1], num_actions)
         self.dueling = dueling
 

@@ -68,8 +68,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, timeout_s: 
     address = address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
         ray.shutdown()
-    kwargs = dict(include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
-                  configure_logging=True)
+    kwargs = {"include_dashboard": False, "log_to_driver": True, "logging_level": logging.WARNING,
+              "configure_logging": True}
     if address in (None, "local"):
         # the local instance offers at least what the run asks for (oversubscribing the cores
         # rather than leaving some of its processes unscheduled)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from distdqn.config import Config
 from distdqn.envs import EnvInfo
@@ -31,9 +32,13 @@ class RunAborted(UserError):
 
 
 class WorkerRun:
-    def __init__(self, cfg: Config, run_dir: Path, info: EnvInfo, owns_target: bool, placement: bool = False):
+    def __init__(self, cfg: Config, run_dir: Path, info: EnvInfo, owns_target: bool = False,
+                 placement: bool = False, actor_class: Any = None, save_workers: bool = True):
+        """``save_workers``: checkpoints include each worker's state (replay included); federated
+        runs say False, since client experience must never reach the server."""
         w = cfg.workers
         seed_everything(cfg.seed)
+        torch.set_num_threads(1)   # the driver's torch work (a server's Adam step) is small: no OpenMP spinning
         self.cfg, self.info = cfg, info
         self.session = RunSession(cfg, run_dir, info)
         cpus, gpus = w.num_workers * w.cpus, w.num_workers * w.gpus
@@ -44,15 +49,27 @@ class WorkerRun:
                                    timeout_s=cfg.cluster.connect_timeout_s)
             require_resources(cpus, gpus, f"{cfg.topology} ({w.num_workers} workers x {w.cpus:g} CPUs, "
                                           f"{w.gpus:g} GPUs)")
-            self.pool = WorkerPool(cfg, info, owns_target, placement, timeout_s=w.stall_timeout_s)
+            if actor_class is None:
+                self.pool = WorkerPool(cfg, info, extra_args=(owns_target,), placement=placement,
+                                       timeout_s=w.stall_timeout_s)
+            else:
+                self.pool = WorkerPool(cfg, info, actor_class, placement=placement, timeout_s=w.stall_timeout_s)
         except BaseException:
             self.close()
             raise
+        self.save_workers = save_workers
         self.env_steps = 0
         self.learner_updates = 0
         self.counters: dict[str, Any] = {}   # topology-specific counts, kept in checkpoints and the summary
         self._last_progress = time.perf_counter()
         self.policy = None
+        self._held = [(-1, -1)] * cfg.workers.num_workers   # weight versions each worker was sent
+
+    def weights_for(self, index: int, server: Any) -> Any:
+        """The server's weights box for worker ``index``, without what that worker already holds."""
+        box = server.box(self._held[index])
+        self._held[index] = (box[0], box[2])
+        return box
 
     # ---- start and resume ----
     def restore(self, resume: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -96,6 +113,7 @@ class WorkerRun:
     def worker_died(self, index: int) -> None:
         """Start a new worker in the place of one that died; the run goes on."""
         self.pool.restart(index)
+        self._held[index] = (-1, -1)
         self.session.note(f"worker {index} died and was restarted")
         self.record_processes()
 
@@ -120,10 +138,12 @@ class WorkerRun:
         return False
 
     def components(self, learner_state: dict[str, Any]) -> dict[str, Any]:
-        return {"learner": learner_state,
-                "workers": self.pool.state_dicts(self.cfg.checkpoint.save_replay),
-                "counters": {"env_steps": self.env_steps, "learner_updates": self.learner_updates,
-                             "worker_restarts": self.pool.restarts, **self.counters}}
+        state = {"learner": learner_state,
+                 "counters": {"env_steps": self.env_steps, "learner_updates": self.learner_updates,
+                              "worker_restarts": self.pool.restarts, **self.counters}}
+        if self.save_workers:
+            state["workers"] = self.pool.state_dicts(self.cfg.checkpoint.save_replay)
+        return state
 
     # ---- the end ----
     def finish(self, weights: dict[str, np.ndarray], learner_state: dict[str, Any], interrupted: bool,

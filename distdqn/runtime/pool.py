@@ -16,11 +16,19 @@ from distdqn.runtime.replica import replica_seed
 from distdqn.runtime.workers import ReplicaWorker
 
 
+MAX_RESTARTS_PER_WORKER = 10
+
+
 class WorkerPool:
-    def __init__(self, cfg: Config, info: EnvInfo, owns_target: bool, placement: bool = False,
-                 timeout_s: float = 120.0):
+    """``actor_class`` (ReplicaWorker, or FederatedClient) is constructed as
+    ``(cfg_i, info, index, num_workers, seed, cpus, *extra_args)``, with cfg_i worker i's config
+    (``Config.for_client``: a federated client's environment variant)."""
+
+    def __init__(self, cfg: Config, info: EnvInfo, actor_class: Any = ReplicaWorker, extra_args: tuple = (),
+                 placement: bool = False, timeout_s: float = 120.0):
         w = cfg.workers
-        self.cfg, self.info, self.owns_target, self.timeout_s = cfg, info, owns_target, timeout_s
+        self.cfg, self.info, self.timeout_s = cfg, info, timeout_s
+        self.actor_class, self.extra_args = actor_class, extra_args
         self.num_workers = w.num_workers
         self.restarts = 0
         self.generations = [0] * w.num_workers
@@ -45,11 +53,14 @@ class WorkerPool:
         else:
             options["scheduling_strategy"] = "SPREAD"
         seed = replica_seed(self.cfg.seed, index, self.generations[index])
-        return ReplicaWorker.options(**options).remote(self.cfg, self.info, index, self.num_workers, seed,
-                                                      w.cpus, self.owns_target)
+        return self.actor_class.options(**options).remote(self.cfg.for_client(index), self.info, index,
+                                                          self.num_workers, seed, w.cpus, *self.extra_args)
 
     def restart(self, index: int) -> None:
         """Replace worker ``index`` (which died) by a fresh one with a new seed."""
+        if self.generations[index] >= MAX_RESTARTS_PER_WORKER:
+            raise ClusterError(f"worker {index} died {MAX_RESTARTS_PER_WORKER + 1} times; giving up "
+                               f"(see the Ray worker logs for why)")
         ray.kill(self.handles[index], no_restart=True)
         self.restarts += 1
         self.generations[index] += 1

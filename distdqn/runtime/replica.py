@@ -117,7 +117,7 @@ class Replica:
             for k, v in result.metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             done += 1
-        self._policy_stale = True
+            self._policy_stale = True   # the next collection acts with the newest weights
         return done, sums
 
     # ---- reporting ----

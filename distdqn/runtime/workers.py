@@ -215,14 +215,31 @@ class ExperienceActor:
 # Data-parallel workers (sync_ps, async_ps, allreduce): each hosts a Replica.
 
 WeightsBox = tuple[int, list, int, list]
-"""(online version, [online weights], target version, [target weights]): what a server broadcasts.
-Each list holds the weights themselves (small models) or a reference into the object store
-(large ones), which a worker fetches only when it is newer than what it holds."""
+"""(online version, [ref to online weights], target version, [ref to target weights]): what a
+server broadcasts. A list is empty when the receiver already holds that version; the reference is
+boxed in a list so that Ray passes it as is and the worker fetches it only when needed."""
 
 
 def _unbox(box: list) -> Any:
-    item = box[0]
-    return ray.get(item, timeout=60) if isinstance(item, ray.ObjectRef) else item
+    return ray.get(box[0], timeout=60)
+
+
+class WeightsHolder:
+    """The server versions of the weights a replica holds, and adopting newer ones from a box."""
+
+    def __init__(self):
+        self.version, self.target_version = -1, -1
+
+    def take(self, replica: Any, box: WeightsBox | None) -> None:
+        if box is None:
+            return
+        version, online_box, target_version, target_box = box
+        if version == self.version and target_version == self.target_version:
+            return
+        online = _unbox(online_box) if online_box else replica.learner.get_weights()
+        target = _unbox(target_box) if target_box else None
+        replica.set_weights(online, target)
+        self.version, self.target_version = version, target_version
 
 
 @ray.remote
@@ -236,32 +253,24 @@ class ReplicaWorker:
         self.replica = Replica(cfg, info, index, num_replicas, seed)
         self.replica.learner.owns_target = owns_target
         self.index = index
-        self.version, self.target_version = -1, -1
+        self.held = WeightsHolder()
         self._group = None
 
     def _take(self, box: WeightsBox | None) -> None:
         """Adopt the server's weights if they are newer than this replica's."""
-        if box is None:
-            return
-        version, online_box, target_version, target_box = box
-        if version == self.version and target_version == self.target_version:
-            return
-        online = _unbox(online_box) if version != self.version else self.replica.learner.get_weights()
-        target = _unbox(target_box) if target_version != self.target_version else None
-        self.replica.set_weights(online, target)
-        self.version, self.target_version = version, target_version
+        self.held.take(self.replica, box)
 
     def gradient(self, box: WeightsBox | None, allow_collect: bool = True) -> dict[str, Any]:
         """One gradient on the next owed batch, computed at the weights of ``box`` (or the last taken)."""
         self._take(box)
         grads, metrics = self.replica.gradient(allow_collect)
-        return {"grads": grads, "version": self.version, "metrics": metrics, **self.replica.drain()}
+        return {"grads": grads, "version": self.held.version, "metrics": metrics, **self.replica.drain()}
 
     def local_steps(self, box: WeightsBox | None, num_updates: int, allow_collect: bool = True) -> dict[str, Any]:
         """``num_updates`` local learner updates from the weights of ``box``; returns the new weights."""
         self._take(box)
         done, sums = self.replica.train(num_updates, allow_collect=allow_collect)
-        return {"weights": self.replica.learner.get_weights(), "updates": done, "version": self.version,
+        return {"weights": self.replica.learner.get_weights(), "updates": done, "version": self.held.version,
                 "sums": sums, **self.replica.drain()}
 
     def set_weights(self, online: dict[str, np.ndarray], target: dict[str, np.ndarray]) -> None:
@@ -330,7 +339,7 @@ class ReplicaWorker:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.replica.load_state_dict(state)
-        self.version = self.target_version = -1
+        self.held = WeightsHolder()
 
     def identity(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), "index": self.index}

@@ -70,7 +70,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                 job.learner_updates = outs[0]["learner_updates"]
                 weights_ref = outs[0]["weights"]
                 busy_s += max(o["busy_s"] for o in outs)
-                if job.housekeeping(lambda: ray.get(weights_ref[0], timeout=60), rank0_state,
+                if job.housekeeping(lambda ref=weights_ref[0]: ray.get(ref, timeout=60), rank0_state,
                                     learner_busy_s=busy_s):
                     break
         except KeyboardInterrupt:

@@ -120,7 +120,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                 if role == "actor":
                     try:
                         out = ray.get(ref)
-                    except RayError as exc:
+                    except RayActorError as exc:
                         # an actor died: start a new one in its place, the run goes on
                         restarts += 1
                         ray.kill(actors[index], no_restart=True)
@@ -128,6 +128,8 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                         session.note(f"actor {index} died and was restarted ({type(exc).__name__})")
                         record_processes()
                         out = None
+                    except RayError as exc:   # the actor is alive but its call failed: a bug, not a crash
+                        raise RunAborted(f"apex: actor {index} failed ({_first_line(exc)})") from None
                     if out is not None:
                         env_steps += out["env_steps"]
                         actor_versions[index] = out["version"]

@@ -55,10 +55,10 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             if a.mode == "gradient":
                 box = None
                 if since_pull[index] == 0:
-                    box = server.box()
+                    box = job.weights_for(index, server)
                 since_pull[index] = (since_pull[index] + 1) % a.pull_period
                 return worker.gradient.remote(box)
-            return worker.local_steps.remote(server.box(), a.local_steps)
+            return worker.local_steps.remote(job.weights_for(index, server), a.local_steps)
 
         # ---- loop: take whichever update arrives first, apply it, send that worker back ----
         in_flight = {call(i): i for i in range(pool.num_workers)}

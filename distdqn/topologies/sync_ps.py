@@ -48,8 +48,8 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         pool = job.pool
         late: dict[Any, int] = {}                         # calls that missed their round -> worker
 
-        def call(index: int, box, allow_collect: bool):
-            worker = pool.handles[index]
+        def call(index: int, allow_collect: bool):
+            worker, box = pool.handles[index], job.weights_for(index, server)
             if s.mode == "gradient":
                 return worker.gradient.remote(box, allow_collect)
             return worker.local_steps.remote(box, s.local_steps, allow_collect)
@@ -59,9 +59,8 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         try:
             while True:
                 budget_spent = job.env_steps >= cfg.train.total_env_steps
-                box = server.box()
                 busy = set(late.values())
-                calls = {call(i, box, not budget_spent): i for i in range(pool.num_workers) if i not in busy}
+                calls = {call(i, not budget_spent): i for i in range(pool.num_workers) if i not in busy}
                 ready, missed = ray.wait(list(calls), num_returns=len(calls), timeout=s.round_timeout_s)
                 while len(ready) < min(s.min_workers, len(calls)):   # too few answers: wait longer
                     job.check_stall()

@@ -1,0 +1,75 @@
+"""core.aggregate: the arithmetic of parameter servers and federated averaging, by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from distdqn.core import aggregate
+
+
+def upd(a, b):
+    return {"w": np.array(a, dtype=np.float32), "b": np.array(b, dtype=np.float32)}
+
+
+def test_mean_of_is_the_plain_mean_and_keeps_the_dtype():
+    out = aggregate.mean_of([upd([1.0, 2.0], [0.0]), upd([3.0, 6.0], [1.0])])
+    np.testing.assert_array_equal(out["w"], [2.0, 4.0])
+    np.testing.assert_array_equal(out["b"], [0.5])
+    assert out["w"].dtype == np.float32
+
+
+def test_weighted_mean_is_fedavg():
+    # n_k = 1 and 3: theta = (1 * 0 + 3 * 4) / 4 = 3
+    out = aggregate.mean_of([upd([0.0], [0.0]), upd([4.0], [8.0])], weights=[1, 3])
+    np.testing.assert_array_equal(out["w"], [3.0])
+    np.testing.assert_array_equal(out["b"], [6.0])
+
+
+def test_mean_of_one_update_is_exact_copy():
+    u = upd([0.1, 1e-7], [3.3])
+    out = aggregate.mean_of([u])
+    np.testing.assert_array_equal(out["w"], u["w"])
+    assert out["w"] is not u["w"]
+
+
+def test_mean_of_rejects_bad_input():
+    with pytest.raises(ValueError, match="nothing to aggregate"):
+        aggregate.mean_of([])
+    with pytest.raises(ValueError, match="different parameters"):
+        aggregate.mean_of([upd([1.0], [1.0]), {"w": np.zeros(1)}])
+    with pytest.raises(ValueError, match="weights"):
+        aggregate.mean_of([upd([1.0], [1.0])], weights=[0.0])
+
+
+def test_median_ignores_a_minority_of_nan_and_huge_values():
+    updates = [upd([1.0, 2.0], [0.0]), upd([3.0, 4.0], [1.0]), upd([np.nan, 1e30], [2.0])]
+    out = aggregate.median_of(updates)
+    np.testing.assert_array_equal(out["w"], [3.0, 4.0])   # NaN counts as +inf: median of (1, 3, inf)
+    np.testing.assert_array_equal(out["b"], [1.0])
+
+
+def test_trimmed_mean_drops_extremes_on_each_side():
+    updates = [upd([v], [v]) for v in (-100.0, 1.0, 2.0, 3.0, 1e9)]
+    out = aggregate.trimmed_mean_of(updates, trim=1)
+    np.testing.assert_allclose(out["w"], [2.0])
+    with pytest.raises(ValueError, match="cannot trim"):
+        aggregate.trimmed_mean_of(updates[:2], trim=1)
+
+
+def test_difference_add_scaled_and_norm_clipping():
+    a, b = upd([3.0, 4.0], [0.0]), upd([0.0, 0.0], [0.0])
+    d = aggregate.difference(a, b)
+    assert aggregate.global_norm(d) == pytest.approx(5.0)
+    clipped, norm = aggregate.clip_by_norm(d, 1.0)
+    assert norm == pytest.approx(5.0)
+    np.testing.assert_allclose(clipped["w"], [0.6, 0.8], rtol=1e-6)
+    same, _ = aggregate.clip_by_norm(d, 10.0)
+    np.testing.assert_array_equal(same["w"], d["w"])
+    np.testing.assert_allclose(aggregate.add_scaled(b, d, 0.5)["w"], [1.5, 2.0])
+
+
+def test_is_finite():
+    assert aggregate.is_finite(upd([1.0], [2.0]))
+    assert not aggregate.is_finite(upd([np.nan], [2.0]))
+    assert not aggregate.is_finite(upd([1.0], [np.inf]))

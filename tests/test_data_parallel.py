@@ -1,0 +1,148 @@
+"""sync_ps, async_ps and allreduce through the CLI on the session's real Ray cluster: they learn,
+sync_ps with one worker is single update for update, all-reduce replicas stay identical, a killed
+async worker is restarted, a stalled sync worker does not stall the run, a dead rank ends an
+all-reduce run cleanly, and resume continues from the checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from distdqn.metrics import read_metrics
+from tests.helpers import act_on_role_mid_run, kill_role_mid_run, metrics_started, ray_env, run_cli
+
+QUIET = ["--set", "log.progress=false"]
+
+
+def train(run_dir, ray_cluster, *args, timeout=900):
+    result = run_cli(["train", *args, "--run-dir", str(run_dir), "--address", ray_cluster, *QUIET],
+                     timeout=timeout, env=ray_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def final_weights(run_dir) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "final" / "learner.pt", weights_only=False)["online"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("topology", ["sync_ps", "async_ps", "allreduce"])
+def test_topology_solves_cartpole(tmp_path, ray_cluster, topology):
+    run_dir = tmp_path / "run"
+    summary = train(run_dir, ray_cluster, f"configs/cartpole-{topology}.yaml", "--seed", "0",
+                    # ends at the first solving evaluation; the budget only bounds a slow seed
+                    "--set", "eval.stop_when_solved=true", "--set", "train.total_env_steps=120000")
+    assert summary["solved"], summary
+    assert summary["topology"] == topology and summary["num_workers"] == 2
+    solving = [r for r in read_metrics(run_dir) if r.get("eval_return_mean") is not None]
+    assert max(r["eval_return_mean"] for r in solving) >= 475
+    if topology == "allreduce":
+        assert summary["replicas_identical"] and len(set(summary["replica_hashes"])) == 1
+    if topology == "async_ps":
+        assert sum(summary["staleness_histogram"].values()) > 0
+
+
+def test_sync_ps_with_one_worker_is_single_update_for_update(tmp_path, ray_cluster):
+    """Gradient averaging over one worker: the same batches, the same gradients, the same Adam steps
+    as single, so the same parameters after every one of the K updates (checked at the end)."""
+    budget = ["--seed", "5", "--set", "train.total_env_steps=2500", "--set", "train.torch_threads=1",
+              "--set", "eval.interval_env_steps=100000", "--set", "replay.prioritized=true"]
+    single_dir, sync_dir = tmp_path / "single", tmp_path / "sync"
+    single = run_cli(["train", *budget, "--run-dir", str(single_dir), *QUIET])
+    assert single.returncode == 0, single.stderr[-3000:]
+    single_summary = json.loads((single_dir / "summary.json").read_text())
+    sync_summary = train(sync_dir, ray_cluster, *budget, "--set", "topology=sync_ps",
+                         "--set", "workers.num_workers=1", "--set", "sync_ps.mode=gradient")
+    assert sync_summary["learner_updates"] == single_summary["learner_updates"] > 500
+    assert sync_summary["env_steps"] == single_summary["env_steps"]
+    a, b = final_weights(single_dir), final_weights(sync_dir)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_allreduce_replicas_are_identical_after_k_updates(tmp_path, ray_cluster):
+    summary = train(tmp_path / "run", ray_cluster, "configs/cartpole-allreduce.yaml", "--seed", "1",
+                    "--set", "train.total_env_steps=3000", "--set", "allreduce.updates_per_call=16")
+    assert summary["learner_updates"] >= 300
+    assert len(summary["replica_hashes"]) == 2 and summary["replicas_identical"]
+    assert summary["backend"] == "gloo"
+
+
+@pytest.mark.slow
+def test_async_ps_restarts_a_killed_worker_and_finishes(tmp_path, ray_cluster):
+    run_dir = tmp_path / "run"
+    args = ["configs/cartpole-async_ps.yaml", "--seed", "2", "--run-dir", str(run_dir), "--address", ray_cluster,
+            *QUIET, "--set", "train.total_env_steps=12000"]
+    returncode, err, victim = kill_role_mid_run(args, "worker0", metrics_started(run_dir), wait_s=120, finish_s=600)
+    assert returncode == 0, err[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["worker_restarts"] >= 1 and summary["env_steps"] >= 12000
+    assert any("worker 0 died" in note for note in summary["notes"])
+    assert json.loads((run_dir / "processes.json").read_text())["worker0"]["pid"] != victim
+
+
+@pytest.mark.slow
+def test_a_stalled_sync_worker_does_not_stall_the_run(tmp_path, ray_cluster):
+    """worker1 is frozen (SIGSTOP) for 8 s: rounds go on without it after a 1 s deadline."""
+    run_dir = tmp_path / "run"
+    args = ["configs/cartpole-sync_ps.yaml", "--seed", "3", "--run-dir", str(run_dir), "--address", ray_cluster,
+            *QUIET, "--set", "train.total_env_steps=8000", "--set", "sync_ps.round_timeout_s=1.0",
+            "--set", "log.interval_env_steps=500"]
+    frozen: dict[str, float] = {}
+
+    def freeze(pid: int) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        frozen["at"] = time.time()
+        rows_before = len(read_metrics(run_dir))
+        time.sleep(8.0)
+        frozen["rows_during"] = len(read_metrics(run_dir)) - rows_before
+        os.kill(pid, signal.SIGCONT)
+
+    returncode, err, _ = act_on_role_mid_run(args, "worker1", metrics_started(run_dir), freeze,
+                                             wait_s=120, finish_s=600)
+    assert returncode == 0, err[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["left_out"] >= 1 and summary["rounds_short"] >= 1
+    assert frozen["rows_during"] >= 2, "the run made no progress while a worker was frozen"
+    rows = read_metrics(run_dir)
+    assert any(r.get("workers_per_round") == 1 for r in rows)
+
+
+@pytest.mark.slow
+def test_a_dead_allreduce_rank_ends_the_run_clearly(tmp_path, ray_cluster):
+    run_dir = tmp_path / "run"
+    args = ["configs/cartpole-allreduce.yaml", "--seed", "4", "--run-dir", str(run_dir), "--address", ray_cluster,
+            *QUIET, "--set", "train.total_env_steps=400000", "--set", "allreduce.collective_timeout_s=20",
+            "--set", "checkpoint.interval_env_steps=2000"]
+    start = time.time()
+    returncode, err, _ = kill_role_mid_run(args, "worker1", lambda: (run_dir / "checkpoints" / "latest").is_file(),
+                                           wait_s=120, finish_s=120)
+    assert returncode == 2, err[-3000:]
+    assert time.time() - start < 150
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "rank" in errors[0] and "Traceback" not in err, err[-2000:]
+    evaluated = run_cli(["evaluate", str(run_dir), "--episodes", "3"])
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("topology", ["sync_ps", "allreduce"])
+def test_resume_continues_from_the_checkpoint(tmp_path, ray_cluster, topology):
+    run_dir = tmp_path / "run"
+    before = train(run_dir, ray_cluster, f"configs/cartpole-{topology}.yaml", "--seed", "6",
+                   "--set", "train.total_env_steps=3000")
+    resumed = run_cli(["train", "--resume", str(run_dir), "--address", ray_cluster,
+                       "--set", "train.total_env_steps=6000"], timeout=600, env=ray_env())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = json.loads((run_dir / "summary.json").read_text())
+    assert after["env_steps"] >= 6000
+    assert after["learner_updates"] > before["learner_updates"] and after["episodes"] > before["episodes"]
+    rows = read_metrics(run_dir)
+    resumed_rows = [r for r in rows if r["env_steps"] > before["env_steps"]]
+    assert resumed_rows and resumed_rows[0]["learner_updates"] > before["learner_updates"]
