@@ -22,8 +22,8 @@ import torch
 
 from benchmarks.common import header
 from distdqn.config import load_config
-from distdqn.envs import env_info, make_vector_env
 from distdqn.core.policy import NumpyMLPPolicy, TorchPolicy
+from distdqn.envs import env_info, make_vector_env
 from distdqn.runtime.components import build_actor, build_network
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import statistics
 import time
 
@@ -75,7 +76,7 @@ def learner_update_fn(hidden: int, batch: Batch, kernel: str):
 
 def matmul_fn(hidden: int, batch_size: int):
     sizes = [OBS_DIM, hidden, hidden, NUM_ACTIONS]
-    weights = [torch.randn(o, i) * 0.1 for i, o in zip(sizes[:-1], sizes[1:])]
+    weights = [torch.randn(o, i) * 0.1 for i, o in itertools.pairwise(sizes)]
     both, next_obs = torch.randn(2 * batch_size, OBS_DIM), torch.randn(batch_size, OBS_DIM)
     grad_q = torch.randn(batch_size, NUM_ACTIONS)
 
@@ -130,7 +131,7 @@ def main() -> None:
                 rates[key].append(rate(fn, args.seconds / 4))
         med = {k: statistics.median(v) for k, v in rates.items()}
         ratios = [f / p for f, p in zip(rates["fused"], rates["plain"])]
-        cell = lambda k: f"{med[k]:,.0f}/s ({1e6 / med[k]:.0f} us)"
+        cell = lambda k, med=med: f"{med[k]:,.0f}/s ({1e6 / med[k]:.0f} us)"
         print(f"| 2x{hidden} MLP, batch {batch_size} | {cell('plain')} | {cell('autograd')} | "
               f"{cell('fused')} | {cell('matmul')} | {statistics.median(ratios):.2f}x |")
 

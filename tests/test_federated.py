@@ -130,7 +130,7 @@ def test_a_dropped_client_is_skipped_and_the_run_goes_on(tmp_path, ray_cluster):
     run_dir = tmp_path / "run"
     args = [PRESET, "--seed", "2", "--run-dir", str(run_dir), "--address", ray_cluster, *QUIET,
             "--set", "train.total_env_steps=16000"]
-    returncode, err, victim = kill_role_mid_run(args, "worker1", metrics_started(run_dir), wait_s=120, finish_s=600)
+    returncode, err, _ = kill_role_mid_run(args, "worker1", metrics_started(run_dir), wait_s=120, finish_s=600)
     assert returncode == 0, err[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["skipped"] >= 1 and summary["worker_restarts"] >= 1

@@ -98,7 +98,7 @@ class FederatedClient:
                        episode_return_mean=float(returns.mean()) if len(returns) else float("nan"),
                        episode_length_mean=(float(seen["episode_lengths"].mean()) if len(returns)
                                             else float("nan")))
-        return {"update": update, "num_samples": int(len(self.replica.replay)),
+        return {"update": update, "num_samples": len(self.replica.replay),
                 "metrics": {k: (int(v) if isinstance(v, int | np.integer) else float(v)) for k, v in metrics.items()}}
 
     def identity(self) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from distdqn.runtime.cluster import ClusterError
 from distdqn.runtime.replica import replica_seed
 from distdqn.runtime.workers import ReplicaWorker
 
-
 MAX_RESTARTS_PER_WORKER = 10
 
 
