@@ -104,7 +104,7 @@ def test_federated_solves_cartpole_across_client_variants(tmp_path, ray_cluster)
     assert max(r["eval_return_mean"] for r in read_metrics(run_dir) if r.get("eval_return_mean")) >= 475
     # the global model was evaluated on every client's variant too
     assert len(summary["client_eval_returns"]) == 4
-    assert all(f"eval_return_client{i}" in read_metrics(run_dir)[-1] for i in range(4))
+    assert any(all(f"eval_return_client{i}" in row for i in range(4)) for row in read_metrics(run_dir))
     # the server's checkpoint holds the global model only: no client state, no replay
     manifest = json.loads((run_dir / "checkpoints" / "final" / "manifest.json").read_text())
     assert "workers" not in manifest["components"] and "replay" not in manifest["components"]

@@ -125,7 +125,10 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                 if variants and job.session.due_for_evaluation(job.env_steps):
                     client_returns = evaluate_variants()
                 extra.update({f"eval_return_client{i}": r for i, r in enumerate(client_returns)})
-                if job.housekeeping(server.weights, server.learner.state_dict, **extra):
+                stop = job.housekeeping(server.weights, server.learner.state_dict, **extra)
+                if job.session.solved_at is not None:
+                    job.counters.setdefault("rounds_to_solve", job.counters["rounds"])
+                if stop:
                     break
         except KeyboardInterrupt:
             interrupted = True
