@@ -24,6 +24,7 @@ from distdqn.errors import UserError
 from distdqn.runtime import components as build
 from distdqn.runtime.cluster import connect, require_resources
 from distdqn.runtime.pool import WorkerPool
+from distdqn.runtime.server import ParameterServer
 from distdqn.runtime.session import RunResult, RunSession, seed_everything, set_rng_state
 
 
@@ -86,6 +87,21 @@ class WorkerRun:
         self.counters.update(counters)
         set_rng_state(resume["rng"])
         return resume["learner"]
+
+    def start_server(self, resume: dict[str, Any] | None) -> ParameterServer:
+        """The parameter server (sync_ps, async_ps, federated): a learner in this process, restored
+        with the workers, counters and session when resuming."""
+        server = ParameterServer(build.build_learner(self.cfg, self.info))
+        learner_state = self.restore(resume)
+        if learner_state is not None:
+            server.learner.load_state_dict(learner_state)
+        return server
+
+    def aborted(self, exc: BaseException) -> RunAborted:
+        """A Ray failure the run cannot go on from, as one line."""
+        text = str(exc).strip()
+        return RunAborted(f"{self.cfg.topology}: {type(exc).__name__}: "
+                          f"{text.splitlines()[-1][:300] if text else ''}; the last checkpoint is intact")
 
     def open(self, weights: dict[str, np.ndarray]) -> None:
         """Start metrics, write processes.json (which also waits for every worker to be up)."""

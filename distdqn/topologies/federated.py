@@ -29,10 +29,8 @@ from distdqn.config import Config
 from distdqn.core import aggregate
 from distdqn.core.actor import evaluate
 from distdqn.envs import EnvInfo, make_vector_env
-from distdqn.runtime import components as build
 from distdqn.runtime.client import FederatedClient, check_message
-from distdqn.runtime.conductor import RunAborted, WorkerRun
-from distdqn.runtime.server import ParameterServer
+from distdqn.runtime.conductor import WorkerRun
 from distdqn.runtime.session import RunResult
 
 
@@ -41,10 +39,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     job = WorkerRun(cfg, run_dir, info, actor_class=FederatedClient, save_workers=False)
     try:
         # ---- build: the server's model here; clients (each with its own env variant) on the cluster ----
-        server = ParameterServer(build.build_learner(cfg, info))
-        learner_state = job.restore(resume)   # the global model and counters; clients start afresh
-        if learner_state is not None:
-            server.learner.load_state_dict(learner_state)
+        server = job.start_server(resume)
         for key in ("rounds", "rounds_abandoned", "skipped", "rejected"):
             job.counters.setdefault(key, 0)
         shapes = {k: v.shape for k, v in server.weights().items()}
@@ -133,7 +128,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         except KeyboardInterrupt:
             interrupted = True
         except ray.exceptions.RayError as exc:
-            raise RunAborted(f"federated: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}") from None
+            raise job.aborted(exc) from None
 
         # ---- tear down: the global model on every variant, final evaluation, checkpoint, summary ----
         for ref in late:

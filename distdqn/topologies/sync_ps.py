@@ -26,9 +26,7 @@ import ray
 from distdqn.config import Config
 from distdqn.core import aggregate
 from distdqn.envs import EnvInfo
-from distdqn.runtime import components as build
-from distdqn.runtime.conductor import RunAborted, WorkerRun
-from distdqn.runtime.server import ParameterServer
+from distdqn.runtime.conductor import WorkerRun
 from distdqn.runtime.session import RunResult
 
 
@@ -37,10 +35,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     job = WorkerRun(cfg, run_dir, info, owns_target=False)
     try:
         # ---- build: the server's learner here, the workers on the cluster ----
-        server = ParameterServer(build.build_learner(cfg, info))
-        learner_state = job.restore(resume)
-        if learner_state is not None:
-            server.learner.load_state_dict(learner_state)
+        server = job.start_server(resume)
         job.counters.setdefault("rounds", 0)
         job.counters.setdefault("left_out", 0)            # worker answers that missed their round
         job.counters.setdefault("rounds_short", 0)        # rounds that went on without every worker
@@ -113,7 +108,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         except KeyboardInterrupt:
             interrupted = True
         except ray.exceptions.RayError as exc:
-            raise RunAborted(f"sync_ps: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}") from None
+            raise job.aborted(exc) from None
 
         # ---- tear down ----
         for ref in late:
