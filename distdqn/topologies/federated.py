@@ -146,7 +146,9 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
 
 def _absorb(job: WorkerRun, message: dict[str, Any]) -> None:
     """A client's env steps and its episodes (a count and a mean: all that it tells the server)."""
-    metrics = message.get("metrics", {}) if isinstance(message, dict) else {}
+    metrics = message.get("metrics") if isinstance(message, dict) else None
+    if not isinstance(metrics, dict):
+        return
     episodes = int(metrics.get("episodes", 0))
     mean = metrics.get("episode_return_mean", float("nan"))
     job.absorb({"env_steps": int(metrics.get("env_steps", 0)),
