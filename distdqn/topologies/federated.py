@@ -155,7 +155,7 @@ def _absorb(job: WorkerRun, message: dict[str, Any]) -> None:
                 "episode_returns": np.full(episodes, mean),
                 "episode_lengths": np.full(episodes, metrics.get("episode_length_mean", 0.0))})
     if metrics.get("local_updates"):
-        job.add_update_metrics({k: metrics[k] for k in ("loss", "q_mean", "grad_norm") if k in metrics}, 1)
+        job.add_update_metrics({k: metrics[k] for k in ("loss", "q_mean", "grad_norm", "update_norm") if k in metrics}, 1)
 
 
 def _collect_late(job: WorkerRun, pool: Any, late: dict[Any, int], done: list) -> None:
