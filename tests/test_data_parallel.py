@@ -45,6 +45,12 @@ def test_topology_solves_cartpole(tmp_path, ray_cluster, topology):
         assert summary["replicas_identical"] and len(set(summary["replica_hashes"])) == 1
     if topology == "async_ps":
         assert sum(summary["staleness_histogram"].values()) > 0
+        # ... and as TensorBoard histograms, one per metrics row
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"histograms": 0})
+        events.Reload()
+        assert "staleness" in events.Tags()["histograms"]
+        assert sum(h.histogram_value.num for h in events.Histograms("staleness")) > 0
 
 
 def test_sync_ps_with_one_worker_is_single_update_for_update(tmp_path, ray_cluster):
