@@ -37,9 +37,13 @@ class TrainingStats:
         self.episodes += len(returns)
 
     def add_update(self, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
+        self.add_updates(metrics, 1)
+
+    def add_updates(self, sums: dict[str, float], count: int) -> None:
+        """``count`` updates whose metrics sum to ``sums``."""
+        for key, value in sums.items():
             self._update_sums[key] = self._update_sums.get(key, 0.0) + value
-        self._update_count += 1
+        self._update_count += count
 
     @property
     def recent_return(self) -> float:

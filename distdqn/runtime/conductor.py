@@ -124,7 +124,7 @@ class WorkerRun:
 
     def add_update_metrics(self, sums: dict[str, float], count: int) -> None:
         if count:
-            self.session.stats.add_update({k: v / count for k, v in sums.items()})
+            self.session.stats.add_updates(sums, count)
 
     def worker_died(self, index: int) -> None:
         """Start a new worker in the place of one that died; the run goes on."""

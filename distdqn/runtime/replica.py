@@ -6,7 +6,8 @@ the local replay needs more, exactly as ``single`` does in one process:
 
     collect train.steps_per_collect vector steps -> store -> draw the batches now owed -> hand them out
 
-so a one-worker sync_ps run is the single run, update for update. The replay ratio and
+``single`` is one Replica in one process, and a one-worker sync_ps run is the single run, update
+for update. The replay ratio and
 ``learning_starts`` apply to each worker's own replay (batches drawn per local env step), so every
 transition is replayed as often as in ``single`` whatever the number of workers; exploration and the
 importance-sampling exponent follow the whole run's env steps, estimated as local env steps times
@@ -25,6 +26,7 @@ from distdqn.core.learner import StepResult
 from distdqn.core.transitions import Batch
 from distdqn.envs import EnvInfo
 from distdqn.runtime import components as build
+from distdqn.runtime.session import restore_env, snapshot_env
 
 
 def replica_seed(seed: int, index: int, generation: int = 0) -> int:
@@ -65,13 +67,19 @@ class Replica:
         self.learner.set_weights(weights, target)
         self._policy_stale = True
 
+    @property
+    def policy(self) -> Any:
+        """The actor's policy, with the learner's newest weights (for evaluation, say)."""
+        if self._policy_stale:
+            self.actor.policy.set_weights(self.learner.get_weights())
+            self._policy_stale = False
+        return self.actor.policy
+
     # ---- experience ----
     def collect(self) -> None:
         """One collection: ``train.steps_per_collect`` vector steps into the local replay, then draw
         the batches that the replay ratio now owes."""
-        if self._policy_stale:
-            self.actor.policy.set_weights(self.learner.get_weights())
-            self._policy_stale = False
+        _ = self.policy   # act with the newest weights
         rollout = self.actor.collect(self.cfg.train.steps_per_collect, self.epsilon(self.run_env_steps))
         self.replay.add(rollout.transitions)
         self.env_steps += rollout.env_steps
@@ -132,18 +140,29 @@ class Replica:
         return out
 
     # ---- checkpointing (batches already drawn but not yet used are dropped) ----
-    def state_dict(self, with_replay: bool = True) -> dict[str, Any]:
+    def state_dict(self, with_replay: bool = True, with_env: bool = False) -> dict[str, Any]:
+        """``with_env``: the vector env too, pickled where it can be (then a resumed run continues
+        the same episodes: ``single``'s exact resume)."""
         state = {"learner": self.learner.state_dict(), "actor": self.actor.state_dict(),
                  "env_steps": self.env_steps, "batches_drawn": self.batches_drawn + len(self._pending)}
         if with_replay:
             state["replay"] = self.replay.state_dict()
+        if with_env:
+            state["env"] = snapshot_env(self.actor.env)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.learner.load_state_dict(state["learner"])
-        self.actor.load_state_dict(state["actor"], env_restored=False)
+        env_restored = state.get("env") is not None
+        if env_restored:
+            self.actor.env.close()
+            self.actor.env = restore_env(state["env"])
+        self.actor.load_state_dict(state["actor"], env_restored)
         self.env_steps, self.batches_drawn = int(state["env_steps"]), int(state["batches_drawn"])
         if "replay" in state:
             self.replay.load_state_dict(state["replay"])
         self._pending = []
         self._policy_stale = True
+
+    def close(self) -> None:
+        self.actor.env.close()
