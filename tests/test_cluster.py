@@ -1,4 +1,5 @@
-"""apex on a real two-node Ray cluster started on this machine (loopback), joined with --address."""
+"""Distributed topologies on a real two-node Ray cluster started on this machine (loopback), joined
+with --address; clusters that cannot be reached or are too small."""
 
 from __future__ import annotations
 
@@ -30,6 +31,32 @@ def test_apex_runs_actors_on_both_nodes(two_node_cluster, tmp_path):
     assert summary["cluster_nodes"] == 2
     assert len(summary["actor_nodes"]) == 2, summary["actor_nodes"]
     assert summary["env_steps"] >= 6000 and summary["learner_updates"] > 0
+
+
+@pytest.mark.slow
+def test_federated_clients_run_on_both_nodes(two_node_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(["train", "configs/cartpole-federated.yaml", "--address", two_node_cluster,
+                      "--run-dir", str(run_dir), "--set", "workers.cpus=1", "--set", "train.total_env_steps=6000",
+                      "--set", "log.progress=false"], timeout=600, env=ray_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["cluster_nodes"] == 2 and summary["rounds"] > 0
+    nodes = {w["node_id"] for w in json.loads((run_dir / "processes.json").read_text()).values()}
+    assert len(nodes) == 2, nodes
+
+
+@pytest.mark.parametrize("topology", ["sync_ps", "allreduce", "federated"])
+def test_a_cluster_too_small_for_the_workers_is_a_one_line_error(ray_cluster, tmp_path, topology):
+    run_dir = tmp_path / "run"
+    result = run_cli(["train", f"configs/cartpole-{topology}.yaml", "--address", ray_cluster,
+                      "--run-dir", str(run_dir), "--set", "workers.num_workers=40", "--set", "workers.cpus=1",
+                      "--set", "federated.clients=[]"], timeout=300, env=ray_env())
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "needs 40 CPUs" in errors[0], result.stderr[-2000:]
+    assert not run_dir.exists()
 
 
 def test_unreachable_address_is_a_one_line_error(tmp_path):
