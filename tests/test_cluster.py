@@ -10,7 +10,7 @@ import pytest
 from tests.helpers import free_port, ray_cli, ray_env, run_cli
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def two_node_cluster(ray_cluster):
     """A second node (its own raylet) joined to the session's cluster on this machine."""
     worker = ray_cli("start", f"--address={ray_cluster}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
