@@ -138,7 +138,23 @@ def test_a_dead_allreduce_rank_ends_the_run_clearly(tmp_path, ray_cluster):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("topology", ["sync_ps", "allreduce"])
+@pytest.mark.parametrize("topology,mode", [("sync_ps", "model"), ("async_ps", "parameter")])
+def test_the_model_averaging_forms_learn(tmp_path, ray_cluster, topology, mode):
+    """sync_ps model averaging and async_ps parameter mixing: k local updates per message, counted
+    as k learner updates; both get well past a random policy (about 22) in 12k env steps."""
+    summary = train(tmp_path / "run", ray_cluster, f"configs/cartpole-{topology}.yaml", "--seed", "7",
+                    "--set", f"{topology}.mode={mode}", "--set", "train.total_env_steps=12000")
+    assert summary["mode"] == mode and summary["learner_updates"] > 0
+    if topology == "sync_ps":   # every round counts local_steps (8) updates, the last one maybe fewer
+        assert summary["learner_updates"] <= 8 * summary["rounds"] < summary["learner_updates"] + 8
+    else:                       # every accepted model counts local_steps updates; staleness in steps of 8
+        assert summary["learner_updates"] % 8 == 0
+        assert all(int(s) % 8 == 0 for s in summary["staleness_histogram"] if not s.startswith(">"))
+    assert summary["final_eval_return_mean"] >= 60, summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("topology", ["sync_ps", "async_ps", "allreduce"])
 def test_resume_continues_from_the_checkpoint(tmp_path, ray_cluster, topology):
     run_dir = tmp_path / "run"
     before = train(run_dir, ray_cluster, f"configs/cartpole-{topology}.yaml", "--seed", "6",

@@ -97,10 +97,10 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                     for a in answers:
                         job.add_update_metrics(a["sums"], a["updates"])
                 made_update = bool(grads if s.mode == "gradient" else models)
-                job.counters["rounds"] += 1
-                job.learner_updates = server.version
                 if budget_spent and not made_update:
                     break   # every worker has used the batches its last collection owed
+                job.counters["rounds"] += 1
+                job.learner_updates = server.version
                 if job.housekeeping(server.weights, server.learner.state_dict,
                                     rounds=job.counters["rounds"], left_out=job.counters["left_out"],
                                     workers_per_round=len(answers)):
