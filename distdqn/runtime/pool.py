@@ -83,15 +83,25 @@ class WorkerPool:
                 out[f"worker{i}"] = None
         return out
 
-    def state_dicts(self, with_replay: bool) -> list[dict[str, Any]]:
-        return ray.get([h.state_dict.remote(with_replay) for h in self.handles], timeout=self.timeout_s)
+    def state_dicts(self, with_replay: bool) -> list[dict[str, Any] | None]:
+        """Every worker's state; None for a worker that is dead or does not answer in time (a
+        checkpoint is still written, and that worker starts afresh when the run is resumed)."""
+        refs = [h.state_dict.remote(with_replay) for h in self.handles]
+        states: list[dict[str, Any] | None] = []
+        for ref in refs:
+            try:
+                states.append(ray.get(ref, timeout=self.timeout_s))
+            except (RayError, GetTimeoutError):
+                states.append(None)
+        return states
 
     def load_state_dicts(self, states: list[dict[str, Any]]) -> None:
         if len(states) != self.num_workers:
             from distdqn.errors import CheckpointError
             raise CheckpointError(f"the checkpoint holds {len(states)} workers, the config asks for "
                                   f"{self.num_workers} (workers.num_workers)")
-        ray.get([h.load_state_dict.remote(s) for h, s in zip(self.handles, states)], timeout=self.timeout_s)
+        ray.get([h.load_state_dict.remote(s) for h, s in zip(self.handles, states, strict=True) if s is not None],
+                timeout=self.timeout_s)
 
     def shutdown(self) -> None:
         for h in self.handles:
