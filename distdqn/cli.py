@@ -51,6 +51,20 @@ def _check_devices(cfg) -> None:
                               "(use auto or cpu)")
 
 
+def _check_client_envs(cfg) -> None:
+    """Each federated client's environment variant can be made (checked here, before anything is
+    written, rather than when a client process starts on the cluster)."""
+    from distdqn.envs import env_info
+    from distdqn.errors import EnvironmentSpecError
+    if cfg.topology != "federated":
+        return
+    for i in range(len(cfg.federated.clients)):
+        try:
+            env_info(cfg.for_client(i).env)
+        except EnvironmentSpecError as exc:
+            raise EnvironmentSpecError(f"federated.clients[{i}]: {exc}") from None
+
+
 def _default_run_dir(cfg) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = cfg.env.id.replace("/", "-")
@@ -105,6 +119,7 @@ def train(
     if address is not None:
         cfg.cluster.address = address
     info = env_info(cfg.env)
+    _check_client_envs(cfg)
     _check_devices(cfg)
     if cfg.topology != "single":  # fail on an unreachable cluster before anything is written
         from distdqn.runtime.cluster import check_reachable

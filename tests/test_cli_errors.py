@@ -35,6 +35,10 @@ def assert_user_error(result, *fragments: str) -> str:
         (["env.id=NoSuchEnv-v9"], ["env.id", "NoSuchEnv-v9"]),
         (["env.id=Pendulum-v1"], ["env.id", "Pendulum-v1", "Discrete"]),
         (["eval.episodes=5"], ["eval.episodes", "greater than or equal to 10"]),
+        (["env.attributes={lenth: 1.0}"], ["env.attributes.lenth", "no numeric attribute"]),
+        (["topology=federated", "federated.clients=[{}, {attributes: {lenth: 1.0}}]"],
+         ["federated.clients[1]", "env.attributes.lenth"]),
+        (["topology=federated", "federated.clients=[{}]"], ["federated.clients", "one entry per client"]),
     ],
 )
 def test_bad_config_is_one_line_and_creates_nothing(tmp_path, overrides, fragments):
