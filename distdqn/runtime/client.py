@@ -11,7 +11,6 @@ Transitions, observations, episode-by-episode returns and replay contents never 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,7 @@ from distdqn.config import Config
 from distdqn.core import aggregate
 from distdqn.envs import EnvInfo
 from distdqn.runtime.replica import Replica
-from distdqn.runtime.workers import WeightsBox, WeightsHolder
+from distdqn.runtime.workers import WeightsBox, WeightsHolder, process_identity, set_worker_threads
 
 MESSAGE_KEYS = frozenset({"update", "num_samples", "metrics"})
 
@@ -58,7 +57,7 @@ def proximal_term(params: list[torch.Tensor], anchor: list[torch.Tensor], mu: fl
 @ray.remote
 class FederatedClient:
     def __init__(self, cfg: Config, info: EnvInfo, index: int, num_clients: int, seed: int, cpus: float):
-        torch.set_num_threads(cfg.train.torch_threads or max(1, int(cpus) or 1))
+        set_worker_threads(cpus, cfg.train.torch_threads)
         self.cfg, self.index = cfg, index
         self.replica = Replica(cfg, info, index, num_clients, seed)
         self.replica.learner.owns_target = False   # the server keeps the target network
@@ -102,4 +101,4 @@ class FederatedClient:
                 "metrics": {k: (int(v) if isinstance(v, int | np.integer) else float(v)) for k, v in metrics.items()}}
 
     def identity(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), "index": self.index}
+        return process_identity(index=self.index)

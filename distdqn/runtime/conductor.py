@@ -9,14 +9,17 @@ counters, the accounting of what workers report, worker restarts, and the checkp
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 import torch
+from ray.exceptions import RayError
 
 from distdqn.config import Config
 from distdqn.envs import EnvInfo
@@ -64,6 +67,7 @@ class WorkerRun:
         self.counters: dict[str, Any] = {}   # topology-specific counts, kept in checkpoints and the summary
         self._last_progress = time.perf_counter()
         self.policy = None
+        self.interrupted = False
         self._held = [(-1, -1)] * cfg.workers.num_workers   # weight versions each worker was sent
 
     def weights_for(self, index: int, server: Any) -> Any:
@@ -116,6 +120,34 @@ class WorkerRun:
         self.session.write_json("processes.json", self.pool.identities())
 
     # ---- during the loop ----
+    @contextlib.contextmanager
+    def conducting(self) -> Iterator[None]:
+        """Around a topology's loop: Ctrl-C ends the loop and the run finishes as usual (marked
+        interrupted); a Ray failure ends the run with one line."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.interrupted = True
+        except RayError as exc:
+            raise self.aborted(exc) from None
+
+    def collect_late(self, late: dict[Any, int], absorb: Callable[[Any], None] | None = None,
+                     wait_s: float = 0.0) -> None:
+        """Answers of calls that missed their round (``late``: ref -> worker), waiting up to
+        ``wait_s`` for the first: their experience counts (``absorb``), their updates, made on old
+        weights, are dropped; a worker that died is restarted."""
+        if not late:
+            return
+        if wait_s > 0:
+            ray.wait(list(late), num_returns=1, timeout=wait_s)
+        for ref in ray.wait(list(late), num_returns=len(late), timeout=0)[0]:
+            index = late.pop(ref)
+            out = self.pool.result(ref)
+            if out is None:
+                self.worker_died(index)
+            else:
+                (absorb or self.absorb)(out)
+
     def absorb(self, out: dict[str, Any]) -> None:
         """Count what a worker reports: env steps and finished episodes."""
         self.env_steps += out["env_steps"]
@@ -162,11 +194,15 @@ class WorkerRun:
         return state
 
     # ---- the end ----
-    def finish(self, weights: dict[str, np.ndarray], learner_state: dict[str, Any], interrupted: bool,
+    def finish(self, weights: dict[str, np.ndarray], learner_state: dict[str, Any], pending: Iterable = (),
                **summary: Any) -> RunResult:
+        """Final evaluation, checkpoint and summary; calls still ``pending`` are cancelled first (a
+        running call of a worker is not interrupted: Ray only drops queued ones)."""
+        for ref in pending:
+            ray.cancel(ref, force=False)
         self.policy.set_weights(weights)
         return self.session.finish(self.policy, self.env_steps, self.learner_updates,
-                                   self.components(learner_state), interrupted,
+                                   self.components(learner_state), self.interrupted,
                                    num_workers=self.cfg.workers.num_workers, worker_restarts=self.pool.restarts,
                                    cluster_nodes=self.cluster.num_nodes, **self.counters, **summary)
 

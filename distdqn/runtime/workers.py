@@ -29,8 +29,14 @@ from distdqn.runtime import components as build
 SAMPLE_WAIT_S = 5.0   # a replay call waits at most this long for the rate limiter, then returns empty
 
 
-def _threads(cpus: float) -> None:
-    torch.set_num_threads(max(1, int(cpus) or 1))
+def set_worker_threads(cpus: float, override: int | None = None) -> None:
+    """Torch threads for this process: ``override`` (train.torch_threads) or its CPU share."""
+    torch.set_num_threads(override or max(1, int(cpus) or 1))
+
+
+def process_identity(**extra: Any) -> dict[str, Any]:
+    """Which process and node this is (for processes.json)."""
+    return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), **extra}
 
 
 @ray.remote
@@ -102,7 +108,7 @@ class ReplayServer:
         self.limiter.load_state_dict(state["limiter"])
 
     async def identity(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+        return process_identity()
 
 
 @ray.remote
@@ -110,7 +116,7 @@ class LearnerWorker:
     """A DQNLearner that trains from the replay server in chunks of updates."""
 
     def __init__(self, cfg: Config, info: EnvInfo, replay: Any, seed: int):
-        _threads(cfg.apex.learner_cpus)
+        set_worker_threads(cfg.apex.learner_cpus)
         torch.manual_seed(seed)
         self.cfg = cfg
         self.learner = build.build_learner(cfg, info)
@@ -164,7 +170,7 @@ class LearnerWorker:
         self.learner.load_state_dict(state)
 
     def identity(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+        return process_identity()
 
 
 @ray.remote
@@ -173,7 +179,7 @@ class ExperienceActor:
     priorities, straight to the replay server."""
 
     def __init__(self, cfg: Config, info: EnvInfo, replay: Any, epsilons: np.ndarray, seed: int):
-        _threads(cfg.apex.actor_cpus)
+        set_worker_threads(cfg.apex.actor_cpus)
         self.cfg = cfg
         network = build.build_network(cfg, info)
         weights = {k: v.numpy() for k, v in network.state_dict().items()}
@@ -208,7 +214,7 @@ class ExperienceActor:
                 "send_s": time.perf_counter() - sent}
 
     def identity(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+        return process_identity()
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,7 +227,10 @@ boxed in a list so that Ray passes it as is and the worker fetches it only when 
 
 
 def _unbox(box: list) -> Any:
-    return ray.get(box[0], timeout=60)
+    """The boxed weights: fetched from the object store (what servers send), or as they are (the
+    weights themselves: benchmarks/ps_round.py compares the two)."""
+    item = box[0]
+    return ray.get(item, timeout=60) if isinstance(item, ray.ObjectRef) else item
 
 
 class WeightsHolder:
@@ -249,7 +258,7 @@ class ReplicaWorker:
     def __init__(self, cfg: Config, info: EnvInfo, index: int, num_replicas: int, seed: int, cpus: float,
                  owns_target: bool):
         from distdqn.runtime.replica import Replica
-        torch.set_num_threads(cfg.train.torch_threads or max(1, int(cpus) or 1))
+        set_worker_threads(cpus, cfg.train.torch_threads)
         self.replica = Replica(cfg, info, index, num_replicas, seed)
         self.replica.learner.owns_target = owns_target
         self.index = index
@@ -342,4 +351,4 @@ class ReplicaWorker:
         self.held = WeightsHolder()
 
     def identity(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), "index": self.index}
+        return process_identity(index=self.index)

@@ -59,8 +59,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             return ray.get(ranks[0].state_dict.remote(False), timeout=r.collective_timeout_s)["learner"]
 
         # ---- loop: every rank runs updates_per_call synchronized updates; the driver waits for all ----
-        interrupted = False
-        try:
+        with job.conducting():
             while job.env_steps < cfg.train.total_env_steps:
                 calls = [h.train_allreduce.remote(r.updates_per_call, rank == 0) for rank, h in enumerate(ranks)]
                 outs = _wait_all(calls, r.collective_timeout_s + 30, "a step of synchronized updates")
@@ -73,18 +72,16 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                 if job.housekeeping(lambda ref=weights_ref[0]: ray.get(ref, timeout=60), rank0_state,
                                     learner_busy_s=busy_s):
                     break
-        except KeyboardInterrupt:
-            interrupted = True
 
         # ---- tear down: replicas must be identical; final evaluation, checkpoint, summary ----
         hashes = ray.get([h.weights_hash.remote() for h in ranks], timeout=r.collective_timeout_s)
         if len(set(hashes)) != 1:
             job.session.note(f"replicas differ at the end: {hashes}")
         ray.get([h.leave_group.remote() for h in ranks], timeout=r.collective_timeout_s)
-        return job.finish(ray.get(weights_ref[0], timeout=60), rank0_state(), interrupted,
+        return job.finish(ray.get(weights_ref[0], timeout=60), rank0_state(),
                           backend=backend, replica_hashes=hashes, replicas_identical=len(set(hashes)) == 1)
     except RayError as exc:
-        raise RunAborted(f"allreduce: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}") from None
+        raise job.aborted(exc) from None
     finally:
         job.close()
 

@@ -57,8 +57,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
 
         # ---- loop: take whichever update arrives first, apply it, send that worker back ----
         in_flight = {call(i): i for i in range(pool.num_workers)}
-        interrupted = False
-        try:
+        with job.conducting():
             while job.env_steps < cfg.train.total_env_steps:
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
                 if not ready:
@@ -92,16 +91,10 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                     extra = {}
                 if job.housekeeping(server.weights, server.learner.state_dict, **extra):
                     break
-        except KeyboardInterrupt:
-            interrupted = True
-        except ray.exceptions.RayError as exc:
-            raise job.aborted(exc) from None
 
         # ---- tear down ----
-        for ref in in_flight:
-            ray.cancel(ref, force=False)
         job.counters["staleness_counts"] = staleness.tolist()
-        return job.finish(server.weights(), server.learner.state_dict(), interrupted, mode=a.mode,
+        return job.finish(server.weights(), server.learner.state_dict(), in_flight, mode=a.mode,
                           staleness_histogram={_bin_name(i, a.max_staleness): int(c)
                                                for i, c in enumerate(staleness) if c},
                           **_staleness_stats(staleness))

@@ -58,14 +58,12 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                                    seed=cfg.seed * 31 + i).mean()) for i, env in enumerate(variants)]
 
         # ---- loop: sample clients -> local training on their own data -> aggregate what came back ----
-        interrupted = False
-        try:
+        with job.conducting():
             while job.env_steps < cfg.train.total_env_steps:
                 idle = [i for i in range(pool.num_workers) if i not in late.values()]
                 if not idle:   # every client is still busy with an earlier round
                     job.check_stall()
-                    done, _ = ray.wait(list(late), num_returns=1, timeout=1.0)
-                    _collect_late(job, pool, late, done)
+                    job.collect_late(late, lambda m: _absorb(job, m), wait_s=1.0)
                     continue
                 chosen = rng.choice(idle, size=min(per_round, len(idle)), replace=False)
                 calls = {pool.handles[i].train_round.remote(job.weights_for(i, server), f.local_steps): int(i)
@@ -74,8 +72,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                 for ref in missed:
                     late[ref] = calls[ref]
                 job.counters["skipped"] += len(missed)
-                _collect_late(job, pool, late, ray.wait(list(late), num_returns=len(late), timeout=0)[0]
-                              if late else [])
+                job.collect_late(late, lambda m: _absorb(job, m))
 
                 messages = []
                 for ref in ready:
@@ -125,19 +122,13 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                     job.counters.setdefault("rounds_to_solve", job.counters["rounds"])
                 if stop:
                     break
-        except KeyboardInterrupt:
-            interrupted = True
-        except ray.exceptions.RayError as exc:
-            raise job.aborted(exc) from None
 
         # ---- tear down: the global model on every variant, final evaluation, checkpoint, summary ----
-        for ref in late:
-            ray.cancel(ref, force=False)
         if variants:
             client_returns = evaluate_variants()
         for env in variants:
             env.close()
-        return job.finish(server.weights(), server.learner.state_dict(), interrupted,
+        return job.finish(server.weights(), server.learner.state_dict(), late,
                           aggregator=f.aggregator, client_eval_returns=client_returns,
                           dp_clip=f.dp_clip, dp_noise_multiplier=f.dp_noise_multiplier)
     finally:
@@ -157,13 +148,3 @@ def _absorb(job: WorkerRun, message: dict[str, Any]) -> None:
     if metrics.get("local_updates"):
         job.add_update_metrics({k: metrics[k] for k in ("loss", "q_mean", "grad_norm", "update_norm") if k in metrics}, 1)
 
-
-def _collect_late(job: WorkerRun, pool: Any, late: dict[Any, int], done: list) -> None:
-    """Late answers: their experience counts, their updates (made on an old model) are dropped."""
-    for ref in done:
-        index = late.pop(ref)
-        message = pool.result(ref)
-        if message is None:
-            job.worker_died(index)
-        else:
-            _absorb(job, message)

@@ -50,11 +50,14 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             return worker.local_steps.remote(box, s.local_steps, allow_collect)
 
         # ---- loop: broadcast -> every worker answers (or misses the deadline) -> one update ----
-        interrupted = False
-        try:
+        with job.conducting():
             while True:
                 budget_spent = job.env_steps >= cfg.train.total_env_steps
                 busy = set(late.values())
+                if len(busy) == pool.num_workers:   # every worker is still on an earlier round
+                    job.check_stall()
+                    job.collect_late(late, wait_s=1.0)
+                    continue
                 calls = {call(i, not budget_spent): i for i in range(pool.num_workers) if i not in busy}
                 ready, missed = ray.wait(list(calls), num_returns=len(calls), timeout=s.round_timeout_s)
                 while len(ready) < min(s.min_workers, len(calls)):   # too few answers: wait longer
@@ -74,13 +77,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                         continue
                     job.absorb(out)
                     answers.append(out)
-                for ref in ray.wait(list(late), num_returns=len(late), timeout=0)[0] if late else []:
-                    index = late.pop(ref)
-                    out = pool.result(ref)   # made on old weights: its env steps count, its update is dropped
-                    if out is None:
-                        job.worker_died(index)
-                    else:
-                        job.absorb(out)
+                job.collect_late(late)
 
                 # the server's update from this round's answers
                 if s.mode == "gradient":
@@ -105,14 +102,8 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                                     rounds=job.counters["rounds"], left_out=job.counters["left_out"],
                                     workers_per_round=len(answers)):
                     break
-        except KeyboardInterrupt:
-            interrupted = True
-        except ray.exceptions.RayError as exc:
-            raise job.aborted(exc) from None
 
         # ---- tear down ----
-        for ref in late:
-            ray.cancel(ref, force=False)
-        return job.finish(server.weights(), server.learner.state_dict(), interrupted, mode=s.mode)
+        return job.finish(server.weights(), server.learner.state_dict(), late, mode=s.mode)
     finally:
         job.close()
