@@ -49,11 +49,15 @@ def rounds(pool: WorkerPool, server: ParameterServer, n: int, inline: bool) -> d
     for r in range(n + 100):
         t0 = time.perf_counter()
         boxes = []
+        if inline:   # the weights themselves inside each call, not a reference (no put)
+            online, target = server.weights(), server.learner.get_target_weights()
         for i in range(pool.num_workers):
-            box = server.box(held[i])
+            if inline:
+                box = (server.version, [online], server.learner.target_version,
+                       [target] if held[i][1] != server.learner.target_version else [])
+            else:
+                box = server.box(held[i])
             held[i] = (box[0], box[2])
-            if inline:   # the weights themselves inside the call, not a reference
-                box = (box[0], [ray.get(box[1][0])] if box[1] else [], box[2], [ray.get(box[3][0])] if box[3] else [])
             boxes.append(box)
         t1 = time.perf_counter()
         refs = [h.gradient.remote(b) for h, b in zip(pool.handles, boxes, strict=True)]
