@@ -16,9 +16,11 @@ from distdqn.core import aggregate
 from distdqn.core.learner import DQNLearner
 from distdqn.runtime.workers import WeightsBox
 
-# Weights are put into the object store once per version and every worker reads them from there.
-# Passing them inside each call instead (Ray inlines arguments under 100 KB) was slower here even for
-# a 70 KB CartPole network: 7.4 ms against 5.0 ms per 2-worker round, as each call re-serializes them.
+# Weights are put into the object store once per version and every worker reads them from there:
+# put once, read by all, which is what a large network needs. For a network as small as CartPole's
+# (70 KB) that costs more than it saves: `python -m benchmarks.ps_round` measured 5.3-6.6 ms per
+# 2-worker round this way against 3.9-5.3 ms with the weights inside each call (Ray inlines
+# arguments under 100 KB). Choosing by size is a lead not yet taken.
 
 
 def _boxed(weights: dict[str, np.ndarray]) -> list:
