@@ -1,12 +1,19 @@
-"""Ape-X beside single, and Ape-X with 1, 2, 4 actors: time to solve and env steps/s, in one run.
+"""Ape-X beside single, at the same replay ratio: time to solve, env steps/s and where the time goes.
 
-    python -m benchmarks.apex_scaling [--seeds 3] [--actors 1 2 4]
+    python -m benchmarks.apex_scaling [--config configs/cartpole.yaml] [--seeds 3] [--actors 1 2 4]
+                                      [--ratios 0.5 0.125] [--steps N] [--set key=value ...]
 
-Every configuration is a `distdqn train` process on CartPole-v1 at the same replay ratio (the
-preset's 0.5 learner updates per env step, which the apex replay's rate limiter enforces).
-Figures per run come from its summary.json and metrics.jsonl:
+Every configuration is a `distdqn train` process, one at a time. `single` runs the config as it is;
+apex runs the same config with `topology=apex`, prioritized replay (Ape-X's), and 1, 2, 4 actors
+sharing the cores the learner leaves (actor_cpus = 1/N). With --ratios, each ratio is a group of
+rows (single, then apex) with `train.replay_ratio` set to it for both: the apex replay's rate
+limiter holds apex to it. Figures per run come from its summary.json and metrics.jsonl:
 - time to solve: wall clock from the start of the run, Ray's start-up included for apex;
-- steady env steps/s: the median of the per-interval rates in metrics.jsonl (start-up excluded);
+- steady env steps/s: the median of the per-interval rates in metrics.jsonl (start-up and the
+  final evaluation excluded), and its ratio to single's in the same group;
+- learner busy: the share of the steady wall time the learner spent sampling and updating
+  (single: its own loop; apex: the learner process). 1 / single's share is what overlapping acting
+  with learning can gain at most (Amdahl), if apex's learner updated as fast as single's;
 - overall env steps/s: env steps / run wall time (start-up included).
 """
 
@@ -30,41 +37,68 @@ def train(args: list[str], run_dir: Path) -> dict:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = read_metrics(run_dir)
-    rates = [r["env_steps_per_s"] for r in rows[1:-1] if r["env_steps_per_s"] > 0]
+    steady = rows[1:-1] or rows
+    rates = [r["env_steps_per_s"] for r in steady if r["env_steps_per_s"] > 0]
     summary["steady_env_steps_per_s"] = statistics.median(rates) if rates else float("nan")
     summary["steady_updates_per_s"] = statistics.median(
-        [r["updates_per_s"] for r in rows[1:-1] if r["updates_per_s"] > 0] or [float("nan")])
+        [r["updates_per_s"] for r in steady if r["updates_per_s"] > 0] or [float("nan")])
+    first, last = steady[0], steady[-1]
+    busy = last.get("learner_busy_s", 0.0) - first.get("learner_busy_s", 0.0)
+    summary["learner_busy_share"] = busy / max(last["wall_s"] - first["wall_s"], 1e-9)
     return summary
+
+
+def _median_range(values: list[float], fmt: str, unit: str = "") -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):{fmt}}{unit} [{min(values):{fmt}}-{max(values):{fmt}}{unit}]"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default="configs/cartpole.yaml")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--ratios", type=float, nargs="*", default=[],
+                        help="train.replay_ratio values (both sides); default: the config's own")
+    parser.add_argument("--steps", type=int, default=None, help="train.total_env_steps (default: the config's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value, for every run")
     args = parser.parse_args()
+
+    common = [args.config, *(x for kv in args.overrides for x in ("--set", kv))]
+    if args.steps:
+        common += ["--set", f"train.total_env_steps={args.steps}"]
+    apex = ["--set", "topology=apex", "--set", "replay.prioritized=true"]
     setups = [("single", [])] + [
-        (f"apex, {n} actor{'s' if n > 1 else ''}", ["configs/cartpole-apex.yaml", "--set", f"apex.num_actors={n}",
-                                                   "--set", f"apex.actor_cpus={min(1.0, 1.0 / n):.3f}",
-                                                   "--set", "train.total_env_steps=40000"])
+        (f"apex, {n} actor{'s' if n > 1 else ''}",
+         [*apex, "--set", f"apex.num_actors={n}", "--set", f"apex.actor_cpus={min(1.0, 1.0 / n):.3f}"])
         for n in args.actors]
-    print(header("Ape-X beside single on CartPole-v1 (replay ratio 0.5, 40k env steps)"))
-    print("| setup | seeds solved | time to solve (s), median [range] | final eval (median) | "
-          "steady env steps/s | steady updates/s | overall env steps/s |")
-    print("|---|---|---|---|---|---|---|")
-    base_rate = None
+    settings = ", ".join([args.config, *args.overrides, *([f"{args.steps} env steps"] if args.steps else [])])
+    print(header(f"Ape-X beside single at the same replay ratio ({settings})"))
+    print("| replay ratio | setup | seeds solved | time to solve (s), median [range] | env steps to solve | "
+          "final eval (median) | steady env steps/s | steady updates/s | learner busy | overall env steps/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, extra in setups:
-            runs = [train([*extra, "--seed", str(seed)], Path(tmp) / f"{name}-{seed}".replace(" ", "_").replace(",", ""))
-                    for seed in range(args.seeds)]
-            times = [r["time_to_solve_s"] for r in runs if r["solved"]]
-            rate = statistics.median(r["steady_env_steps_per_s"] for r in runs)
-            base_rate = base_rate or rate
-            t = (f"{statistics.median(times):.1f} [{min(times):.1f}-{max(times):.1f}]" if times else "-")
-            print(f"| {name} | {len(times)}/{len(runs)} | {t} | "
-                  f"{statistics.median(r['final_eval_return_mean'] for r in runs):.0f} | "
-                  f"{rate:,.0f} ({rate / base_rate:.2f}x single) | "
-                  f"{statistics.median(r['steady_updates_per_s'] for r in runs):,.0f} | "
-                  f"{statistics.median(r['env_steps'] / r['wall_s'] for r in runs):,.0f} |", flush=True)
+        for ratio in args.ratios or [None]:
+            ratio_set = [] if ratio is None else ["--set", f"train.replay_ratio={ratio}"]
+            base_rate = None
+            for name, extra in setups:
+                runs = [train([*common, *ratio_set, *extra, "--seed", str(seed)],
+                              Path(tmp) / f"{ratio}-{name}-{seed}".replace(" ", "_").replace(",", ""))
+                        for seed in range(args.seeds)]
+                solved = [r for r in runs if r["solved"]]
+                rate = statistics.median(r["steady_env_steps_per_s"] for r in runs)
+                base_rate = base_rate or rate
+                share = statistics.median(r["learner_busy_share"] for r in runs)
+                busy = (f"{share:.0%} (ceiling {1 / share:.2f}x)" if name == "single" and share > 0
+                        else f"{share:.0%}")
+                print(f"| {'config' if ratio is None else f'{ratio:g}'} | {name} | {len(solved)}/{len(runs)} | "
+                      f"{_median_range([r['time_to_solve_s'] for r in solved], '.1f')} | "
+                      f"{_median_range([r['env_steps_to_solve'] / 1000 for r in solved], '.0f', 'k')} | "
+                      f"{statistics.median(r['final_eval_return_mean'] for r in runs):.0f} | "
+                      f"{rate:,.0f} ({rate / base_rate:.2f}x single) | "
+                      f"{statistics.median(r['steady_updates_per_s'] for r in runs):,.0f} | {busy} | "
+                      f"{statistics.median(r['env_steps'] / r['wall_s'] for r in runs):,.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -176,11 +176,14 @@ class ApexConfig(_Section):
     eps_i = base_epsilon^(1 + i / (count - 1) * epsilon_alpha), fixed (the paper's per-actor epsilons)."""
     weight_sync_period: int = Field(50, ge=1)
     """Learner updates between weight publications; actors pick up the newest at their next call."""
-    blocks_per_call: int = Field(4, ge=1)
+    blocks_per_call: int = Field(16, ge=1)
     """``Actor.collect`` calls (of ``train.steps_per_collect`` vector steps) per remote call; their
     transitions go to the replay as one insert."""
     updates_per_call: int = Field(64, ge=1)
     """Learner updates per remote call (metrics and weights come back between calls)."""
+    calls_in_flight: int = Field(2, ge=1)
+    """Calls queued for each actor and for the learner, so that neither idles waiting for the
+    driver between calls (the queued call's weights are then at most one call older)."""
     batches_per_sample: int = Field(16, ge=1)
     """Batches fetched from the replay per request (the next request is in flight while they train)."""
     slack_updates: int = Field(256, ge=1)
@@ -189,7 +192,13 @@ class ApexConfig(_Section):
     learner_cpus: float = Field(1.0, ge=0.0)
     learner_gpus: float = Field(0.0, ge=0.0)
     """GPUs for the learner (learner.device auto/cuda uses one when this is > 0)."""
+    replay_host: Literal["learner", "process"] = "learner"
+    """Where the central replay lives: in the learner's process (actors insert there; the learner
+    samples and returns priorities without a message), or in a process of its own (``process``:
+    sampling and inserting then run beside the learner's updates, at the price of a message for
+    each group of batches and each priority update)."""
     replay_cpus: float = Field(0.0, ge=0.0)
+    """CPUs reserved for the replay's own process (replay_host=process)."""
     stall_timeout_s: float = Field(120.0, gt=0.0)
     """The run ends with an error if no actor or learner call completes for this long."""
 

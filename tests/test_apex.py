@@ -46,11 +46,13 @@ def test_apex_survives_a_killed_actor(tmp_path, ray_cluster):
 
 
 @pytest.mark.slow
-def test_apex_resume_continues_from_its_checkpoint(tmp_path, ray_cluster):
+@pytest.mark.parametrize("replay_host", ["learner", "process"])
+def test_apex_resume_continues_from_its_checkpoint(tmp_path, ray_cluster, replay_host):
     run_dir = tmp_path / "run"
     first = run_cli(["train", "configs/cartpole-apex.yaml", "--seed", "2", "--run-dir", str(run_dir),
                      "--address", ray_cluster, "--set", "train.total_env_steps=4000",
-                     "--set", "log.progress=false"], timeout=600, env=ray_env())
+                     "--set", f"apex.replay_host={replay_host}", "--set", "log.progress=false"],
+                    timeout=600, env=ray_env())
     assert first.returncode == 0, first.stderr[-3000:]
     before = json.loads((run_dir / "summary.json").read_text())
     assert before["learner_updates"] > 0
@@ -72,16 +74,19 @@ def test_apex_resume_continues_from_its_checkpoint(tmp_path, ray_cluster):
 
 
 @pytest.mark.slow
-def test_learner_death_ends_the_run_clearly_and_keeps_the_checkpoint(tmp_path, ray_cluster):
+@pytest.mark.parametrize(("role", "replay_host"), [("learner", "learner"), ("replay", "process")])
+def test_learner_or_replay_death_ends_the_run_clearly_and_keeps_the_checkpoint(tmp_path, ray_cluster, role,
+                                                                                replay_host):
     run_dir = tmp_path / "run"
     args = ["configs/cartpole-apex.yaml", "--seed", "4", "--run-dir", str(run_dir), "--address", ray_cluster,
-            "--set", "log.progress=false", "--set", "checkpoint.interval_env_steps=2000"]
+            "--set", "log.progress=false", "--set", "checkpoint.interval_env_steps=2000",
+            "--set", f"apex.replay_host={replay_host}"]
     returncode, err, _ = kill_role_mid_run(
-        args, "learner", lambda: (run_dir / "checkpoints" / "latest").is_file(), wait_s=180, finish_s=300)
+        args, role, lambda: (run_dir / "checkpoints" / "latest").is_file(), wait_s=180, finish_s=300)
     assert returncode == 2, err[-3000:]
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "learner" in errors[0], err[-2000:]
+    assert len(errors) == 1 and role in errors[0] and "checkpoint is intact" in errors[0], err[-2000:]
     assert not (run_dir / "summary.json").exists()
     # the last checkpoint is whole and usable
     evaluated = run_cli(["evaluate", str(run_dir), "--episodes", "3"])

@@ -50,3 +50,91 @@ def test_ratio_is_held_and_never_deadlocks_with_random_speeds():
     owed = 0.5 * (limiter.env_steps - 64)
     assert abs(limiter.updates - owed) <= 16 + 300 * 0.5
     assert limiter.updates > 1000
+
+
+# ---- RateLimitedReplay: the replay behind the limiter, shared by an inserting and a sampling thread ----
+
+def _gated(ratio=0.5, min_env_steps=0, slack=8, capacity=10_000):
+    from distdqn.core.ratelimit import RateLimitedReplay
+    from distdqn.core.replay import make_replay
+    return RateLimitedReplay(make_replay(True, capacity, (2,), np.float32, 0), RateLimiter(ratio, min_env_steps, slack))
+
+
+def _transitions(n: int, start: int = 0):
+    from distdqn.core.transitions import Transitions
+    ids = np.arange(start, start + n, dtype=np.float32)
+    return Transitions(obs=np.stack([ids, ids], 1), action=np.zeros(n, np.int64), reward=ids,
+                       next_obs=np.stack([ids + 1, ids + 1], 1), terminated=np.zeros(n, bool),
+                       discount=np.full(n, 0.99, np.float32))
+
+
+def test_gated_replay_refuses_within_its_timeout_and_keeps_nothing_refused():
+    import time
+    replay = _gated(ratio=0.5, slack=8)
+    assert replay.sample(1, 4, 0.4, timeout=0.05) is None          # nothing inserted yet
+    assert replay.add(_transitions(64), np.ones(64), 64, timeout=0.05)
+    start = time.perf_counter()
+    assert not replay.add(_transitions(64, 64), np.ones(64), 64, timeout=0.2)   # learner 32 behind, slack 8
+    assert 0.15 < time.perf_counter() - start < 2.0
+    stats = replay.stats()
+    assert stats["replay_size"] == 64 and stats["inserted_env_steps"] == 64   # the refused insert left no trace
+    assert stats["replay_insert_wait_s"] >= 0.15
+
+
+def test_gated_replay_wakes_a_waiting_sampler_when_actors_insert():
+    import threading
+    import time
+    replay = _gated(ratio=0.5, slack=4)
+    got = {}
+
+    def learner():
+        start = time.perf_counter()
+        got["batch"] = replay.sample(2, 8, 0.4, timeout=5.0)
+        got["waited"] = time.perf_counter() - start
+
+    thread = threading.Thread(target=learner)
+    thread.start()
+    time.sleep(0.1)
+    assert thread.is_alive()                                        # held back: nothing to learn from
+    assert replay.add(_transitions(32), np.ones(32), 32, timeout=1.0)
+    thread.join(timeout=5.0)
+    assert got["batch"] is not None and got["batch"].obs.shape == (16, 2)
+    assert 0.05 < got["waited"] < 2.0                               # woken by the insert, not by the timeout
+
+
+def test_gated_replay_holds_the_ratio_between_free_running_threads():
+    """An actor thread and a learner thread each go as fast as they can; the limiter keeps their
+    ratio within the slack, and neither ends stuck."""
+    import threading
+    replay = _gated(ratio=0.25, min_env_steps=64, slack=16)
+    stop = threading.Event()
+    counts = {"inserted": 0, "sampled": 0, "refused": 0}
+
+    def actor():
+        start = 0
+        while not stop.is_set():
+            if replay.add(_transitions(40, start), np.ones(40), 40, timeout=0.5):
+                counts["inserted"] += 40
+                start += 40
+            else:
+                counts["refused"] += 1
+
+    def learner():
+        while not stop.is_set():
+            batch = replay.sample(4, 8, 0.4, timeout=0.5)
+            if batch is not None:
+                counts["sampled"] += 4
+                replay.update_priorities(batch.indices, np.ones(len(batch.indices)))
+
+    threads = [threading.Thread(target=actor), threading.Thread(target=learner)]
+    for t in threads:
+        t.start()
+    import time
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join(timeout=5.0)
+    assert not any(t.is_alive() for t in threads)
+    owed = 0.25 * (counts["inserted"] - 64)
+    assert counts["sampled"] > 100
+    assert abs(counts["sampled"] - owed) <= 16 + 4 + 0.25 * 40

@@ -272,3 +272,4 @@ def test_sample_batches_draws_like_separate_samples_and_returns_views():
         single = replay.sample(16, beta=0.5)
         replay.load_state_dict(state)
         np.testing.assert_array_equal(replay.sample_batches(1, 16, beta=0.5)[0].indices, single.indices)
+

@@ -187,3 +187,27 @@ def test_random_updates_keep_internal_nodes_consistent(capacity, updates):
         assert_internal_nodes_consistent(mins, np.minimum)
         assert sums.root == pytest.approx(leaves_sum.sum(), rel=1e-12, abs=1e-12)
         assert mins.root == leaves_min.min()
+
+
+# ---- batched updates (a replay's priority updates) ----
+
+@pytest.mark.parametrize("capacity", [1, 5, 64, 1000])
+def test_sum_tree_nodes_stay_op_of_their_children_under_repeated_batched_updates(capacity):
+    """Batched updates with repeated indices (a replay's priority updates) keep every internal
+    node equal to op(children) in both trees, and a repeated index takes its last value."""
+    rng = np.random.default_rng(capacity)
+    sums, mins = SumTree(capacity, np.add, 0.0), SumTree(capacity, np.minimum, np.inf)
+    leaves = np.zeros(capacity)
+    for _ in range(30):
+        indices = rng.integers(0, capacity, rng.integers(0, 3 * capacity + 1))
+        values = rng.random(len(indices)) + 0.01
+        levels = sums.ancestors(indices)
+        sums.update(indices, values, levels)
+        mins.update(indices, values)
+        for i, v in zip(indices, values, strict=True):
+            leaves[i] = v
+        for tree, op in ((sums, np.add), (mins, np.minimum)):
+            internal = np.arange(1, tree.size)
+            np.testing.assert_allclose(tree.tree[internal], op(tree.tree[2 * internal], tree.tree[2 * internal + 1]))
+            np.testing.assert_array_equal(tree[np.arange(capacity)], np.where(leaves > 0, leaves, tree.identity))
+        assert sums.root == pytest.approx(leaves.sum())

@@ -8,6 +8,8 @@ each side run ahead a little so that neither stalls on every call (Reverb's Samp
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 
@@ -46,3 +48,61 @@ class RateLimiter:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.env_steps, self.updates = int(state["env_steps"]), int(state["updates"])
+
+
+class RateLimitedReplay:
+    """A replay behind a RateLimiter, shared by threads: ``add`` waits (at most ``timeout`` s) while
+    the learner is behind, ``sample`` waits while the actors are; each returns False / None when its
+    wait runs out, so the caller decides what to do (no call blocks for long). One lock guards the
+    replay and the limiter; it is held for an insert or a draw, never across a learner update."""
+
+    def __init__(self, replay: Any, limiter: RateLimiter):
+        self.replay, self.limiter = replay, limiter
+        self._changed = threading.Condition()
+        self.wait_s = {"insert": 0.0, "sample": 0.0}
+
+    def _wait_for(self, predicate, timeout: float, key: str) -> bool:
+        start = time.perf_counter()
+        ok = self._changed.wait_for(predicate, timeout)
+        self.wait_s[key] += time.perf_counter() - start
+        return ok
+
+    def add(self, transitions: Any, priorities: Any, env_steps: int, timeout: float) -> bool:
+        with self._changed:
+            if not self._wait_for(lambda: self.limiter.can_insert(env_steps), timeout, "insert"):
+                return False
+            self.replay.add(transitions, priorities)
+            self.limiter.inserted(env_steps)
+            self._changed.notify_all()
+        return True
+
+    def sample(self, num_batches: int, batch_size: int, beta: float, timeout: float) -> Any:
+        """``num_batches`` batches stacked into one Batch, or None if the limiter held them back."""
+        with self._changed:
+            if not self._wait_for(lambda: len(self.replay) >= batch_size and self.limiter.can_sample(num_batches),
+                                  timeout, "sample"):
+                return None
+            self.limiter.sampled(num_batches)
+            stacked = self.replay.sample_stacked(num_batches, batch_size, beta)
+            self._changed.notify_all()
+        return stacked
+
+    def update_priorities(self, indices: Any, td_errors: Any) -> None:
+        with self._changed:
+            self.replay.update_priorities(indices, td_errors)
+
+    def stats(self) -> dict[str, Any]:
+        with self._changed:
+            return {"replay_size": len(self.replay), "inserted_transitions": self.replay.total_added,
+                    "inserted_env_steps": self.limiter.env_steps, "sampled_batches": self.limiter.updates,
+                    "replay_insert_wait_s": self.wait_s["insert"], "replay_sample_wait_s": self.wait_s["sample"]}
+
+    def state_dict(self) -> dict[str, Any]:
+        with self._changed:
+            return {"replay": self.replay.state_dict(), "limiter": self.limiter.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with self._changed:
+            self.replay.load_state_dict(state["replay"])
+            self.limiter.load_state_dict(state["limiter"])
+            self._changed.notify_all()

@@ -35,13 +35,28 @@ class SumTree:
     def __getitem__(self, indices: np.ndarray) -> np.ndarray:
         return self.tree[np.asarray(indices) + self.size]
 
-    def update(self, indices: np.ndarray, values: np.ndarray) -> None:
-        """Set leaves ``indices`` to ``values`` (the last write wins for repeated indices)."""
-        nodes = np.asarray(indices, dtype=np.int64) + self.size
-        self.tree[nodes] = values
-        for _ in range(self.depth):
-            nodes = np.unique(nodes >> 1)
+    def update(self, indices: np.ndarray, values: np.ndarray, levels: list[np.ndarray] | None = None) -> None:
+        """Set leaves ``indices`` to ``values`` (the last write wins for repeated indices), then
+        recompute their ancestors, one NumPy call per level. ``levels`` (from ``ancestors``) lets
+        trees of the same size share the walk."""
+        self.tree[np.asarray(indices, dtype=np.int64) + self.size] = values
+        for nodes in self.ancestors(indices) if levels is None else levels:
             self.tree[nodes] = self.op(self.tree[2 * nodes], self.tree[2 * nodes + 1])
+
+    def ancestors(self, indices: np.ndarray) -> list[np.ndarray]:
+        """The distinct ancestors of leaves ``indices``, level by level up to the root. The leaves
+        are sorted once; each level's parents then come out sorted, so dropping adjacent repeats
+        dedups them without another sort."""
+        nodes = np.unique(np.asarray(indices, dtype=np.int64) + self.size)
+        levels = []
+        for _ in range(self.depth if len(nodes) else 0):
+            nodes = nodes >> 1
+            distinct = np.empty(len(nodes), dtype=bool)
+            distinct[0] = True
+            np.not_equal(nodes[1:], nodes[:-1], out=distinct[1:])
+            nodes = nodes[distinct]
+            levels.append(nodes)
+        return levels
 
     def find_prefix_sum(self, values: np.ndarray) -> np.ndarray:
         """For each value v, the leaf i with sum(leaves[:i]) <= v < sum(leaves[:i + 1]) (``op=np.add``)."""
@@ -181,8 +196,9 @@ class PrioritizedReplay(ReplayBuffer):
 
     def _set(self, positions: np.ndarray, priorities: np.ndarray) -> None:
         scaled = np.power(priorities, self.alpha)
-        self._sums.update(positions, scaled)
-        self._mins.update(positions, scaled)
+        levels = self._sums.ancestors(positions)   # the same nodes in both trees
+        self._sums.update(positions, scaled, levels)
+        self._mins.update(positions, scaled, levels)
 
     def _on_add(self, positions: np.ndarray, priorities: np.ndarray | None) -> None:
         if priorities is None:

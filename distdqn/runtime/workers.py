@@ -10,7 +10,6 @@ reference inside a list (a "box") so that Ray does not resolve it unless the rec
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from typing import Any
@@ -21,7 +20,7 @@ import torch
 
 from distdqn.config import Config
 from distdqn.core.policy import initial_priorities
-from distdqn.core.ratelimit import RateLimiter
+from distdqn.core.ratelimit import RateLimitedReplay, RateLimiter
 from distdqn.core.transitions import Batch, Transitions
 from distdqn.envs import EnvInfo
 from distdqn.runtime import components as build
@@ -39,114 +38,124 @@ def process_identity(**extra: Any) -> dict[str, Any]:
     return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), **extra}
 
 
-@ray.remote
+def _gated_replay(cfg: Config, info: EnvInfo, seed: int) -> RateLimitedReplay:
+    return RateLimitedReplay(build.build_replay(cfg, info, seed),
+                             RateLimiter(cfg.train.replay_ratio, cfg.learning_starts_env_steps,
+                                         cfg.apex.slack_updates))
+
+
+# A replay host (ReplayServer, or LearnerWorker with apex.replay_host=learner) serves these calls;
+# they run on threads of their own ("replay" group), beside the learner's updates.
+REPLAY_CALLS = 16
+
+
+@ray.remote(max_concurrency=REPLAY_CALLS)
 class ReplayServer:
-    """The central replay (prioritized or uniform) behind a rate limiter. An asyncio actor: a call
-    that must wait for the other side yields, so adds and samples interleave."""
+    """The central replay in a process of its own (apex.replay_host=process): actors' inserts and
+    the learner's samples run on threads, and wait (bounded) on each other through the rate limiter."""
 
     def __init__(self, cfg: Config, info: EnvInfo, seed: int):
-        self.cfg = cfg
-        self.replay = build.build_replay(cfg, info, seed)
-        self.limiter = RateLimiter(cfg.train.replay_ratio, cfg.learning_starts_env_steps,
-                                   cfg.apex.slack_updates)
-        self._changed: asyncio.Condition | None = None
-        self.waits = {"insert_s": 0.0, "sample_s": 0.0}
+        self.replay = _gated_replay(cfg, info, seed)
 
-    def _condition(self) -> asyncio.Condition:
-        if self._changed is None:
-            self._changed = asyncio.Condition()
-        return self._changed
-
-    async def _wait_until(self, predicate, key: str) -> bool:
-        changed = self._condition()
-        start = time.perf_counter()
-        async with changed:
-            try:
-                await asyncio.wait_for(changed.wait_for(predicate), SAMPLE_WAIT_S)
-                ok = True
-            except TimeoutError:
-                ok = False
-        self.waits[key] += time.perf_counter() - start
-        return ok
-
-    async def add(self, transitions: Transitions, priorities: np.ndarray | None, env_steps: int) -> bool:
+    def add(self, transitions: Transitions, priorities: np.ndarray | None, env_steps: int) -> bool:
         """Insert once the rate limiter allows it; False (nothing inserted) after SAMPLE_WAIT_S."""
-        if not await self._wait_until(lambda: self.limiter.can_insert(env_steps), "insert_s"):
-            return False
-        self.replay.add(transitions, priorities)
-        self.limiter.inserted(env_steps)
-        async with self._condition():
-            self._condition().notify_all()
-        return True
+        return self.replay.add(transitions, priorities, env_steps, SAMPLE_WAIT_S)
 
-    async def sample(self, num_batches: int, batch_size: int, beta: float) -> Batch | None:
+    def sample(self, num_batches: int, batch_size: int, beta: float) -> Batch | None:
         """``num_batches`` batches, stacked into one Batch (8 arrays to send, not 8 per batch), once
         the rate limiter allows them; None after SAMPLE_WAIT_S."""
-        ok = await self._wait_until(
-            lambda: len(self.replay) >= batch_size and self.limiter.can_sample(num_batches), "sample_s")
-        if not ok:
-            return None
-        self.limiter.sampled(num_batches)
-        stacked = self.replay.sample_stacked(num_batches, batch_size, beta)
-        async with self._condition():
-            self._condition().notify_all()
-        return stacked
+        return self.replay.sample(num_batches, batch_size, beta, SAMPLE_WAIT_S)
 
-    async def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
+    def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
         self.replay.update_priorities(indices, td_errors)
 
-    async def stats(self) -> dict[str, Any]:
-        return {"replay_size": len(self.replay), "inserted_transitions": self.replay.total_added,
-                "inserted_env_steps": self.limiter.env_steps, "sampled_batches": self.limiter.updates,
-                "replay_insert_wait_s": self.waits["insert_s"], "replay_sample_wait_s": self.waits["sample_s"]}
+    def replay_stats(self) -> dict[str, Any]:
+        return self.replay.stats()
 
-    async def state_dict(self) -> dict[str, Any]:
-        return {"replay": self.replay.state_dict(), "limiter": self.limiter.state_dict()}
+    def replay_state(self) -> dict[str, Any]:
+        return self.replay.state_dict()
 
-    async def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.replay.load_state_dict(state["replay"])
-        self.limiter.load_state_dict(state["limiter"])
+    def load_replay_state(self, state: dict[str, Any]) -> None:
+        self.replay.load_state_dict(state)
 
-    async def identity(self) -> dict[str, Any]:
+    def identity(self) -> dict[str, Any]:
         return process_identity()
 
 
-@ray.remote
+@ray.remote(concurrency_groups={"replay": REPLAY_CALLS})
 class LearnerWorker:
-    """A DQNLearner that trains from the replay server in chunks of updates."""
+    """A DQNLearner that trains in chunks of updates, from the replay it hosts (``replay`` None:
+    apex.replay_host=learner, the actors insert into this process) or from a ReplayServer.
+
+    Training, weights and learner state run one at a time (the default group); the replay's calls
+    run on threads of the "replay" group beside them (the replay has its own lock; torch releases
+    the GIL during an update)."""
 
     def __init__(self, cfg: Config, info: EnvInfo, replay: Any, seed: int):
         set_worker_threads(cfg.apex.learner_cpus)
         torch.manual_seed(seed)
         self.cfg = cfg
         self.learner = build.build_learner(cfg, info)
+        self.local = _gated_replay(cfg, info, seed - 1) if replay is None else None
         self.replay = replay
         self.beta = build.build_beta_schedule(cfg)
         self._prefetch = None
         self._published_at = -1
 
+    # ---- the hosted replay (apex.replay_host=learner): the same calls as ReplayServer's ----
+    @ray.method(concurrency_group="replay")
+    def add(self, transitions: Transitions, priorities: np.ndarray | None, env_steps: int) -> bool:
+        return self.local.add(transitions, priorities, env_steps, SAMPLE_WAIT_S)
+
+    @ray.method(concurrency_group="replay")
+    def replay_stats(self) -> dict[str, Any]:
+        return self.local.stats()
+
+    @ray.method(concurrency_group="replay")
+    def replay_state(self) -> dict[str, Any]:
+        return self.local.state_dict()
+
+    @ray.method(concurrency_group="replay")
+    def load_replay_state(self, state: dict[str, Any]) -> None:
+        self.local.load_state_dict(state)
+
+    # ---- learning ----
     def weights(self) -> tuple[int, list]:
         """(learner updates, [ref]) of the current online weights, put once into the object store."""
         return self.learner.updates, [ray.put(self.learner.get_weights())]
+
+    def _sample(self, beta: float) -> Batch | None:
+        """The next group of batches: drawn here from the hosted replay, or the one the replay
+        server prepared while the previous group trained (and the next one asked for)."""
+        num, batch_size = self.cfg.apex.batches_per_sample, self.cfg.learner.batch_size
+        if self.local is not None:
+            return self.local.sample(num, batch_size, beta, SAMPLE_WAIT_S)
+        if self._prefetch is None:
+            self._prefetch = self.replay.sample.remote(num, batch_size, beta)
+        stacked = ray.get(self._prefetch, timeout=SAMPLE_WAIT_S + 30)
+        self._prefetch = self.replay.sample.remote(num, batch_size, beta)
+        return stacked
+
+    def _return_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
+        if self.local is not None:
+            self.local.update_priorities(indices, td_errors)
+        else:
+            self.replay.update_priorities.remote(indices, td_errors)
 
     def train(self, num_updates: int, env_steps: int) -> dict[str, Any]:
         """Up to ``num_updates`` updates; returns metric sums, and new weights every sync period."""
         cfg = self.cfg.apex
         sums: dict[str, float] = {}
-        done, start, waited = 0, time.perf_counter(), 0.0
+        done, start, waited, stepping = 0, time.perf_counter(), 0.0, 0.0
         beta = self.beta(env_steps)
-        batch_size = self.cfg.learner.batch_size
         while done < num_updates:
-            if self._prefetch is None:
-                self._prefetch = self.replay.sample.remote(cfg.batches_per_sample, batch_size, beta)
             t = time.perf_counter()
-            stacked = ray.get(self._prefetch, timeout=SAMPLE_WAIT_S + 30)
+            stacked = self._sample(beta)
             waited += time.perf_counter() - t
-            # ask for the next batches before training on these (the replay works meanwhile)
-            self._prefetch = self.replay.sample.remote(cfg.batches_per_sample, batch_size, beta)
             if stacked is None:
                 break  # the rate limiter says wait for actors: report back to the driver
             indices, priorities = [], []
+            t = time.perf_counter()
             for batch in stacked.split(cfg.batches_per_sample):
                 result = self.learner.step(batch)
                 indices.append(batch.indices)
@@ -154,10 +163,12 @@ class LearnerWorker:
                 for k, v in result.metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
                 done += 1
-            if self.cfg.replay.prioritized:  # one message for the whole group of batches
-                self.replay.update_priorities.remote(np.concatenate(indices), np.concatenate(priorities))
+            stepping += time.perf_counter() - t
+            if self.cfg.replay.prioritized:  # one message (or one lock) for the whole group
+                self._return_priorities(np.concatenate(indices), np.concatenate(priorities))
         out: dict[str, Any] = {"updates": done, "learner_updates": self.learner.updates, "sums": sums,
-                               "busy_s": time.perf_counter() - start - waited, "wait_s": waited}
+                               "busy_s": time.perf_counter() - start - waited, "wait_s": waited,
+                               "step_s": stepping}
         if self.learner.updates - self._published_at >= cfg.weight_sync_period:
             self._published_at = self.learner.updates
             out["weights"] = self.weights()
@@ -176,7 +187,7 @@ class LearnerWorker:
 @ray.remote
 class ExperienceActor:
     """An Actor (vector env + epsilon-greedy policy) that sends its transitions, with initial
-    priorities, straight to the replay server."""
+    priorities, straight to the replay's host (the replay server, or the learner hosting it)."""
 
     def __init__(self, cfg: Config, info: EnvInfo, replay: Any, epsilons: np.ndarray, seed: int):
         set_worker_threads(cfg.apex.actor_cpus)
@@ -188,9 +199,14 @@ class ExperienceActor:
         self.epsilons = np.asarray(epsilons, dtype=np.float64)
         self.version = -1
         self.prioritized = cfg.replay.prioritized
+        self._pending: tuple | None = None      # the insert in flight: its arguments, and its reference
+        self._pending_ref: Any = None
 
     def collect(self, version: int, weights_box: list, num_blocks: int) -> dict[str, Any]:
-        """Take newer weights if offered, collect ``num_blocks`` blocks, send them to the replay."""
+        """Take newer weights if offered, collect ``num_blocks`` blocks and send them to the replay
+        as one insert. The insert is not waited for: the next call waits for it before sending its
+        own, so collection overlaps the replay's work and at most one insert is in flight (the
+        replay's rate limiter holds it back while the learner is behind: back-pressure)."""
         if version > self.version:
             self.actor.policy.set_weights(ray.get(weights_box[0], timeout=60))
             self.version = version
@@ -201,17 +217,28 @@ class ExperienceActor:
         env_steps = sum(r.env_steps for r in rollouts)
         priorities = (initial_priorities(self.actor.policy, t.obs, t.action, t.reward, t.next_obs,
                                          t.terminated, t.discount) if self.prioritized else None)
-        # one insert per call; the replay holds it back while the learner is behind (back-pressure)
-        sent, waits = time.perf_counter(), 0
-        while not ray.get(self.replay.add.remote(t, priorities, env_steps), timeout=SAMPLE_WAIT_S + 30):
-            waits += 1
-            if time.perf_counter() - sent > self.cfg.apex.stall_timeout_s:
-                raise TimeoutError(f"the replay refused inserts for {self.cfg.apex.stall_timeout_s:.0f} s")
+        sent = time.perf_counter()
+        waits = self.settle()
+        self._pending = (t, priorities, env_steps)
+        self._pending_ref = self.replay.add.remote(t, priorities, env_steps)
         return {"env_steps": env_steps,
                 "episode_returns": np.concatenate([r.episode_returns for r in rollouts]),
                 "episode_lengths": np.concatenate([r.episode_lengths for r in rollouts]),
                 "version": self.version, "insert_waits": waits, "wall_s": time.perf_counter() - start,
                 "send_s": time.perf_counter() - sent}
+
+    def settle(self) -> int:
+        """Wait until the insert in flight is accepted, sending it again each time the replay
+        refuses it (its rate limiter waited SAMPLE_WAIT_S for the learner); the number of refusals.
+        Raises TimeoutError after ``apex.stall_timeout_s`` of refusals."""
+        waits, start = 0, time.perf_counter()
+        while self._pending_ref is not None and not ray.get(self._pending_ref, timeout=SAMPLE_WAIT_S + 30):
+            waits += 1
+            if time.perf_counter() - start > self.cfg.apex.stall_timeout_s:
+                raise TimeoutError(f"the replay refused inserts for {self.cfg.apex.stall_timeout_s:.0f} s")
+            self._pending_ref = self.replay.add.remote(*self._pending)
+        self._pending, self._pending_ref = None, None
+        return waits
 
     def identity(self) -> dict[str, Any]:
         return process_identity()

@@ -44,16 +44,20 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     a = cfg.apex
     seed_everything(cfg.seed)
     session = RunSession(cfg, run_dir, info)
-    cpus = a.replay_cpus + a.learner_cpus + a.num_actors * a.actor_cpus
+    separate_replay = a.replay_host == "process"
+    replay_cpus = a.replay_cpus if separate_replay else 0.0
+    cpus = replay_cpus + a.learner_cpus + a.num_actors * a.actor_cpus
     cluster = connect(cfg.cluster.address, num_cpus=math.ceil(cpus), timeout_s=cfg.cluster.connect_timeout_s)
     try:
         require_resources(cpus, a.learner_gpus,
-                          f"apex (replay {a.replay_cpus:g} + learner {a.learner_cpus:g} + "
+                          f"apex (replay {replay_cpus:g} + learner {a.learner_cpus:g} + "
                           f"{a.num_actors} actors x {a.actor_cpus:g} CPUs)")
-        # ---- build: replay server, learner, actors (spread over the cluster's nodes) ----
-        replay = ReplayServer.options(num_cpus=a.replay_cpus).remote(cfg, info, cfg.seed + 1)
+        # ---- build: the replay (in the learner's process, or its own), learner, actors (spread) ----
+        server = (ReplayServer.options(num_cpus=replay_cpus).remote(cfg, info, cfg.seed + 1)
+                  if separate_replay else None)
         learner = LearnerWorker.options(num_cpus=a.learner_cpus, num_gpus=a.learner_gpus).remote(
-            cfg, info, replay, cfg.seed + 2)
+            cfg, info, server, cfg.seed + 2)
+        replay = server if separate_replay else learner   # where actors insert and the replay's state lives
         epsilons = per_actor_epsilons(a.num_actors * cfg.env.num_envs, a.base_epsilon, a.epsilon_alpha)
         epsilons = epsilons.reshape(a.num_actors, cfg.env.num_envs)
         restarts = 0
@@ -69,13 +73,14 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         def record_processes() -> None:
             """processes.json: which process plays which role, and where (for users and tests)."""
             roles = {"learner": learner, "replay": replay, **{f"actor{i}": x for i, x in enumerate(actors)}}
+            # with replay_host=learner, "replay" and "learner" are the same process
             refs = {name: handle.identity.remote() for name, handle in roles.items()}
             session.write_json("processes.json", {name: _get_or_none(ref) for name, ref in refs.items()})
 
         # ---- resume: learner and replay from the checkpoint (actors start fresh episodes) ----
         if resume is not None:
             ray.get([learner.load_state_dict.remote(resume["learner"]),
-                     replay.load_state_dict.remote(resume["replay"])] if "replay" in resume
+                     replay.load_replay_state.remote(resume["replay"])] if "replay" in resume
                     else [learner.load_state_dict.remote(resume["learner"])], timeout=a.stall_timeout_s)
             session.load_state_dict(resume["session"])
             env_steps = resume["counters"]["env_steps"]
@@ -87,7 +92,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         nodes = {}
 
         def components() -> dict[str, Any]:
-            learner_state, replay_state = ray.get([learner.state_dict.remote(), replay.state_dict.remote()],
+            learner_state, replay_state = ray.get([learner.state_dict.remote(), replay.replay_state.remote()],
                                                   timeout=a.stall_timeout_s)
             state = {"learner": learner_state,
                      "counters": {"env_steps": env_steps, "learner_updates": updates, "actor_restarts": restarts}}
@@ -99,12 +104,24 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         session.open(env_steps, updates)
         session.restore_stats()
         record_processes()
-        in_flight: dict[Any, tuple[str, int]] = {}
-        for i, actor in enumerate(actors):
-            in_flight[actor.collect.remote(version, weights_box, a.blocks_per_call)] = ("actor", i)
-        in_flight[learner.train.remote(a.updates_per_call, env_steps)] = ("learner", 0)
+        # each role has calls_in_flight calls queued, so it never idles waiting for the driver; an
+        # actor's calls carry its generation (restarts), so a dead actor's other calls are ignored
+        in_flight: dict[Any, tuple[str, int, int]] = {}
+        generations = [0] * a.num_actors
+
+        def submit(role: str, index: int) -> None:
+            if role == "actor":
+                ref = actors[index].collect.remote(version, weights_box, a.blocks_per_call)
+            else:
+                ref = learner.train.remote(a.updates_per_call, env_steps)
+            in_flight[ref] = (role, index, generations[index] if role == "actor" else 0)
+
+        for _ in range(a.calls_in_flight):
+            for i in range(a.num_actors):
+                submit("actor", i)
+            submit("learner", 0)
         actor_versions = np.zeros(a.num_actors, dtype=np.int64)
-        learner_busy_s = 0.0
+        learner_busy_s, learner_step_s = 0.0, 0.0
         last_progress = time.perf_counter()
         interrupted = False
         try:
@@ -116,25 +133,33 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                     continue
                 last_progress = time.perf_counter()
                 ref = ready[0]
-                role, index = in_flight.pop(ref)
+                role, index, generation = in_flight.pop(ref)
                 if role == "actor":
+                    if generation != generations[index]:
+                        continue   # a call to an actor that died and was replaced
                     try:
                         out = ray.get(ref)
                     except RayActorError as exc:
                         # an actor died: start a new one in its place, the run goes on
                         restarts += 1
+                        generations[index] += 1
                         ray.kill(actors[index], no_restart=True)
                         actors[index] = start_actor(index, restarts)
                         session.note(f"actor {index} died and was restarted ({type(exc).__name__})")
                         record_processes()
+                        for _ in range(a.calls_in_flight - 1):
+                            submit("actor", index)
                         out = None
-                    except RayError as exc:   # the actor is alive but its call failed: a bug, not a crash
+                    except RayError as exc:   # the actor is alive but its call failed: its replay died, or a bug
+                        if _get_or_none(replay.identity.remote()) is None:
+                            raise RunAborted(f"apex: the {'replay' if separate_replay else 'learner'} died "
+                                             f"({_first_line(exc)}); the last checkpoint is intact") from None
                         raise RunAborted(f"apex: actor {index} failed ({_first_line(exc)})") from None
                     if out is not None:
                         env_steps += out["env_steps"]
                         actor_versions[index] = out["version"]
                         session.stats.add_episodes(out["episode_returns"], out["episode_lengths"])
-                    in_flight[actors[index].collect.remote(version, weights_box, a.blocks_per_call)] = ("actor", index)
+                    submit("actor", index)
                 else:
                     try:
                         out = ray.get(ref)
@@ -143,21 +168,23 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                                          f"the last checkpoint is intact") from None
                     updates = out["learner_updates"]
                     learner_busy_s += out["busy_s"]
+                    learner_step_s += out["step_s"]
                     if out["updates"]:
                         session.stats.add_update({k: v / out["updates"] for k, v in out["sums"].items()})
-                    if "weights" in out:
+                    if "weights" in out and out["weights"][0] > version:
                         version, weights_box = out["weights"]
-                    in_flight[learner.train.remote(a.updates_per_call, env_steps)] = ("learner", 0)
+                    submit("learner", 0)
 
                 if session.due_for_evaluation(env_steps):
                     policy.set_weights(ray.get(weights_box[0], timeout=a.stall_timeout_s))
                 if session.evaluate_if_due(policy, env_steps):
                     break
                 if session.due_for_log(env_steps):
-                    replay_stats = ray.get(replay.stats.remote(), timeout=a.stall_timeout_s)
+                    replay_stats = ray.get(replay.replay_stats.remote(), timeout=a.stall_timeout_s)
                     session.log_if_due(env_steps, updates, actor_restarts=restarts,
                                        weight_lag_updates=float(updates - actor_versions.mean()),
-                                       learner_busy_s=learner_busy_s, **replay_stats)
+                                       learner_busy_s=learner_busy_s,
+                                       learner_step_s=learner_step_s, **replay_stats)
                 session.checkpoint_if_due(env_steps, components)
         except KeyboardInterrupt:
             interrupted = True

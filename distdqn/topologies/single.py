@@ -17,6 +17,7 @@ one ``Replica`` (runtime/replica.py), the same that every data-parallel worker o
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +62,13 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     session.open(replica.env_steps, replica.learner.updates)
     session.restore_stats()
     interrupted = False
+    learner_busy_s = 0.0   # time in sampling and updates (benchmarks/apex_scaling.py reads its share)
     try:
         while replica.env_steps < cfg.train.total_env_steps:
             replica.collect()
+            started = time.perf_counter()
             updates, sums = replica.train(replica.pending, allow_collect=False)
+            learner_busy_s += time.perf_counter() - started
             seen = replica.drain()
             session.stats.add_episodes(seen["episode_returns"], seen["episode_lengths"])
             session.stats.add_updates(sums, updates)
@@ -72,7 +76,8 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             if session.evaluate_if_due(replica.policy, replica.env_steps):
                 break
             session.log_if_due(replica.env_steps, replica.learner.updates,
-                               epsilon=replica.epsilon(replica.env_steps), replay_size=len(replica.replay))
+                               epsilon=replica.epsilon(replica.env_steps), replay_size=len(replica.replay),
+                               learner_busy_s=learner_busy_s)
             session.checkpoint_if_due(replica.env_steps, components)
     except KeyboardInterrupt:
         interrupted = True
