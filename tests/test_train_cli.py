@@ -12,7 +12,7 @@ import yaml
 from distdqn.metrics import read_metrics
 from tests.helpers import REPO, SHORT_RUN, run_cli
 
-TIME_FIELDS = {"wall_s", "env_steps_per_s", "updates_per_s"}
+TIME_FIELDS = {"wall_s", "env_steps_per_s", "updates_per_s", "learner_busy_s"}
 
 
 def test_run_directory_layout(short_run):
