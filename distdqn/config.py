@@ -177,8 +177,11 @@ class ApexConfig(_Section):
     weight_sync_period: int = Field(50, ge=1)
     """Learner updates between weight publications; actors pick up the newest at their next call."""
     blocks_per_call: int = Field(16, ge=1)
-    """``Actor.collect`` calls (of ``train.steps_per_collect`` vector steps) per remote call; their
-    transitions go to the replay as one insert."""
+    """``Actor.collect`` calls (of ``train.steps_per_collect`` vector steps) per remote call from
+    the driver (episode statistics and env step counts come back between calls)."""
+    blocks_per_insert: int = Field(4, ge=1)
+    """Blocks per insert into the replay. Each insert's answer carries the newest weights the
+    learner published, so this also bounds how stale an actor's weights get (in env steps)."""
     updates_per_call: int = Field(64, ge=1)
     """Learner updates per remote call (metrics and weights come back between calls)."""
     calls_in_flight: int = Field(2, ge=1)

@@ -14,6 +14,7 @@ import os
 import pickle
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,6 +94,9 @@ class RunSession:
         self.notes: list[str] = []
         self._restored_stats: tuple[int, list[float]] | None = None
         self.extra_summary = extra_summary or {}
+        self._eval_thread: threading.Thread | None = None
+        self._eval_box: dict[str, Any] = {}
+        self._eval_env_steps = 0
 
     # ---- lifecycle ----
     def open(self, env_steps: int = 0, learner_updates: int = 0) -> None:
@@ -105,22 +109,65 @@ class RunSession:
         return self.wall_offset + time.perf_counter() - self.start
 
     # ---- evaluation ----
-    def evaluate(self, policy: Any, env_steps: int) -> dict[str, Any]:
-        returns = evaluate(policy, self.eval_envs, self.cfg.eval.episodes, self.cfg.eval.epsilon,
-                           seed=self.cfg.seed * 1_000_003 + 7919 * (self.evaluations + 1))
+    def _evaluate_returns(self, policy: Any) -> np.ndarray:
+        """Returns of this run's next evaluation (each has its own seed, so reruns match)."""
         self.evaluations += 1
+        return evaluate(policy, self.eval_envs, self.cfg.eval.episodes, self.cfg.eval.epsilon,
+                        seed=self.cfg.seed * 1_000_003 + 7919 * self.evaluations)
+
+    def _record_evaluation(self, returns: np.ndarray, env_steps: int, wall_s: float) -> dict[str, Any]:
         self.last_eval = {"eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
                           "eval_episodes": len(returns), "eval_env_steps": env_steps}
         if self.solved_at is None and len(returns) >= 10 and returns.mean() >= self.threshold:
-            self.solved_at = {"time_to_solve_s": self.wall_s(), "env_steps_to_solve": env_steps}
+            self.solved_at = {"time_to_solve_s": wall_s, "env_steps_to_solve": env_steps}
         return self.last_eval
+
+    def evaluate(self, policy: Any, env_steps: int) -> dict[str, Any]:
+        returns = self._evaluate_returns(policy)
+        return self._record_evaluation(returns, env_steps, self.wall_s())
+
+    def _advance_eval(self, env_steps: int) -> None:
+        while self.next_eval <= env_steps:
+            self.next_eval += self.cfg.eval.interval_env_steps
 
     def evaluate_if_due(self, policy: Any, env_steps: int) -> bool:
         """Evaluate when due; True when the run should stop (solved and ``stop_when_solved``)."""
         if env_steps >= self.next_eval:
-            while self.next_eval <= env_steps:
-                self.next_eval += self.cfg.eval.interval_env_steps
+            self._advance_eval(env_steps)
             self.evaluate(policy, env_steps)
+        return self.cfg.eval.stop_when_solved and self.solved_at is not None
+
+    # ---- evaluation on a thread: a driver that conducts (apex) keeps its roles fed meanwhile ----
+    @property
+    def evaluating(self) -> bool:
+        return self._eval_thread is not None
+
+    def start_evaluation(self, policy: Any, env_steps: int) -> None:
+        """Evaluate ``policy`` on a thread of its own; the caller leaves ``policy`` alone until
+        ``poll_evaluation`` has recorded the result. The evaluation's time is the moment it ends."""
+        self._advance_eval(env_steps)
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["returns"] = self._evaluate_returns(policy)
+            except BaseException as exc:  # noqa: BLE001 -- re-raised by poll_evaluation, on the driver's thread
+                box["error"] = exc
+            box["wall_s"] = self.wall_s()
+
+        self._eval_thread = threading.Thread(target=work, name="distdqn-eval", daemon=True)
+        self._eval_thread.start()
+        self._eval_box, self._eval_env_steps = box, env_steps
+
+    def poll_evaluation(self, wait: bool = False) -> bool:
+        """Record the evaluation running on its thread once it has ended (``wait``: wait for it);
+        True when the run should stop (solved and ``stop_when_solved``)."""
+        if self._eval_thread is not None and (wait or not self._eval_thread.is_alive()):
+            self._eval_thread.join()
+            self._eval_thread, box = None, self._eval_box
+            if "error" in box:
+                raise box["error"]
+            self._record_evaluation(box["returns"], self._eval_env_steps, box["wall_s"])
         return self.cfg.eval.stop_when_solved and self.solved_at is not None
 
     def due_for_evaluation(self, env_steps: int) -> bool:
@@ -192,6 +239,7 @@ class RunSession:
     def finish(self, policy: Any, env_steps: int, learner_updates: int, components: dict[str, Any],
                interrupted: bool = False, **extra_summary: Any) -> RunResult:
         """Final evaluation, final checkpoint, last metrics row and summary.json."""
+        self.poll_evaluation(wait=True)
         if self.last_eval is None or self.last_eval["eval_env_steps"] != env_steps:
             self.evaluate(policy, env_steps)
             self.log(env_steps, learner_updates)
@@ -222,6 +270,8 @@ class RunSession:
         return RunResult(summary, self.run_dir)
 
     def close(self) -> None:
+        if self._eval_thread is not None:   # a run that ends in an error: let its evaluation end first
+            self._eval_thread.join(timeout=60)
         if self.writer is not None:
             self.writer.close()
             self.writer = None

@@ -48,6 +48,10 @@ def _gated_replay(cfg: Config, info: EnvInfo, seed: int) -> RateLimitedReplay:
 # they run on threads of their own ("replay" group), beside the learner's updates.
 REPLAY_CALLS = 16
 
+InsertAnswer = tuple[bool, int, list]
+"""A replay host's answer to an insert: (accepted, version, [ref]) of the newest published weights
+([] before the first publication)."""
+
 
 @ray.remote(max_concurrency=REPLAY_CALLS)
 class ReplayServer:
@@ -56,10 +60,16 @@ class ReplayServer:
 
     def __init__(self, cfg: Config, info: EnvInfo, seed: int):
         self.replay = _gated_replay(cfg, info, seed)
+        self.newest: tuple[int, list] = (-1, [])   # the learner's newest weights (version, [ref])
 
-    def add(self, transitions: Transitions, priorities: np.ndarray | None, env_steps: int) -> bool:
-        """Insert once the rate limiter allows it; False (nothing inserted) after SAMPLE_WAIT_S."""
-        return self.replay.add(transitions, priorities, env_steps, SAMPLE_WAIT_S)
+    def add(self, transitions: Transitions, priorities: np.ndarray | None, env_steps: int) -> InsertAnswer:
+        """Insert once the rate limiter allows it (accepted False, nothing inserted, after
+        SAMPLE_WAIT_S); the answer carries the newest weights the learner published."""
+        return self.replay.add(transitions, priorities, env_steps, SAMPLE_WAIT_S), *self.newest
+
+    def publish(self, version: int, weights_box: list) -> None:
+        """The learner's newest weights, handed to actors with their next insert's answer."""
+        self.newest = (version, weights_box)
 
     def sample(self, num_batches: int, batch_size: int, beta: float) -> Batch | None:
         """``num_batches`` batches, stacked into one Batch (8 arrays to send, not 8 per batch), once
@@ -101,11 +111,12 @@ class LearnerWorker:
         self.beta = build.build_beta_schedule(cfg)
         self._prefetch = None
         self._published_at = -1
+        self.newest: tuple[int, list] = (-1, [])   # (version, [ref]) of the last weights published
 
     # ---- the hosted replay (apex.replay_host=learner): the same calls as ReplayServer's ----
     @ray.method(concurrency_group="replay")
-    def add(self, transitions: Transitions, priorities: np.ndarray | None, env_steps: int) -> bool:
-        return self.local.add(transitions, priorities, env_steps, SAMPLE_WAIT_S)
+    def add(self, transitions: Transitions, priorities: np.ndarray | None, env_steps: int) -> InsertAnswer:
+        return self.local.add(transitions, priorities, env_steps, SAMPLE_WAIT_S), *self.newest
 
     @ray.method(concurrency_group="replay")
     def replay_stats(self) -> dict[str, Any]:
@@ -121,8 +132,12 @@ class LearnerWorker:
 
     # ---- learning ----
     def weights(self) -> tuple[int, list]:
-        """(learner updates, [ref]) of the current online weights, put once into the object store."""
-        return self.learner.updates, [ray.put(self.learner.get_weights())]
+        """(learner updates, [ref]) of the current online weights, put once into the object store;
+        also what the replay answers actors' inserts with from now on."""
+        self.newest = (self.learner.updates, [ray.put(self.learner.get_weights())])
+        if self.replay is not None:
+            self.replay.publish.remote(*self.newest)
+        return self.newest
 
     def _sample(self, beta: float) -> Batch | None:
         """The next group of batches: drawn here from the hosted replay, or the one the replay
@@ -147,6 +162,7 @@ class LearnerWorker:
         cfg = self.cfg.apex
         sums: dict[str, float] = {}
         done, start, waited, stepping = 0, time.perf_counter(), 0.0, 0.0
+        published = None
         beta = self.beta(env_steps)
         while done < num_updates:
             t = time.perf_counter()
@@ -166,12 +182,14 @@ class LearnerWorker:
             stepping += time.perf_counter() - t
             if self.cfg.replay.prioritized:  # one message (or one lock) for the whole group
                 self._return_priorities(np.concatenate(indices), np.concatenate(priorities))
+            if self.learner.updates - self._published_at >= cfg.weight_sync_period:
+                self._published_at = self.learner.updates
+                published = self.weights()   # actors get it with their next insert's answer
         out: dict[str, Any] = {"updates": done, "learner_updates": self.learner.updates, "sums": sums,
                                "busy_s": time.perf_counter() - start - waited, "wait_s": waited,
                                "step_s": stepping}
-        if self.learner.updates - self._published_at >= cfg.weight_sync_period:
-            self._published_at = self.learner.updates
-            out["weights"] = self.weights()
+        if published is not None:
+            out["weights"] = published
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -199,40 +217,61 @@ class ExperienceActor:
         self.epsilons = np.asarray(epsilons, dtype=np.float64)
         self.version = -1
         self.prioritized = cfg.replay.prioritized
-        self._pending: tuple | None = None      # the insert in flight: its arguments, and its reference
-        self._pending_ref: Any = None
+        self._pending: tuple | None = None      # the insert in flight: its arguments, its reference,
+        self._pending_ref: Any = None           # and the weights version its data was collected with
+        self._pending_version = -1
+        self._lags: list[int] = []
 
     def collect(self, version: int, weights_box: list, num_blocks: int) -> dict[str, Any]:
-        """Take newer weights if offered, collect ``num_blocks`` blocks and send them to the replay
-        as one insert. The insert is not waited for: the next call waits for it before sending its
-        own, so collection overlaps the replay's work and at most one insert is in flight (the
-        replay's rate limiter holds it back while the learner is behind: back-pressure)."""
-        if version > self.version:
+        """Collect ``num_blocks`` blocks, sending them to the replay every ``apex.blocks_per_insert``
+        blocks. An insert is not waited for: the next one waits for it first, so collection
+        overlaps the replay's work, at most one insert is in flight, and the replay's rate limiter
+        holds the actor back while the learner is behind (back-pressure). Each insert's answer
+        carries the newest published weights, taken at once: actors stay as fresh as the learner's
+        publications without a message of their own. The driver's offer (``version``,
+        ``weights_box``) is taken too when it is newer."""
+        self._adopt(version, weights_box)
+        start, waits, steps = time.perf_counter(), 0, 0
+        returns, lengths, self._lags = [], [], []
+        per_insert = self.cfg.apex.blocks_per_insert
+        for first in range(0, num_blocks, per_insert):
+            rollouts = [self.actor.collect(self.cfg.train.steps_per_collect, self.epsilons)
+                        for _ in range(min(per_insert, num_blocks - first))]
+            t = Transitions.concatenate([r.transitions for r in rollouts])
+            env_steps = sum(r.env_steps for r in rollouts)
+            priorities = (initial_priorities(self.actor.policy, t.obs, t.action, t.reward, t.next_obs,
+                                             t.terminated, t.discount) if self.prioritized else None)
+            waits += self.settle()
+            self._pending = (t, priorities, env_steps)
+            self._pending_ref = self.replay.add.remote(t, priorities, env_steps)
+            self._pending_version = self.version
+            steps += env_steps
+            returns += [r.episode_returns for r in rollouts]
+            lengths += [r.episode_lengths for r in rollouts]
+        return {"env_steps": steps, "episode_returns": np.concatenate(returns),
+                "episode_lengths": np.concatenate(lengths), "version": self.version,
+                # learner updates between the weights that acted and the newest published when
+                # the data reached the replay (per insert answered in this call)
+                "weight_lag": float(np.mean(self._lags)) if self._lags else None,
+                "insert_waits": waits, "wall_s": time.perf_counter() - start}
+
+    def _adopt(self, version: int, weights_box: list) -> None:
+        if version > self.version and weights_box:
             self.actor.policy.set_weights(ray.get(weights_box[0], timeout=60))
             self.version = version
-        start = time.perf_counter()
-        rollouts = [self.actor.collect(self.cfg.train.steps_per_collect, self.epsilons)
-                    for _ in range(num_blocks)]
-        t = Transitions.concatenate([r.transitions for r in rollouts])
-        env_steps = sum(r.env_steps for r in rollouts)
-        priorities = (initial_priorities(self.actor.policy, t.obs, t.action, t.reward, t.next_obs,
-                                         t.terminated, t.discount) if self.prioritized else None)
-        sent = time.perf_counter()
-        waits = self.settle()
-        self._pending = (t, priorities, env_steps)
-        self._pending_ref = self.replay.add.remote(t, priorities, env_steps)
-        return {"env_steps": env_steps,
-                "episode_returns": np.concatenate([r.episode_returns for r in rollouts]),
-                "episode_lengths": np.concatenate([r.episode_lengths for r in rollouts]),
-                "version": self.version, "insert_waits": waits, "wall_s": time.perf_counter() - start,
-                "send_s": time.perf_counter() - sent}
 
     def settle(self) -> int:
         """Wait until the insert in flight is accepted, sending it again each time the replay
         refuses it (its rate limiter waited SAMPLE_WAIT_S for the learner); the number of refusals.
         Raises TimeoutError after ``apex.stall_timeout_s`` of refusals."""
         waits, start = 0, time.perf_counter()
-        while self._pending_ref is not None and not ray.get(self._pending_ref, timeout=SAMPLE_WAIT_S + 30):
+        while self._pending_ref is not None:
+            accepted, version, weights_box = ray.get(self._pending_ref, timeout=SAMPLE_WAIT_S + 30)
+            if version >= 0:
+                self._lags.append(version - self._pending_version)
+            self._adopt(version, weights_box)
+            if accepted:
+                break
             waits += 1
             if time.perf_counter() - start > self.cfg.apex.stall_timeout_s:
                 raise TimeoutError(f"the replay refused inserts for {self.cfg.apex.stall_timeout_s:.0f} s")

@@ -75,7 +75,8 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             roles = {"learner": learner, "replay": replay, **{f"actor{i}": x for i, x in enumerate(actors)}}
             # with replay_host=learner, "replay" and "learner" are the same process
             refs = {name: handle.identity.remote() for name, handle in roles.items()}
-            session.write_json("processes.json", {name: _get_or_none(ref) for name, ref in refs.items()})
+            identities.update({name: _get_or_none(ref) for name, ref in refs.items()})
+            session.write_json("processes.json", identities)
 
         # ---- resume: learner and replay from the checkpoint (actors start fresh episodes) ----
         if resume is not None:
@@ -89,7 +90,8 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             set_rng_state(resume["rng"])
         version, weights_box = ray.get(learner.weights.remote(), timeout=a.stall_timeout_s)
         policy = build.build_policy(cfg, info, ray.get(weights_box[0], timeout=a.stall_timeout_s))
-        nodes = {}
+        nodes: dict[str, int] = {}
+        identities: dict[str, Any] = {}
 
         def components() -> dict[str, Any]:
             learner_state, replay_state = ray.get([learner.state_dict.remote(), replay.replay_state.remote()],
@@ -120,7 +122,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             for i in range(a.num_actors):
                 submit("actor", i)
             submit("learner", 0)
-        actor_versions = np.zeros(a.num_actors, dtype=np.int64)
+        actor_lags = np.zeros(a.num_actors)   # each actor's last reported weight lag (learner updates)
         learner_busy_s, learner_step_s = 0.0, 0.0
         last_progress = time.perf_counter()
         interrupted = False
@@ -157,7 +159,8 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                         raise RunAborted(f"apex: actor {index} failed ({_first_line(exc)})") from None
                     if out is not None:
                         env_steps += out["env_steps"]
-                        actor_versions[index] = out["version"]
+                        if out["weight_lag"] is not None:
+                            actor_lags[index] = out["weight_lag"]
                         session.stats.add_episodes(out["episode_returns"], out["episode_lengths"])
                     submit("actor", index)
                 else:
@@ -175,14 +178,16 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                         version, weights_box = out["weights"]
                     submit("learner", 0)
 
-                if session.due_for_evaluation(env_steps):
+                # evaluation runs on a thread: the learner and the actors keep their queued calls meanwhile
+                if session.due_for_evaluation(env_steps) and not session.evaluating:
                     policy.set_weights(ray.get(weights_box[0], timeout=a.stall_timeout_s))
-                if session.evaluate_if_due(policy, env_steps):
+                    session.start_evaluation(policy, env_steps)
+                if session.poll_evaluation():
                     break
                 if session.due_for_log(env_steps):
                     replay_stats = ray.get(replay.replay_stats.remote(), timeout=a.stall_timeout_s)
                     session.log_if_due(env_steps, updates, actor_restarts=restarts,
-                                       weight_lag_updates=float(updates - actor_versions.mean()),
+                                       weight_lag_updates=float(actor_lags.mean()),
                                        learner_busy_s=learner_busy_s,
                                        learner_step_s=learner_step_s, **replay_stats)
                 session.checkpoint_if_due(env_steps, components)
@@ -190,13 +195,17 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             interrupted = True
 
         # ---- tear down: final weights, evaluation, checkpoint, summary ----
-        for ref in in_flight:
-            ray.cancel(ref, force=False)
+        # The learner's queued calls are let finish (bounded), never cancelled: Ray's ordered queue
+        # of an actor with concurrency groups would wait 30 s for a cancelled call's sequence number.
+        learner_calls = [ref for ref, (role, _, _) in in_flight.items() if role == "learner"]
+        ray.wait(learner_calls, num_returns=len(learner_calls), timeout=a.stall_timeout_s)
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+        session.poll_evaluation(wait=True)   # the policy is the evaluation thread's until it ends
         version, weights_box = ray.get(learner.weights.remote(), timeout=a.stall_timeout_s)
         policy.set_weights(ray.get(weights_box[0], timeout=a.stall_timeout_s))
-        for actor in actors:
-            ident = _get_or_none(actor.identity.remote())
-            if ident is not None:
+        for name, ident in identities.items():
+            if name.startswith("actor") and ident is not None:
                 nodes[ident["node_id"]] = nodes.get(ident["node_id"], 0) + 1
         return session.finish(policy, env_steps, updates, components(), interrupted,
                                actor_restarts=restarts, num_actors=a.num_actors,
