@@ -5,7 +5,8 @@
 
 Every configuration is a `distdqn train` process, one at a time. `single` runs the config as it is;
 apex runs the same config with `topology=apex`, prioritized replay (Ape-X's), and 1, 2, 4 actors
-sharing the cores the learner leaves (actor_cpus = 1/N). With --ratios, each ratio is a group of
+sharing the cores the learner leaves (actor_cpus = 1/N). A second single row uses prioritized
+replay too, so that the cost of prioritization and the gain of overlapping can be told apart. With --ratios, each ratio is a group of
 rows (single, then apex) with `train.replay_ratio` set to it for both: the apex replay's rate
 limiter holds apex to it. Figures per run come from its summary.json and metrics.jsonl:
 - time to solve: wall clock from the start of the run, Ray's start-up included for apex;
@@ -69,7 +70,7 @@ def main() -> None:
     if args.steps:
         common += ["--set", f"train.total_env_steps={args.steps}"]
     apex = ["--set", "topology=apex", "--set", "replay.prioritized=true"]
-    setups = [("single", [])] + [
+    setups = [("single", []), ("single, prioritized replay", ["--set", "replay.prioritized=true"])] + [
         (f"apex, {n} actor{'s' if n > 1 else ''}",
          [*apex, "--set", f"apex.num_actors={n}", "--set", f"apex.actor_cpus={min(1.0, 1.0 / n):.3f}"])
         for n in args.actors]
@@ -90,7 +91,7 @@ def main() -> None:
                 rate = statistics.median(r["steady_env_steps_per_s"] for r in runs)
                 base_rate = base_rate or rate
                 share = statistics.median(r["learner_busy_share"] for r in runs)
-                busy = (f"{share:.0%} (ceiling {1 / share:.2f}x)" if name == "single" and share > 0
+                busy = (f"{share:.0%} (ceiling {1 / share:.2f}x)" if name.startswith("single") and share > 0
                         else f"{share:.0%}")
                 print(f"| {'config' if ratio is None else f'{ratio:g}'} | {name} | {len(solved)}/{len(runs)} | "
                       f"{_median_range([r['time_to_solve_s'] for r in solved], '.1f')} | "

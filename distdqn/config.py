@@ -179,9 +179,12 @@ class ApexConfig(_Section):
     blocks_per_call: int = Field(16, ge=1)
     """``Actor.collect`` calls (of ``train.steps_per_collect`` vector steps) per remote call from
     the driver (episode statistics and env step counts come back between calls)."""
-    blocks_per_insert: int = Field(4, ge=1)
+    blocks_per_insert: int | None = Field(None, ge=1)
     """Blocks per insert into the replay. Each insert's answer carries the newest weights the
-    learner published, so this also bounds how stale an actor's weights get (in env steps)."""
+    learner published, so an actor acts at most about one insert's worth of updates behind them.
+    None: the env steps the learner trains ``weight_sync_period`` updates on (weight_sync_period /
+    replay_ratio), so that inserts come about as often as publications whatever the ratio: each
+    message costs CPU that, on a small machine, the learner's core pays for too."""
     updates_per_call: int = Field(64, ge=1)
     """Learner updates per remote call (metrics and weights come back between calls)."""
     calls_in_flight: int = Field(2, ge=1)

@@ -38,6 +38,14 @@ def process_identity(**extra: Any) -> dict[str, Any]:
     return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), **extra}
 
 
+def blocks_per_insert(cfg: Config) -> int:
+    """apex.blocks_per_insert, or the blocks the learner's ``weight_sync_period`` updates consume."""
+    if cfg.apex.blocks_per_insert is not None:
+        return cfg.apex.blocks_per_insert
+    block_env_steps = cfg.train.steps_per_collect * cfg.env.num_envs
+    return max(1, round(cfg.apex.weight_sync_period / (cfg.train.replay_ratio * block_env_steps)))
+
+
 def _gated_replay(cfg: Config, info: EnvInfo, seed: int) -> RateLimitedReplay:
     return RateLimitedReplay(build.build_replay(cfg, info, seed),
                              RateLimiter(cfg.train.replay_ratio, cfg.learning_starts_env_steps,
@@ -233,7 +241,7 @@ class ExperienceActor:
         self._adopt(version, weights_box)
         start, waits, steps = time.perf_counter(), 0, 0
         returns, lengths, self._lags = [], [], []
-        per_insert = self.cfg.apex.blocks_per_insert
+        per_insert = blocks_per_insert(self.cfg)
         for first in range(0, num_blocks, per_insert):
             rollouts = [self.actor.collect(self.cfg.train.steps_per_collect, self.epsilons)
                         for _ in range(min(per_insert, num_blocks - first))]

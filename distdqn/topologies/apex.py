@@ -33,7 +33,7 @@ from distdqn.errors import UserError
 from distdqn.runtime import components as build
 from distdqn.runtime.cluster import connect, require_resources
 from distdqn.runtime.session import RunResult, RunSession, seed_everything, set_rng_state
-from distdqn.runtime.workers import ExperienceActor, LearnerWorker, ReplayServer
+from distdqn.runtime.workers import ExperienceActor, LearnerWorker, ReplayServer, blocks_per_insert
 
 
 class RunAborted(UserError):
@@ -109,11 +109,12 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         # each role has calls_in_flight calls queued, so it never idles waiting for the driver; an
         # actor's calls carry its generation (restarts), so a dead actor's other calls are ignored
         in_flight: dict[Any, tuple[str, int, int]] = {}
+        blocks_per_call = max(a.blocks_per_call, blocks_per_insert(cfg))   # at least one insert per call
         generations = [0] * a.num_actors
 
         def submit(role: str, index: int) -> None:
             if role == "actor":
-                ref = actors[index].collect.remote(version, weights_box, a.blocks_per_call)
+                ref = actors[index].collect.remote(version, weights_box, blocks_per_call)
             else:
                 ref = learner.train.remote(a.updates_per_call, env_steps)
             in_flight[ref] = (role, index, generations[index] if role == "actor" else 0)
