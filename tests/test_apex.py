@@ -105,3 +105,23 @@ def test_apex_starts_its_own_ray_when_given_no_address(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["cluster_nodes"] == 1 and summary["env_steps"] >= 3000
     assert summary["learner_updates"] > 0
+
+
+def test_inserts_follow_the_weight_sync_period_at_any_replay_ratio():
+    """By default an insert holds the env steps the learner trains weight_sync_period updates on,
+    so actors send about one insert per publication (and act about one period behind) whatever
+    the replay ratio; an explicit apex.blocks_per_insert wins."""
+    from distdqn.config import Config
+    from distdqn.runtime.workers import blocks_per_insert
+
+    def blocks(**sets):
+        cfg = Config.model_validate({"topology": "apex", "env": {"num_envs": 8}, "train": {"steps_per_collect": 4},
+                                     **sets})
+        return blocks_per_insert(cfg)
+
+    # one block = 4 vector steps x 8 envs = 32 env steps
+    assert blocks(train={"steps_per_collect": 4, "replay_ratio": 0.5}, apex={"weight_sync_period": 48}) == 3
+    assert blocks(train={"steps_per_collect": 4, "replay_ratio": 0.0625}, apex={"weight_sync_period": 48}) == 24
+    assert blocks(train={"steps_per_collect": 4, "replay_ratio": 8.0}, apex={"weight_sync_period": 1}) == 1
+    assert blocks(train={"steps_per_collect": 4, "replay_ratio": 0.5},
+                  apex={"weight_sync_period": 48, "blocks_per_insert": 5}) == 5
