@@ -1,18 +1,21 @@
 """apex: distributed prioritized experience replay (Horgan et al. 2018, "Distributed Prioritized
 Experience Replay", ICLR).
 
-    ExperienceActor 0 ---+                                   +--- weights (object store) ---+
-    ExperienceActor 1 ---+-- n-step transitions + initial --> ReplayServer                  |
-          ...            |   priorities (batches)            (prioritized, rate-limited)    |
-    ExperienceActor N-1 -+                                     |  ^                         |
-          ^                                        batches    |  | new priorities           |
-          |                                                   v  |                         |
-          +------------- newest weights, at each call ------ LearnerWorker ----------------+
+    ExperienceActor 0 ---+   n-step transitions + initial priorities, one insert     +----------------+
+    ExperienceActor 1 ---+-- in flight per actor; each answer carries the newest --> | replay         |
+          ...            |   published weights (reference into the object store)    | (rate-limited) |
+    ExperienceActor N-1 -+                                                          |  ^   |         |
+                                                                                    |  |   v batches |
+                                                                                    | LearnerWorker  |
+                                                                                    +----------------+
+    The replay lives in the learner's process (apex.replay_host=learner: sampling and priority
+    updates are calls within the process, inserts run on threads beside the updates) or in a
+    ReplayServer process of its own (replay_host=process).
 
-    The driver (this function) only conducts: it keeps one call in flight per actor and one for
-    the learner, hands actors the newest weights, evaluates, logs, checkpoints, and restarts
-    actors that die. Each of the num_actors * num_envs sub-environments explores with its own
-    fixed epsilon_i = 0.4^(1 + 7 i / (count - 1)).
+    The driver (this function) only conducts: it keeps apex.calls_in_flight calls queued for every
+    actor and for the learner, evaluates on a thread, logs, checkpoints, and restarts actors that
+    die. Each of the num_actors * num_envs sub-environments explores with its own fixed
+    epsilon_i = 0.4^(1 + 7 i / (count - 1)).
 """
 
 from __future__ import annotations
