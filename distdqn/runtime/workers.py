@@ -61,47 +61,63 @@ InsertAnswer = tuple[bool, int, list]
 ([] before the first publication)."""
 
 
-@ray.remote(max_concurrency=REPLAY_CALLS)
-class ReplayServer:
+class _ReplayHost:
+    """The calls every replay host serves (ReplayServer; LearnerWorker with apex.replay_host=learner),
+    on threads of the "replay" group: ``gated`` is its RateLimitedReplay, ``newest`` the learner's
+    newest published weights (version, [ref])."""
+
+    gated: RateLimitedReplay
+    newest: tuple[int, list]
+
+    @ray.method(concurrency_group="replay")
+    def add(self, transitions: Transitions, priorities: np.ndarray | None, env_steps: int) -> InsertAnswer:
+        """Insert once the rate limiter allows it (accepted False, nothing inserted, after
+        SAMPLE_WAIT_S); the answer carries the newest weights the learner published."""
+        return self.gated.add(transitions, priorities, env_steps, SAMPLE_WAIT_S), *self.newest
+
+    @ray.method(concurrency_group="replay")
+    def replay_stats(self) -> dict[str, Any]:
+        return self.gated.stats()
+
+    @ray.method(concurrency_group="replay")
+    def replay_state(self) -> dict[str, Any]:
+        return self.gated.state_dict()
+
+    @ray.method(concurrency_group="replay")
+    def load_replay_state(self, state: dict[str, Any]) -> None:
+        self.gated.load_state_dict(state)
+
+
+@ray.remote(concurrency_groups={"replay": REPLAY_CALLS})
+class ReplayServer(_ReplayHost):
     """The central replay in a process of its own (apex.replay_host=process): actors' inserts and
     the learner's samples run on threads, and wait (bounded) on each other through the rate limiter."""
 
     def __init__(self, cfg: Config, info: EnvInfo, seed: int):
-        self.replay = _gated_replay(cfg, info, seed)
-        self.newest: tuple[int, list] = (-1, [])   # the learner's newest weights (version, [ref])
+        self.gated = _gated_replay(cfg, info, seed)
+        self.newest = (-1, [])
 
-    def add(self, transitions: Transitions, priorities: np.ndarray | None, env_steps: int) -> InsertAnswer:
-        """Insert once the rate limiter allows it (accepted False, nothing inserted, after
-        SAMPLE_WAIT_S); the answer carries the newest weights the learner published."""
-        return self.replay.add(transitions, priorities, env_steps, SAMPLE_WAIT_S), *self.newest
-
+    @ray.method(concurrency_group="replay")
     def publish(self, version: int, weights_box: list) -> None:
         """The learner's newest weights, handed to actors with their next insert's answer."""
         self.newest = (version, weights_box)
 
+    @ray.method(concurrency_group="replay")
     def sample(self, num_batches: int, batch_size: int, beta: float) -> Batch | None:
         """``num_batches`` batches, stacked into one Batch (8 arrays to send, not 8 per batch), once
         the rate limiter allows them; None after SAMPLE_WAIT_S."""
-        return self.replay.sample(num_batches, batch_size, beta, SAMPLE_WAIT_S)
+        return self.gated.sample(num_batches, batch_size, beta, SAMPLE_WAIT_S)
 
+    @ray.method(concurrency_group="replay")
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
-        self.replay.update_priorities(indices, td_errors)
-
-    def replay_stats(self) -> dict[str, Any]:
-        return self.replay.stats()
-
-    def replay_state(self) -> dict[str, Any]:
-        return self.replay.state_dict()
-
-    def load_replay_state(self, state: dict[str, Any]) -> None:
-        self.replay.load_state_dict(state)
+        self.gated.update_priorities(indices, td_errors)
 
     def identity(self) -> dict[str, Any]:
         return process_identity()
 
 
 @ray.remote(concurrency_groups={"replay": REPLAY_CALLS})
-class LearnerWorker:
+class LearnerWorker(_ReplayHost):
     """A DQNLearner that trains in chunks of updates, from the replay it hosts (``replay`` None:
     apex.replay_host=learner, the actors insert into this process) or from a ReplayServer.
 
@@ -114,29 +130,12 @@ class LearnerWorker:
         torch.manual_seed(seed)
         self.cfg = cfg
         self.learner = build.build_learner(cfg, info)
-        self.local = _gated_replay(cfg, info, seed - 1) if replay is None else None
+        self.gated = _gated_replay(cfg, info, seed - 1) if replay is None else None   # hosted here
         self.replay = replay
         self.beta = build.build_beta_schedule(cfg)
         self._prefetch = None
         self._published_at = -1
-        self.newest: tuple[int, list] = (-1, [])   # (version, [ref]) of the last weights published
-
-    # ---- the hosted replay (apex.replay_host=learner): the same calls as ReplayServer's ----
-    @ray.method(concurrency_group="replay")
-    def add(self, transitions: Transitions, priorities: np.ndarray | None, env_steps: int) -> InsertAnswer:
-        return self.local.add(transitions, priorities, env_steps, SAMPLE_WAIT_S), *self.newest
-
-    @ray.method(concurrency_group="replay")
-    def replay_stats(self) -> dict[str, Any]:
-        return self.local.stats()
-
-    @ray.method(concurrency_group="replay")
-    def replay_state(self) -> dict[str, Any]:
-        return self.local.state_dict()
-
-    @ray.method(concurrency_group="replay")
-    def load_replay_state(self, state: dict[str, Any]) -> None:
-        self.local.load_state_dict(state)
+        self.newest = (-1, [])   # (version, [ref]) of the last weights published
 
     # ---- learning ----
     def weights(self) -> tuple[int, list]:
@@ -151,8 +150,8 @@ class LearnerWorker:
         """The next group of batches: drawn here from the hosted replay, or the one the replay
         server prepared while the previous group trained (and the next one asked for)."""
         num, batch_size = self.cfg.apex.batches_per_sample, self.cfg.learner.batch_size
-        if self.local is not None:
-            return self.local.sample(num, batch_size, beta, SAMPLE_WAIT_S)
+        if self.gated is not None:
+            return self.gated.sample(num, batch_size, beta, SAMPLE_WAIT_S)
         if self._prefetch is None:
             self._prefetch = self.replay.sample.remote(num, batch_size, beta)
         stacked = ray.get(self._prefetch, timeout=SAMPLE_WAIT_S + 30)
@@ -160,8 +159,8 @@ class LearnerWorker:
         return stacked
 
     def _return_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
-        if self.local is not None:
-            self.local.update_priorities(indices, td_errors)
+        if self.gated is not None:
+            self.gated.update_priorities(indices, td_errors)
         else:
             self.replay.update_priorities.remote(indices, td_errors)
 
@@ -275,7 +274,7 @@ class ExperienceActor:
         waits, start = 0, time.perf_counter()
         while self._pending_ref is not None:
             accepted, version, weights_box = ray.get(self._pending_ref, timeout=SAMPLE_WAIT_S + 30)
-            if version >= 0:
+            if accepted and version >= 0:
                 self._lags.append(version - self._pending_version)
             self._adopt(version, weights_box)
             if accepted:
