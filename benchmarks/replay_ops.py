@@ -4,7 +4,8 @@
 
 A PrioritizedReplay of ``capacity`` CartPole-sized rows, filled with 512-row inserts carrying
 priorities (as apex actors send them), then timed (best of 3 rounds, microseconds per call):
-- sample(64) and update_priorities(64): what `single` pays per learner update;
+- sample(64) and update_priorities(64), and the two in turn: what `single` pays per learner update
+  (a sample right after an update also pays for refreshing the tree's cached block sums);
 - sample_stacked(16, 64) and update_priorities(1024): what apex's learner pays per group of 16;
 - add(512) with priorities: what the replay's host pays per actor insert.
 """
@@ -49,6 +50,8 @@ def main() -> None:
     cases = [
         ("sample(64)", lambda: replay.sample(64, 0.5)),
         ("update_priorities(64)", lambda: replay.update_priorities(one.indices, td_one)),
+        ("update_priorities(64), then sample(64)",
+         lambda: (replay.update_priorities(one.indices, td_one), replay.sample(64, 0.5))),
         ("sample_stacked(16, 64)", lambda: replay.sample_stacked(16, 64, 0.5)),
         ("update_priorities(1024)", lambda: replay.update_priorities(group.indices.reshape(-1), td_group)),
         ("add(512) with priorities", lambda: replay.add(rows, np.abs(td_group[:n]))),

@@ -1,4 +1,5 @@
-"""SumTree: prefix-sum search and min-tree against hand-computed values and a NumPy reference."""
+"""SumTree: prefix-sum search and min-tree against hand-computed values and a NumPy reference,
+for the default block size and for small ones (many blocks per tree)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from hypothesis import strategies as st
 from distdqn.core.replay import SumTree
 
 
-def make_tree(leaves, capacity=None, op=np.add, identity=0.0) -> SumTree:
+def make_tree(leaves, capacity=None, op=np.add, identity=0.0, block=None) -> SumTree:
     leaves = np.asarray(leaves, dtype=np.float64)
-    tree = SumTree(len(leaves) if capacity is None else capacity, op, identity)
+    tree = SumTree(len(leaves) if capacity is None else capacity, op, identity, block)
     tree.update(np.arange(len(leaves)), leaves)
     return tree
 
@@ -23,9 +24,11 @@ def reference_prefix_search(leaves: np.ndarray, values: np.ndarray) -> np.ndarra
 
 
 def assert_internal_nodes_consistent(tree: SumTree, op=np.add) -> None:
-    for node in range(1, tree.size):
-        expected = op(tree.tree[2 * node], tree.tree[2 * node + 1])
-        assert tree.tree[node] == expected, f"node {node}: {tree.tree[node]} != {expected}"
+    """Every block holds op over its leaves; leaves past the capacity hold the identity."""
+    for b, value in enumerate(tree.block_values):
+        expected = op.reduce(tree.leaves[b * tree.block:(b + 1) * tree.block])
+        assert value == expected, f"block {b}: {value} != {expected}"
+    np.testing.assert_array_equal(tree.leaves[tree.capacity:], tree.identity)
 
 
 # ---- hand-computed examples ----
@@ -50,11 +53,12 @@ def test_find_prefix_sum_does_not_modify_its_input():
     np.testing.assert_array_equal(values, [2.5, 9.0])
 
 
+@pytest.mark.parametrize("block", [None, 1, 2, 4])
 @pytest.mark.parametrize("capacity", [1, 3, 5, 6, 7, 9, 13])
-def test_non_power_of_two_capacity(capacity):
+def test_capacities_that_fill_no_whole_block(capacity, block):
     leaves = np.arange(1, capacity + 1, dtype=np.float64)   # 1, 2, ..., capacity
-    tree = make_tree(leaves)
-    assert tree.size >= capacity and tree.size & (tree.size - 1) == 0
+    tree = make_tree(leaves, block=block)
+    assert len(tree.leaves) >= capacity and len(tree.leaves) % tree.block == 0
     assert tree.root == leaves.sum()
     # the start of each leaf's interval and a point just below its end both map to that leaf
     starts = np.concatenate([[0.0], np.cumsum(leaves)[:-1]])
@@ -62,7 +66,7 @@ def test_non_power_of_two_capacity(capacity):
     np.testing.assert_array_equal(tree.find_prefix_sum(starts), np.arange(capacity))
     np.testing.assert_array_equal(tree.find_prefix_sum(ends), np.arange(capacity))
     # padding leaves beyond the capacity hold the identity
-    np.testing.assert_array_equal(tree.tree[tree.size + capacity:], 0.0)
+    assert_internal_nodes_consistent(tree)
 
 
 def test_capacity_one():
@@ -102,15 +106,30 @@ def test_min_tree():
 
 
 def test_state_dict_round_trip_and_shape_check():
-    tree = make_tree([1.0, 2.0, 3.0])
-    other = SumTree(3)
+    tree = make_tree([1.0, 2.0, 3.0], block=2)
+    other = SumTree(3, block=2)
     other.load_state_dict(tree.state_dict())
-    np.testing.assert_array_equal(other.tree, tree.tree)
+    np.testing.assert_array_equal(other.leaves, tree.leaves)
+    np.testing.assert_array_equal(other.block_values, tree.block_values)
+    assert other.root == 6.0
     state = tree.state_dict()
     tree.update(np.array([0]), np.array([100.0]))
-    assert state["tree"][tree.size] == 1.0      # the state is a copy, not a view
-    with pytest.raises(ValueError):
+    assert state["leaves"][0] == 1.0      # the state is a copy, not a view
+    with pytest.raises(ValueError, match="3 leaves, expected 9"):
         SumTree(9).load_state_dict(state)
+
+
+def test_loads_the_binary_layout_of_older_checkpoints():
+    """Checkpoints written before the two-level tree stored a binary tree: 2 * size nodes, the
+    leaves at [size, size + capacity)."""
+    binary = np.zeros(8)
+    binary[4:7] = [1.0, 2.0, 3.0]
+    binary[1:4] = [6.0, 3.0, 3.0]              # internal nodes: ignored, rebuilt from the leaves
+    tree = SumTree(3, block=2)
+    tree.load_state_dict({"tree": binary})
+    np.testing.assert_array_equal(tree[np.arange(3)], [1.0, 2.0, 3.0])
+    assert tree.root == 6.0
+    np.testing.assert_array_equal(tree.find_prefix_sum([0.5, 1.5, 5.9]), [0, 1, 2])
 
 
 # ---- property-based ----
@@ -123,32 +142,36 @@ leaf_vectors = st.integers(1, 40).flatmap(
 )
 
 
+blocks = st.sampled_from([None, 1, 2, 3, 8])
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(leaves=st.lists(st.integers(0, 1000), min_size=1, max_size=40),
-       fractions=st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=1, max_size=30))
-def test_prefix_search_matches_searchsorted_exact(leaves, fractions):
+       fractions=st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=1, max_size=30), block=blocks)
+def test_prefix_search_matches_searchsorted_exact(leaves, fractions, block):
     """Integer leaves keep every sum exact, so the tree must agree with the reference exactly."""
     leaves = np.asarray(leaves, dtype=np.float64)
     total = leaves.sum()
     if total == 0:
         return
     values = np.asarray(fractions) * total
-    tree = make_tree(leaves)
+    tree = make_tree(leaves, block=block)
     found = tree.find_prefix_sum(values)
     np.testing.assert_array_equal(found, reference_prefix_search(leaves, values))
     assert np.all(leaves[found] > 0)
 
 
 @settings(max_examples=200, deadline=None)
-@given(leaves=leaf_vectors, fractions=st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=1, max_size=30))
-def test_prefix_search_matches_searchsorted_floats(leaves, fractions):
+@given(leaves=leaf_vectors, fractions=st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=1, max_size=30),
+       block=blocks)
+def test_prefix_search_matches_searchsorted_floats(leaves, fractions, block):
     """Real-valued leaves: the answer brackets v, up to the rounding of summing in a different order."""
     leaves = np.asarray(leaves, dtype=np.float64)
     total = leaves.sum()
     if total <= 0:
         return
     values = np.asarray(fractions) * total
-    tree = make_tree(leaves)
+    tree = make_tree(leaves, block=block)
     found = tree.find_prefix_sum(values)
     expected = reference_prefix_search(leaves, values)
     cumsum = np.cumsum(leaves)
@@ -156,7 +179,7 @@ def test_prefix_search_matches_searchsorted_floats(leaves, fractions):
     away_from_edges = np.min(np.abs(cumsum[None, :] - values[:, None]), axis=1) > tol
     np.testing.assert_array_equal(found[away_from_edges], expected[away_from_edges])
     # near an interval edge rounding may pick the neighbour, but never a leaf far from v
-    assert np.all((found >= 0) & (found < tree.size))
+    assert np.all((found >= 0) & (found < len(tree.leaves)))
     inside = found < len(leaves)
     below = np.where(found > 0, cumsum[np.minimum(np.maximum(found - 1, 0), len(leaves) - 1)], 0.0)
     assert np.all(below <= values + tol)
@@ -167,10 +190,10 @@ def test_prefix_search_matches_searchsorted_floats(leaves, fractions):
 @given(capacity=st.integers(1, 33),
        updates=st.lists(st.tuples(st.lists(st.integers(0, 10_000), min_size=1, max_size=8),
                                   st.lists(st.floats(0.0, 50.0, allow_nan=False), min_size=8, max_size=8)),
-                        min_size=1, max_size=12))
-def test_random_updates_keep_internal_nodes_consistent(capacity, updates):
-    sums = SumTree(capacity, np.add, 0.0)
-    mins = SumTree(capacity, np.minimum, np.inf)
+                        min_size=1, max_size=12), block=blocks)
+def test_random_updates_keep_internal_nodes_consistent(capacity, updates, block):
+    sums = SumTree(capacity, np.add, 0.0, block)
+    mins = SumTree(capacity, np.minimum, np.inf, block)
     leaves_sum = np.zeros(capacity)
     leaves_min = np.full(capacity, np.inf)
     for raw_indices, raw_values in updates:
@@ -192,22 +215,21 @@ def test_random_updates_keep_internal_nodes_consistent(capacity, updates):
 # ---- batched updates (a replay's priority updates) ----
 
 @pytest.mark.parametrize("capacity", [1, 5, 64, 1000])
-def test_sum_tree_nodes_stay_op_of_their_children_under_repeated_batched_updates(capacity):
-    """Batched updates with repeated indices (a replay's priority updates) keep every internal
-    node equal to op(children) in both trees, and a repeated index takes its last value."""
+def test_sum_tree_blocks_stay_op_of_their_leaves_under_repeated_batched_updates(capacity):
+    """Batched updates with repeated indices (a replay's priority updates) keep every block equal
+    to op(its leaves) in both trees, and a repeated index takes its last value."""
     rng = np.random.default_rng(capacity)
     sums, mins = SumTree(capacity, np.add, 0.0), SumTree(capacity, np.minimum, np.inf)
     leaves = np.zeros(capacity)
     for _ in range(30):
         indices = rng.integers(0, capacity, rng.integers(0, 3 * capacity + 1))
         values = rng.random(len(indices)) + 0.01
-        levels = sums.ancestors(indices)
-        sums.update(indices, values, levels)
+        sums.update(indices, values)
         mins.update(indices, values)
         for i, v in zip(indices, values, strict=True):
             leaves[i] = v
         for tree, op in ((sums, np.add), (mins, np.minimum)):
-            internal = np.arange(1, tree.size)
-            np.testing.assert_allclose(tree.tree[internal], op(tree.tree[2 * internal], tree.tree[2 * internal + 1]))
+            assert_internal_nodes_consistent(tree, op)
             np.testing.assert_array_equal(tree[np.arange(capacity)], np.where(leaves > 0, leaves, tree.identity))
         assert sums.root == pytest.approx(leaves.sum())
+        assert mins.root == (leaves[leaves > 0].min() if (leaves > 0).any() else np.inf)

@@ -1,7 +1,9 @@
-"""Experience replay: a preallocated ring buffer, and prioritized replay on a vectorized sum-tree.
+"""Experience replay: a preallocated ring buffer, and prioritized replay on a two-level sum-tree.
 
-Writes and samples are whole batches; no Python loop runs per transition. The sum-tree walks one
-level of the tree per NumPy call for the whole batch (log2(capacity) calls per batch).
+Writes and samples are whole batches; no Python loop runs per transition. The tree keeps each
+block's sum of priorities and searches the blocks with one cumulative sum, so a sample or a priority
+update costs a handful of NumPy calls for the whole batch whatever the capacity (a binary tree
+costs a few calls per level, 17 levels for 100,000 transitions: ``benchmarks/replay_ops.py``).
 """
 
 from __future__ import annotations
@@ -13,70 +15,89 @@ import numpy as np
 from distdqn.core.transitions import Batch, Transitions
 
 
+def default_block(capacity: int) -> int:
+    """Leaves per block: a power of two near sqrt(capacity / 256), in [8, 256] (16 for a capacity of
+    100,000). A search costs one cumulative sum over capacity / block block sums (once per batch,
+    after an update) plus work on one block per sampled transition; measured with
+    ``benchmarks/replay_ops.py``, this balances them for batches of 64 (single) to 1,024 (apex)."""
+    return int(2 ** np.clip(np.round(np.log2(np.sqrt(max(capacity, 1) / 256))), 3, 8))
+
+
 class SumTree:
-    """A complete binary tree whose every node holds ``op`` of its two children.
+    """Leaves in blocks of ``block``, each block's ``op``-reduction kept up to date, and the
+    reduction over all blocks computed on demand (cached until the next update).
 
     ``op=np.add`` gives prefix-sum search (sampling by priority); ``op=np.minimum`` the running
-    minimum (for importance-weight normalisation). Leaves are at positions [size, 2 * size).
+    minimum (for importance-weight normalisation). Leaves past ``capacity`` hold ``identity``.
     """
 
-    def __init__(self, capacity: int, op=np.add, identity: float = 0.0):
+    def __init__(self, capacity: int, op=np.add, identity: float = 0.0, block: int | None = None):
         self.capacity = capacity
-        self.size = 1 << max(0, int(np.ceil(np.log2(max(capacity, 1)))))
-        self.depth = int(np.log2(self.size))
         self.op = op
         self.identity = identity
-        self.tree = np.full(2 * self.size, identity, dtype=np.float64)
+        self.block = block or default_block(capacity)
+        num_blocks = -(-max(capacity, 1) // self.block)
+        self.leaves = np.full(num_blocks * self.block, identity, dtype=np.float64)
+        self._rows = self.leaves.reshape(num_blocks, self.block)   # a view: row b is block b
+        self.block_values = np.full(num_blocks, identity, dtype=np.float64)
+        self._prefix: np.ndarray | None = None    # cumulative block sums (op=np.add), when fresh
 
     @property
     def root(self) -> float:
-        return float(self.tree[1])
+        """op over every leaf."""
+        if self.op is np.add:
+            return float(self._cumulative()[-1])
+        return float(self.op.reduce(self.block_values))
 
     def __getitem__(self, indices: np.ndarray) -> np.ndarray:
-        return self.tree[np.asarray(indices) + self.size]
+        return self.leaves[indices]
 
-    def update(self, indices: np.ndarray, values: np.ndarray, levels: list[np.ndarray] | None = None) -> None:
+    def update(self, indices: np.ndarray, values: np.ndarray) -> None:
         """Set leaves ``indices`` to ``values`` (the last write wins for repeated indices), then
-        recompute their ancestors, one NumPy call per level. ``levels`` (from ``ancestors``) lets
-        trees of the same size share the walk."""
-        self.tree[np.asarray(indices, dtype=np.int64) + self.size] = values
-        for nodes in self.ancestors(indices) if levels is None else levels:
-            self.tree[nodes] = self.op(self.tree[2 * nodes], self.tree[2 * nodes + 1])
+        recompute the blocks they fall in (a block named twice gets the same value twice)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        self.leaves[indices] = values
+        blocks = indices // self.block
+        self.block_values[blocks] = self.op.reduce(self._rows[blocks], axis=1)
+        self._prefix = None
 
-    def ancestors(self, indices: np.ndarray) -> list[np.ndarray]:
-        """The distinct ancestors of leaves ``indices``, level by level up to the root. The leaves
-        are sorted once; each level's parents then come out sorted, so dropping adjacent repeats
-        dedups them without another sort."""
-        nodes = np.unique(np.asarray(indices, dtype=np.int64) + self.size)
-        levels = []
-        for _ in range(self.depth if len(nodes) else 0):
-            nodes = nodes >> 1
-            distinct = np.empty(len(nodes), dtype=bool)
-            distinct[0] = True
-            np.not_equal(nodes[1:], nodes[:-1], out=distinct[1:])
-            nodes = nodes[distinct]
-            levels.append(nodes)
-        return levels
+    def _cumulative(self) -> np.ndarray:
+        if self._prefix is None:
+            self._prefix = np.cumsum(self.block_values)
+        return self._prefix
 
     def find_prefix_sum(self, values: np.ndarray) -> np.ndarray:
-        """For each value v, the leaf i with sum(leaves[:i]) <= v < sum(leaves[:i + 1]) (``op=np.add``)."""
-        values = np.array(values, dtype=np.float64)
-        nodes = np.ones(len(values), dtype=np.int64)
-        for _ in range(self.depth):
-            left = nodes << 1
-            left_sum = self.tree[left]
-            go_right = values >= left_sum
-            values -= left_sum * go_right
-            nodes = left + go_right
-        return nodes - self.size
+        """For each value v, the leaf i with sum(leaves[:i]) <= v < sum(leaves[:i + 1]) (``op=np.add``).
+
+        The block comes from a search of the cumulative block sums; within it, the leaf from the
+        block's own cumulative sum (exact per block: no rounding from the blocks before it)."""
+        values = np.asarray(values, dtype=np.float64)
+        prefix = self._cumulative()
+        blocks = np.minimum(np.searchsorted(prefix, values, side="right"), len(prefix) - 1)
+        inclusive = np.cumsum(self._rows[blocks], axis=1)
+        # the mass into the block, kept below the block's total: a value rounded up to the total
+        # (or past the last block) lands on the block's last leaf with mass, not on an empty one
+        within = np.minimum(values - (prefix[blocks] - self.block_values[blocks]),
+                            np.nextafter(inclusive[:, -1], -np.inf))
+        found = np.count_nonzero(inclusive <= within[:, None], axis=1)
+        return blocks * self.block + np.minimum(found, self.block - 1)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"tree": self.tree.copy()}
+        return {"leaves": self.leaves[:self.capacity].copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["tree"].shape != self.tree.shape:
-            raise ValueError(f"sum-tree shape {state['tree'].shape} != {self.tree.shape}")
-        self.tree[:] = state["tree"]
+        """Restore the leaves (``leaves``; or ``tree``, the binary layout of checkpoints written
+        before this tree, whose leaves sit at [size, size + capacity) of 2 * size nodes)."""
+        if "leaves" in state:
+            leaves = np.asarray(state["leaves"], dtype=np.float64)
+        else:
+            tree = np.asarray(state["tree"], dtype=np.float64)
+            leaves = tree[len(tree) // 2:][:self.capacity]
+        if leaves.shape != (self.capacity,):
+            raise ValueError(f"sum-tree with {leaves.shape[0]} leaves, expected {self.capacity}")
+        self.leaves[:self.capacity] = leaves
+        self.block_values[:] = self.op.reduce(self._rows, axis=1)
+        self._prefix = None
 
 
 class ReplayBuffer:
@@ -196,9 +217,8 @@ class PrioritizedReplay(ReplayBuffer):
 
     def _set(self, positions: np.ndarray, priorities: np.ndarray) -> None:
         scaled = np.power(priorities, self.alpha)
-        levels = self._sums.ancestors(positions)   # the same nodes in both trees
-        self._sums.update(positions, scaled, levels)
-        self._mins.update(positions, scaled, levels)
+        self._sums.update(positions, scaled)
+        self._mins.update(positions, scaled)
 
     def _on_add(self, positions: np.ndarray, priorities: np.ndarray | None) -> None:
         if priorities is None:
@@ -226,14 +246,16 @@ class PrioritizedReplay(ReplayBuffer):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state.update(sum_tree=self._sums.tree.copy(), min_tree=self._mins.tree.copy(),
-                     max_priority=self.max_priority)
+        state.update(priorities=self._sums.state_dict()["leaves"], max_priority=self.max_priority)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The trees are rebuilt from the stored priorities (``sum_tree`` in older checkpoints)."""
         super().load_state_dict(state)
-        self._sums.load_state_dict({"tree": state["sum_tree"]})
-        self._mins.load_state_dict({"tree": state["min_tree"]})
+        self._sums.load_state_dict({"leaves": state["priorities"]} if "priorities" in state
+                                   else {"tree": state["sum_tree"]})
+        stored = np.arange(self.capacity) < len(self)   # the ring fills positions 0, 1, ... first
+        self._mins.load_state_dict({"leaves": np.where(stored, self._sums[np.arange(self.capacity)], np.inf)})
         self.max_priority = float(state["max_priority"])
 
 
