@@ -198,6 +198,10 @@ class ApexConfig(_Section):
     learner_cpus: float = Field(1.0, ge=0.0)
     learner_gpus: float = Field(0.0, ge=0.0)
     """GPUs for the learner (learner.device auto/cuda uses one when this is > 0)."""
+    isolate_learner: bool = True
+    """Give the learner process ceil(learner_cpus) cores of its own on its node (Linux CPU
+    affinity): the run's other processes there (actors, a replay server, the driver, and the Ray
+    instance the run started) keep off them. Skipped where the node has no core to spare."""
     replay_host: Literal["learner", "process"] = "learner"
     """Where the central replay lives: in the learner's process (actors insert there; the learner
     samples and returns priorities without a message), or in a process of its own (``process``:

@@ -11,6 +11,18 @@ import pytest
 from distdqn.metrics import read_metrics
 from tests.helpers import kill_role_mid_run, metrics_started, ray_env, run_cli
 
+MANY_CPUS = len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else False
+
+
+def assert_learner_has_its_own_cores(run_dir) -> None:
+    """apex.isolate_learner: the learner's CPUs are the last ones, and no other process of the run
+    (the replay server, actors, the driver: all on this one node) may run on them."""
+    processes = json.loads((run_dir / "processes.json").read_text())
+    learner = set(processes["learner"]["cpus"])
+    assert learner == {max(os.sched_getaffinity(0))}, processes["learner"]
+    others = {name: p["cpus"] for name, p in processes.items() if p["pid"] != processes["learner"]["pid"]}
+    assert others and all(cpus and not learner & set(cpus) for cpus in others.values()), others
+
 
 @pytest.mark.slow
 def test_apex_solves_cartpole(tmp_path, ray_cluster):
@@ -56,6 +68,8 @@ def test_apex_resume_continues_from_its_checkpoint(tmp_path, ray_cluster, replay
     assert first.returncode == 0, first.stderr[-3000:]
     before = json.loads((run_dir / "summary.json").read_text())
     assert before["learner_updates"] > 0
+    if MANY_CPUS:
+        assert_learner_has_its_own_cores(run_dir)
 
     resumed = run_cli(["train", "--resume", str(run_dir), "--address", ray_cluster,
                        "--set", "train.total_env_steps=8000"], timeout=600, env=ray_env())
@@ -105,6 +119,8 @@ def test_apex_starts_its_own_ray_when_given_no_address(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["cluster_nodes"] == 1 and summary["env_steps"] >= 3000
     assert summary["learner_updates"] > 0
+    if MANY_CPUS:
+        assert_learner_has_its_own_cores(run_dir)
 
 
 def test_inserts_follow_the_weight_sync_period_at_any_replay_ratio():

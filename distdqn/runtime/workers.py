@@ -23,6 +23,7 @@ from distdqn.core.policy import initial_priorities
 from distdqn.core.ratelimit import RateLimitedReplay, RateLimiter
 from distdqn.core.transitions import Batch, Transitions
 from distdqn.envs import EnvInfo
+from distdqn.runtime import affinity
 from distdqn.runtime import components as build
 
 SAMPLE_WAIT_S = 5.0   # a replay call waits at most this long for the rate limiter, then returns empty
@@ -34,8 +35,23 @@ def set_worker_threads(cpus: float, override: int | None = None) -> None:
 
 
 def process_identity(**extra: Any) -> dict[str, Any]:
-    """Which process and node this is (for processes.json)."""
-    return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), **extra}
+    """Which process and node this is, and the CPUs it may run on (for processes.json)."""
+    cpus = affinity.allowed_cpus()
+    return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
+            "cpus": sorted(cpus) if cpus is not None else None, **extra}
+
+
+Isolation = dict[str, Any]
+"""The cores apex's learner took for itself: {"node_id", "pid", "cpus"} (``LearnerWorker.isolate``)."""
+
+
+def keep_off(isolation: Isolation | None) -> None:
+    """On the learner's node, run on every CPU this process may use except the learner's."""
+    if isolation is None or isolation["node_id"] != ray.get_runtime_context().get_node_id():
+        return
+    rest = (affinity.allowed_cpus() or set()) - set(isolation["cpus"])
+    if rest:
+        affinity.pin(rest)
 
 
 def blocks_per_insert(cfg: Config) -> int:
@@ -97,6 +113,10 @@ class ReplayServer(_ReplayHost):
         self.gated = _gated_replay(cfg, info, seed)
         self.newest = (-1, [])
 
+    def keep_off(self, isolation: Isolation | None) -> None:
+        """Keep off the learner's cores (the server is built before the learner takes them)."""
+        keep_off(isolation)
+
     @ray.method(concurrency_group="replay")
     def publish(self, version: int, weights_box: list) -> None:
         """The learner's newest weights, handed to actors with their next insert's answer."""
@@ -136,6 +156,14 @@ class LearnerWorker(_ReplayHost):
         self._prefetch = None
         self._published_at = -1
         self.newest = (-1, [])   # (version, [ref]) of the last weights published
+
+    def isolate(self, num_cpus: int) -> Isolation | None:
+        """The last ``num_cpus`` CPUs of this node for the thread that trains (the default group's
+        only thread: this call runs on it); None: none to spare."""
+        cpus = affinity.claim_last(num_cpus)
+        if cpus is None:
+            return None
+        return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "cpus": cpus}
 
     # ---- learning ----
     def weights(self) -> tuple[int, list]:
@@ -214,7 +242,9 @@ class ExperienceActor:
     """An Actor (vector env + epsilon-greedy policy) that sends its transitions, with initial
     priorities, straight to the replay's host (the replay server, or the learner hosting it)."""
 
-    def __init__(self, cfg: Config, info: EnvInfo, replay: Any, epsilons: np.ndarray, seed: int):
+    def __init__(self, cfg: Config, info: EnvInfo, replay: Any, epsilons: np.ndarray, seed: int,
+                 isolation: Isolation | None = None):
+        keep_off(isolation)   # the driver passes LearnerWorker.isolate's reference: Ray resolves it first
         set_worker_threads(cfg.apex.actor_cpus)
         self.cfg = cfg
         network = build.build_network(cfg, info)

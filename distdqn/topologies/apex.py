@@ -21,6 +21,7 @@ Experience Replay", ICLR).
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from distdqn.config import Config
 from distdqn.core.schedules import per_actor_epsilons
 from distdqn.envs import EnvInfo
 from distdqn.errors import UserError
+from distdqn.runtime import affinity
 from distdqn.runtime import components as build
 from distdqn.runtime.cluster import connect, require_resources
 from distdqn.runtime.session import RunResult, RunSession, seed_everything, set_rng_state
@@ -51,6 +53,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     replay_cpus = a.replay_cpus if separate_replay else 0.0
     cpus = replay_cpus + a.learner_cpus + a.num_actors * a.actor_cpus
     cluster = connect(cfg.cluster.address, num_cpus=math.ceil(cpus), timeout_s=cfg.cluster.connect_timeout_s)
+    driver_cpus = None   # the driver's CPUs before it kept off the learner's (restored at the end)
     try:
         require_resources(cpus, a.learner_gpus,
                           f"apex (replay {replay_cpus:g} + learner {a.learner_cpus:g} + "
@@ -61,6 +64,11 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         learner = LearnerWorker.options(num_cpus=a.learner_cpus, num_gpus=a.learner_gpus).remote(
             cfg, info, server, cfg.seed + 2)
         replay = server if separate_replay else learner   # where actors insert and the replay's state lives
+        # the learner takes cores of its own on its node; the run's other processes there keep off
+        # them (runtime/affinity.py): actors and the server resolve this reference themselves
+        isolation_ref = learner.isolate.remote(math.ceil(a.learner_cpus)) if a.isolate_learner else None
+        if server is not None:
+            server.keep_off.remote(isolation_ref)
         epsilons = per_actor_epsilons(a.num_actors * cfg.env.num_envs, a.base_epsilon, a.epsilon_alpha)
         epsilons = epsilons.reshape(a.num_actors, cfg.env.num_envs)
         restarts = 0
@@ -68,9 +76,11 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         def start_actor(index: int, generation: int):
             seed = cfg.seed + 1000 * (index + 1) + 7919 * generation
             return ExperienceActor.options(num_cpus=a.actor_cpus, scheduling_strategy="SPREAD").remote(
-                cfg, info, replay, epsilons[index], seed)
+                cfg, info, replay, epsilons[index], seed, isolation_ref)
 
         actors = [start_actor(i, 0) for i in range(a.num_actors)]
+        isolation = ray.get(isolation_ref, timeout=a.stall_timeout_s) if isolation_ref is not None else None
+        driver_cpus = _keep_driver_off(isolation, cluster.started_here)
         env_steps, updates = 0, 0
 
         def record_processes() -> None:
@@ -79,6 +89,9 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             # with replay_host=learner, "replay" and "learner" are the same process
             refs = {name: handle.identity.remote() for name, handle in roles.items()}
             identities.update({name: _get_or_none(ref) for name, ref in refs.items()})
+            cpus = affinity.allowed_cpus()
+            identities["driver"] = {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
+                                    "cpus": sorted(cpus) if cpus is not None else None}
             session.write_json("processes.json", identities)
 
         # ---- resume: learner and replay from the checkpoint (actors start fresh episodes) ----
@@ -217,6 +230,24 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     finally:
         session.close()
         cluster.shutdown()
+        if driver_cpus is not None:
+            affinity.pin(driver_cpus)
+
+
+def _keep_driver_off(isolation: dict[str, Any] | None, started_here: bool) -> set[int] | None:
+    """On the learner's node, the driver (and the Ray instance it started: its daemons and idle
+    workers) keep off the learner's cores. Returns the driver's CPUs before, to restore at the end."""
+    if isolation is None or isolation["node_id"] != ray.get_runtime_context().get_node_id():
+        return None
+    before = affinity.allowed_cpus() or set()
+    rest = before - set(isolation["cpus"])
+    if not rest:
+        return None
+    affinity.pin(rest)
+    for pid in affinity.descendants(os.getpid()) if started_here else []:
+        if pid != isolation["pid"]:
+            affinity.pin(rest, pid)
+    return before
 
 
 def _get_or_none(ref) -> Any:
