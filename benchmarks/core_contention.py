@@ -1,18 +1,19 @@
-"""How much two busy cores slow each other here: the most that overlapping acting with learning
-(apex) can gain over doing them in turn (single), on this machine, whatever the data path.
+"""Do two busy cores slow each other here? The learner's update and the actor's env steps, each
+alone, then side by side on separate cores.
 
     python -m benchmarks.core_contention [--config configs/acrobot-apex.yaml] [--seconds 5]
 
 Each role runs in a process of its own, pinned to a core, with one torch thread:
 - learner: ``DQNLearner.step`` on batches of the config's size (apex's learner update);
 - actor: ``Actor.collect(train.steps_per_collect)`` on the config's vector env (apex's actors);
-- busy loop: a Python loop that touches no memory to speak of (is the slowdown the core itself?).
+- busy loop: a Python loop that touches no memory to speak of.
 Each is timed alone, then the learner beside the actor, then the learner beside the busy loop.
 
-With k = 1 / train.replay_ratio env steps per update, L the learner's time per update and A the
-actor's per env step: single spends L + k A per update (one core, in turn; measured alone), apex at
-least max(L', k A') (both at once; measured together). Their ratio is the ceiling on apex's env
-steps/s over single's at that replay ratio. Where the cores were independent, L' = L and A' = A.
+Inside an apex run the learner's update took 25-80% longer than alone. If the cores themselves
+slowed each other (shared caches, memory bandwidth, clock), pinning would not help and overlapping
+acting with learning would gain less on this machine whatever the data path; if they do not, the
+slowdown comes from the scheduler putting other work on the learner's core, which
+``apex.isolate_learner`` prevents.
 """
 
 from __future__ import annotations
@@ -79,9 +80,9 @@ def measure(roles: list[str], config: str, seconds: float) -> dict[str, float]:
     with ctx.Manager() as manager:
         results, start = manager.dict(), ctx.Event()
         readies = [ctx.Event() for _ in roles]
-        procs = [ctx.Process(target=_work, args=(role, config, cpu % (os.cpu_count() or 1), seconds,
-                                                 ready, start, results))
-                 for cpu, (role, ready) in enumerate(zip(roles, readies, strict=True))]
+        cpus = sorted(os.sched_getaffinity(0))
+        procs = [ctx.Process(target=_work, args=(role, config, cpus[i % len(cpus)], seconds, ready, start, results))
+                 for i, (role, ready) in enumerate(zip(roles, readies, strict=True))]
         for p in procs:
             p.start()
         for ready in readies:
@@ -104,7 +105,7 @@ def main() -> None:
     cfg = load_config(args.config)
     k = 1.0 / cfg.train.replay_ratio
 
-    alone = {role: measure([role], args.config, args.seconds)[role] for role in ("learner", "actor", "busy")}
+    alone = {role: measure([role], args.config, args.seconds)[role] for role in ("learner", "actor")}
     together = measure(["learner", "actor"], args.config, args.seconds)
     beside_loop = measure(["learner", "busy"], args.config, args.seconds)
 
@@ -117,15 +118,11 @@ def main() -> None:
           f"({beside_loop['learner'] / alone['learner']:.2f}x) |")
     print(f"| actor, per env step (us) | {alone['actor']:,.1f} | {together['actor']:,.1f} "
           f"({together['actor'] / alone['actor']:.2f}x) | - |")
-    single = alone["learner"] + k * alone["actor"]
-    apex = max(together["learner"], k * together["actor"])
-    ideal = max(alone["learner"], k * alone["actor"])
     print()
-    print(f"Per learner update ({k:g} env steps): single, in turn, {single:,.0f} us "
-          f"(learner {alone['learner'] / single:.0%}); apex, at once, at least {apex:,.0f} us.")
-    print(f"Ceiling on apex over single at this replay ratio: **{single / apex:.2f}x** on this machine "
-          f"({single / ideal:.2f}x if the two cores did not slow each other).")
-
+    print(f"Pinned to separate cores, the learner's update is {together['learner'] / alone['learner']:.2f}x "
+          f"its time alone beside the actor and {beside_loop['learner'] / alone['learner']:.2f}x beside a "
+          f"busy loop; the actor's env step {together['actor'] / alone['actor']:.2f}x. Per learner update "
+          f"({k:g} env steps) the two roles cost {alone['learner']:,.0f} us and {k * alone['actor']:,.0f} us.")
 
 if __name__ == "__main__":
     main()
