@@ -12,6 +12,9 @@ Experience Replay", ICLR).
     updates are calls within the process, inserts run on threads beside the updates) or in a
     ReplayServer process of its own (replay_host=process).
 
+    The learner's training thread has a core of its own on its node (apex.isolate_learner): the
+    run's other processes and threads there keep off it (runtime/affinity.py).
+
     The driver (this function) only conducts: it keeps apex.calls_in_flight calls queued for every
     actor and for the learner, evaluates on a thread, logs, checkpoints, and restarts actors that
     die. Each of the num_actors * num_envs sub-environments explores with its own fixed
@@ -38,7 +41,13 @@ from distdqn.runtime import affinity
 from distdqn.runtime import components as build
 from distdqn.runtime.cluster import connect, require_resources
 from distdqn.runtime.session import RunResult, RunSession, seed_everything, set_rng_state
-from distdqn.runtime.workers import ExperienceActor, LearnerWorker, ReplayServer, blocks_per_insert
+from distdqn.runtime.workers import (
+    ExperienceActor,
+    LearnerWorker,
+    ReplayServer,
+    blocks_per_insert,
+    process_identity,
+)
 
 
 class RunAborted(UserError):
@@ -89,9 +98,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             # with replay_host=learner, "replay" and "learner" are the same process
             refs = {name: handle.identity.remote() for name, handle in roles.items()}
             identities.update({name: _get_or_none(ref) for name, ref in refs.items()})
-            cpus = affinity.allowed_cpus()
-            identities["driver"] = {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
-                                    "cpus": sorted(cpus) if cpus is not None else None}
+            identities["driver"] = process_identity()
             session.write_json("processes.json", identities)
 
         # ---- resume: learner and replay from the checkpoint (actors start fresh episodes) ----
