@@ -75,10 +75,10 @@ class SumTree:
         prefix = self._cumulative()
         blocks = np.minimum(np.searchsorted(prefix, values, side="right"), len(prefix) - 1)
         inclusive = np.cumsum(self._rows[blocks], axis=1)
-        # the mass into the block, kept below the block's total: a value rounded up to the total
-        # (or past the last block) lands on the block's last leaf with mass, not on an empty one
-        within = np.minimum(values - (prefix[blocks] - self.block_values[blocks]),
-                            np.nextafter(inclusive[:, -1], -np.inf))
+        # the mass into the block, kept within [0, the block's total): rounding at either edge of
+        # the block (or a value past the last block) lands on a leaf with mass, never an empty one
+        within = np.clip(values - (prefix[blocks] - self.block_values[blocks]), 0.0,
+                         np.nextafter(inclusive[:, -1], -np.inf))
         found = np.count_nonzero(inclusive <= within[:, None], axis=1)
         return blocks * self.block + np.minimum(found, self.block - 1)
 
