@@ -3,7 +3,7 @@
     python -m benchmarks.apex_scaling [--config configs/cartpole.yaml] [--seeds 3] [--actors 1 2 4]
                                       [--ratios 0.5 0.125] [--steps N] [--set key=value ...]
 
-Every configuration is a `distdqn train` process, one at a time. `single` runs the config as it is;
+Every run is a `distdqn train` process, one at a time. `single` runs the config as it is;
 apex runs the same config with `topology=apex`, prioritized replay (Ape-X's), and 1, 2, 4 actors
 sharing the cores the learner leaves (actor_cpus = 1/N). A second single row uses prioritized
 replay too, so that the cost of prioritization and the gain of overlapping can be told apart. With --ratios, each ratio is a group of
@@ -11,7 +11,9 @@ rows (single, then apex) with `train.replay_ratio` set to it for both: the apex 
 limiter holds apex to it. Figures per run come from its summary.json and metrics.jsonl:
 - time to solve: wall clock from the start of the run, Ray's start-up included for apex;
 - steady env steps/s: the median of the per-interval rates in metrics.jsonl (start-up and the
-  final evaluation excluded), and its ratio to single's in the same group;
+  final evaluation excluded); beside it, the median over seeds of its ratio to single's run of the
+  same seed. Runs go seed by seed, every setup in turn, so that each pair ran minutes apart at
+  most: this shared machine's speed drifts by tens of percent over a quarter of an hour;
 - learner busy: the share of the steady wall time the learner spent sampling and updating
   (single: its own loop; apex: the learner process). 1 / single's share is what overlapping acting
   with learning can gain at most (Amdahl), if apex's learner updated as fast as single's;
@@ -82,25 +84,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for ratio in args.ratios or [None]:
             ratio_set = [] if ratio is None else ["--set", f"train.replay_ratio={ratio}"]
-            base_rate = None
-            for name, extra in setups:
-                runs = [train([*common, *ratio_set, *extra, "--seed", str(seed)],
-                              Path(tmp) / f"{ratio}-{name}-{seed}".replace(" ", "_").replace(",", ""))
-                        for seed in range(args.seeds)]
-                solved = [r for r in runs if r["solved"]]
-                rate = statistics.median(r["steady_env_steps_per_s"] for r in runs)
-                base_rate = base_rate or rate
-                share = statistics.median(r["learner_busy_share"] for r in runs)
+            # seed by seed, every setup in turn: the machine's speed drifts over minutes, so each
+            # setup's run sits next to single's run of the same seed (paired ratios below)
+            runs: dict[str, list[dict]] = {name: [] for name, _ in setups}
+            for seed in range(args.seeds):
+                for name, extra in setups:
+                    runs[name].append(train([*common, *ratio_set, *extra, "--seed", str(seed)],
+                                            Path(tmp) / f"{ratio}-{name}-{seed}".replace(" ", "_").replace(",", "")))
+            for name, _ in setups:
+                done = runs[name]
+                solved = [r for r in done if r["solved"]]
+                rate = statistics.median(r["steady_env_steps_per_s"] for r in done)
+                paired = statistics.median(r["steady_env_steps_per_s"] / s["steady_env_steps_per_s"]
+                                           for r, s in zip(done, runs["single"], strict=True))
+                share = statistics.median(r["learner_busy_share"] for r in done)
                 busy = (f"{share:.0%} (ceiling {1 / share:.2f}x)" if name.startswith("single") and share > 0
                         else f"{share:.0%}")
-                print(f"| {'config' if ratio is None else f'{ratio:g}'} | {name} | {len(solved)}/{len(runs)} | "
+                print(f"| {'config' if ratio is None else f'{ratio:g}'} | {name} | {len(solved)}/{len(done)} | "
                       f"{_median_range([r['time_to_solve_s'] for r in solved], '.1f')} | "
                       f"{_median_range([r['env_steps_to_solve'] / 1000 for r in solved], '.0f', 'k')} | "
-                      f"{statistics.median(r['final_eval_return_mean'] for r in runs):.0f} | "
-                      f"{rate:,.0f} ({rate / base_rate:.2f}x single) | "
-                      f"{statistics.median(r['steady_updates_per_s'] for r in runs):,.0f} | {busy} | "
-                      f"{statistics.median(r['env_steps'] / r['wall_s'] for r in runs):,.0f} |", flush=True)
-
+                      f"{statistics.median(r['final_eval_return_mean'] for r in done):.0f} | "
+                      f"{rate:,.0f} ({paired:.2f}x single) | "
+                      f"{statistics.median(r['steady_updates_per_s'] for r in done):,.0f} | {busy} | "
+                      f"{statistics.median(r['env_steps'] / r['wall_s'] for r in done):,.0f} |", flush=True)
 
 if __name__ == "__main__":
     main()
