@@ -9,11 +9,11 @@ Each role runs in a process of its own, pinned to a core, with one torch thread:
 - busy loop: a Python loop that touches no memory to speak of.
 Each is timed alone, then the learner beside the actor, then the learner beside the busy loop.
 
-Inside an apex run the learner's update took 25-80% longer than alone. If the cores themselves
-slowed each other (shared caches, memory bandwidth, clock), pinning would not help and overlapping
-acting with learning would gain less on this machine whatever the data path; if they do not, the
-slowdown comes from the scheduler putting other work on the learner's core, which
-``apex.isolate_learner`` prevents.
+If the cores themselves slowed each other (shared caches, memory bandwidth, clock), overlapping
+acting with learning would gain less on this machine whatever the data path, and pinning would not
+help; if they do not, what slows apex's learner in a run is other work on its core, which
+``apex.isolate_learner`` keeps off. (Compare within one run of this script only: the machine's
+speed drifts between runs.)
 """
 
 from __future__ import annotations

@@ -199,9 +199,9 @@ class ApexConfig(_Section):
     learner_gpus: float = Field(0.0, ge=0.0)
     """GPUs for the learner (learner.device auto/cuda uses one when this is > 0)."""
     isolate_learner: bool = True
-    """Give the learner process ceil(learner_cpus) cores of its own on its node (Linux CPU
-    affinity): the run's other processes there (actors, a replay server, the driver, and the Ray
-    instance the run started) keep off them. Skipped where the node has no core to spare. Two apex
+    """Give the learner's training thread ceil(learner_cpus) cores of its own on its node (Linux
+    CPU affinity): the learner process's other threads and the run's other processes there
+    (actors, a replay server, the driver, and the Ray instance the run started) keep off them. Skipped where the node has no core to spare. Two apex
     runs at once on one node would both take its last cores: turn this off for such runs."""
     replay_host: Literal["learner", "process"] = "learner"
     """Where the central replay lives: in the learner's process (actors insert there; the learner

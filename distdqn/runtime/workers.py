@@ -45,13 +45,30 @@ Isolation = dict[str, Any]
 """The cores apex's learner took for itself: {"node_id", "pid", "cpus"} (``LearnerWorker.isolate``)."""
 
 
-def keep_off(isolation: Isolation | None) -> None:
-    """On the learner's node, run on every CPU this process may use except the learner's."""
+def keep_off(isolation: Isolation | None) -> set[int] | None:
+    """On the learner's node, run on every CPU this process may use except the learner's; returns
+    those CPUs (None: not on the learner's node, or nothing left to run on)."""
     if isolation is None or isolation["node_id"] != ray.get_runtime_context().get_node_id():
-        return
+        return None
     rest = (affinity.allowed_cpus() or set()) - set(isolation["cpus"])
-    if rest:
-        affinity.pin(rest)
+    if not rest:
+        return None
+    affinity.pin(rest)
+    return rest
+
+
+def keep_driver_off(isolation: Isolation | None, started_here: bool) -> set[int] | None:
+    """``keep_off`` for the driver, and for the Ray instance it started (its daemons and idle
+    workers: every process below the driver but the learner's). Returns the driver's CPUs
+    before, to restore when the run ends (None: nothing was changed)."""
+    before = affinity.allowed_cpus()
+    rest = keep_off(isolation)
+    if rest is None:
+        return None
+    for pid in affinity.descendants(os.getpid()) if started_here else []:
+        if pid != isolation["pid"]:
+            affinity.pin(rest, pid)
+    return before
 
 
 def blocks_per_insert(cfg: Config) -> int:

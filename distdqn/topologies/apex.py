@@ -24,7 +24,6 @@ Experience Replay", ICLR).
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from distdqn.runtime.workers import (
     LearnerWorker,
     ReplayServer,
     blocks_per_insert,
+    keep_driver_off,
     process_identity,
 )
 
@@ -89,7 +89,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
 
         actors = [start_actor(i, 0) for i in range(a.num_actors)]
         isolation = ray.get(isolation_ref, timeout=a.stall_timeout_s) if isolation_ref is not None else None
-        driver_cpus = _keep_driver_off(isolation, cluster.started_here)
+        driver_cpus = keep_driver_off(isolation, cluster.started_here)
         env_steps, updates = 0, 0
 
         def record_processes() -> None:
@@ -239,22 +239,6 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         cluster.shutdown()
         if driver_cpus is not None:
             affinity.pin(driver_cpus)
-
-
-def _keep_driver_off(isolation: dict[str, Any] | None, started_here: bool) -> set[int] | None:
-    """On the learner's node, the driver (and the Ray instance it started: its daemons and idle
-    workers) keep off the learner's cores. Returns the driver's CPUs before, to restore at the end."""
-    if isolation is None or isolation["node_id"] != ray.get_runtime_context().get_node_id():
-        return None
-    before = affinity.allowed_cpus() or set()
-    rest = before - set(isolation["cpus"])
-    if not rest:
-        return None
-    affinity.pin(rest)
-    for pid in affinity.descendants(os.getpid()) if started_here else []:
-        if pid != isolation["pid"]:
-            affinity.pin(rest, pid)
-    return before
 
 
 def _get_or_none(ref) -> Any:
