@@ -37,9 +37,12 @@ class FusedMLPUpdate:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         self._online_hidden = [(layer.weight, layer.bias) for layer in online.hidden]
-        self._target_hidden = [(layer.weight, layer.bias) for layer in target.hidden]
         self._online_head = self._head_params(online)
-        self._target_head = self._head_params(target)
+        # for the forward products: (W^T, b) as views made once (a transpose per call costs about
+        # as much as a small kernel); the parameters are updated in place, so the views stay current
+        self._online_forward = self._transposed(self._online_hidden, self._online_head)
+        self._target_forward = self._transposed([(layer.weight, layer.bias) for layer in target.hidden],
+                                                self._head_params(target))
 
     @staticmethod
     def _head_params(net: MLPQNetwork) -> tuple[torch.Tensor, ...]:
@@ -48,16 +51,22 @@ class FusedMLPUpdate:
             return head.value.weight, head.value.bias, head.advantage.weight, head.advantage.bias
         return head.weight, head.bias
 
-    def _forward(self, hidden, head, x: torch.Tensor, keep: list | None = None) -> torch.Tensor:
-        for weight, bias in hidden:
-            x = torch.addmm(bias, x, weight.t()).relu_()
+    @staticmethod
+    def _transposed(hidden, head) -> tuple[list, tuple]:
+        return ([(weight.detach().t(), bias) for weight, bias in hidden],
+                tuple(t.detach().t() if t.dim() == 2 else t for t in head))
+
+    def _forward(self, params: tuple[list, tuple], x: torch.Tensor, keep: list | None = None) -> torch.Tensor:
+        hidden, head = params
+        for weight_t, bias in hidden:
+            x = torch.addmm(bias, x, weight_t).relu_()
             if keep is not None:
                 keep.append(x)
         if self.dueling:
-            value_w, value_b, adv_w, adv_b = head
-            advantage = torch.addmm(adv_b, x, adv_w.t())
-            return advantage.sub_(advantage.mean(1, keepdim=True)).add_(torch.addmm(value_b, x, value_w.t()))
-        return torch.addmm(head[1], x, head[0].t())
+            value_wt, value_b, adv_wt, adv_b = head
+            advantage = torch.addmm(adv_b, x, adv_wt)
+            return advantage.sub_(advantage.mean(1, keepdim=True)).add_(torch.addmm(value_b, x, value_wt))
+        return torch.addmm(head[1], x, head[0])
 
     @torch.inference_mode()
     def __call__(self, obs, action, reward, next_obs, terminated, discount, weights):
@@ -70,9 +79,9 @@ class FusedMLPUpdate:
         # forward: the online net on s and s' in one pass (keeping activations), the target on s'
         both = torch.cat([obs, next_obs]) if self.double_dqn else obs
         activations = [both]
-        q_both = self._forward(self._online_hidden, self._online_head, both, activations)
+        q_both = self._forward(self._online_forward, both, activations)
         q = q_both[:batch]
-        next_q_target = self._forward(self._target_hidden, self._target_head, next_obs)
+        next_q_target = self._forward(self._target_forward, next_obs)
         next_q_select = q_both[batch:] if self.double_dqn else next_q_target
         next_value = next_q_target.gather(1, next_q_select.argmax(1, keepdim=True)).squeeze(1)
         targets = torch.addcmul(reward, discount.masked_fill(terminated, 0.0), next_value)

@@ -54,6 +54,32 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def flatten_parameters(params: list[nn.Parameter]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move ``params`` into one contiguous buffer and give each a zero ``.grad`` in a second one:
+    each parameter and its gradient become views (modules, ``load_state_dict`` and in-place
+    updates keep working); returns the two flat buffers."""
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    grads = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = flat[offset:offset + n].view_as(p)
+        p.grad = grads[offset:offset + n].view_as(p)
+        offset += n
+    return flat, grads
+
+
+def _flat_optimizer_state(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Checkpoints written before the parameters were flat keep one moment tensor (and step
+    counter) per parameter: concatenate them in parameter order, as ``flatten_parameters`` lays
+    the parameters out."""
+    if len(state["exp_avg"]) == 1:
+        return state
+    return {**state, "exp_avg": [torch.cat([t.reshape(-1) for t in state["exp_avg"]])],
+            "exp_avg_sq": [torch.cat([t.reshape(-1) for t in state["exp_avg_sq"]])],
+            "steps": list(state["steps"][:1])}
+
+
 class DQNLearner:
     def __init__(self, network: nn.Module, cfg: LearnerConfig, lr_decay_updates: int | None = None):
         self.cfg = cfg
@@ -62,10 +88,12 @@ class DQNLearner:
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
         self.params = list(self.online.parameters())
-        for p in self.params:  # preallocated: the fused path and apply_grads write into them
-            p.grad = torch.zeros_like(p)
-        self._grads = [p.grad for p in self.params]
-        self.optimizer = Adam(self.params, lr=cfg.lr, eps=cfg.adam_eps)
+        # one buffer for all parameters and one for their gradients (the fused path, autograd and
+        # apply_grads write into the views): clipping, reducing and the optimizer step are one
+        # kernel call on one tensor each, whatever the number of layers
+        self.flat_params, self.flat_grads = flatten_parameters(self.params)
+        self.optimizer = Adam([self.flat_params], lr=cfg.lr, eps=cfg.adam_eps)
+        self._lr_decay_updates = lr_decay_updates
         self.lr_schedule = (LinearSchedule(cfg.lr, cfg.lr_end, lr_decay_updates or 1)
                             if cfg.lr_end is not None else None)
         self.target_updater = TargetUpdater(cfg.target_update, cfg.target_update_period, cfg.tau)
@@ -77,6 +105,14 @@ class DQNLearner:
             raise ValueError("learner.kernel fused_mlp needs an MLP network (network.kind: mlp)")
         self._fused = (fused_mlp.FusedMLPUpdate(self.online, self.target, cfg.double_dqn, cfg.loss,
                                                 cfg.huber_delta) if use_fused else None)
+
+    def __deepcopy__(self, memo: dict) -> DQNLearner:
+        """A new learner with this one's state (copying the attributes one by one would give the
+        copy parameters that are no longer views of its flat buffers)."""
+        clone = DQNLearner(copy.deepcopy(self.online, memo), self.cfg, self._lr_decay_updates)
+        clone.load_state_dict(self.state_dict())
+        clone.owns_target = self.owns_target
+        return clone
 
     # ---- the update ----
     def _tensors(self, batch: Batch) -> tuple[torch.Tensor, ...]:
@@ -95,36 +131,35 @@ class DQNLearner:
             next_q_online = self.online(next_obs) if self.cfg.double_dqn else None
             targets = td_targets(reward, discount, terminated, next_q_online, self.target(next_obs))
         loss, td_errors = td_loss(q_taken, targets, weights, self.cfg.loss, self.cfg.huber_delta)
-        torch._foreach_zero_(self._grads)
-        loss.backward()
-        self._grads = [p.grad for p in self.params]  # autograd may have replaced a .grad tensor
+        self.flat_grads.zero_()
+        loss.backward()   # accumulates into the existing .grad views, in place
         return loss.detach(), td_errors, q_taken.detach().mean()
 
     @torch.inference_mode()
     def _clip(self) -> torch.Tensor:
         """Clip the global gradient norm in place (as ``clip_grad_norm_``); return the norm before."""
-        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self._grads)))
+        total = torch.linalg.vector_norm(self.flat_grads)
         if self.cfg.max_grad_norm is not None:
-            coef = (self.cfg.max_grad_norm / (total + 1e-6)).clamp_(max=1.0)
-            torch._foreach_mul_(self._grads, coef)
+            self.flat_grads.mul_((self.cfg.max_grad_norm / (total + 1e-6)).clamp_(max=1.0))
         return total
 
     def _optimizer_step(self) -> None:
         if self.lr_schedule is not None:
             self.optimizer.lr = self.lr_schedule(self.updates)
-        self.optimizer.step(self._grads)
+        self.optimizer.step([self.flat_grads])
         self.updates += 1
         if self.owns_target and self.target_updater.after_update(self.updates, self.target, self.online):
             self.target_version = self.updates
 
     def step(self, batch: Batch, reduce_grads: Callable[[list[torch.Tensor]], None] | None = None) -> StepResult:
         """One learner update on ``batch``; returns metrics and the new priorities. ``reduce_grads``,
-        if given, replaces the clipped gradient tensors in place (all-reduce averages them across
-        replicas) before the optimizer step."""
+        if given, replaces the clipped gradient in place before the optimizer step (all-reduce
+        averages it across replicas); it gets the flat gradient, ``[flat_grads]``, whose parameters
+        are ``[flat_params]``."""
         loss, td_errors, q_mean = self._gradients(batch)
         grad_norm = self._clip()
         if reduce_grads is not None:
-            reduce_grads(self._grads)
+            reduce_grads([self.flat_grads])
         self._optimizer_step()
         return self._result(loss, td_errors, q_mean, grad_norm)
 
@@ -182,6 +217,6 @@ class DQNLearner:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.online.load_state_dict(state["online"])
         self.target.load_state_dict(state["target"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(_flat_optimizer_state(state["optimizer"]))
         self.updates = int(state["updates"])
         self.target_version = int(state.get("target_version", self.updates))

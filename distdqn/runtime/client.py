@@ -75,8 +75,8 @@ class FederatedClient:
         learner.set_weights(start)   # a fresh start from the global model, as in FedAvg
         reduce = None
         if f.proximal_mu > 0:
-            anchor = [p.detach().clone() for p in learner.params]
-            reduce = proximal_term(learner.params, anchor, f.proximal_mu)
+            anchor = [learner.flat_params.detach().clone()]
+            reduce = proximal_term([learner.flat_params], anchor, f.proximal_mu)
         done, sums = self.replica.train(num_updates, reduce_grads=reduce)
         update = aggregate.difference(learner.get_weights(), start)
         metrics: dict[str, float] = {"local_updates": done, **{k: v / max(done, 1) for k, v in sums.items()}}

@@ -427,15 +427,12 @@ class ReplicaWorker:
         return backend
 
     def _allreduce_mean(self, grads: list[torch.Tensor]) -> None:
-        """Average the clipped gradients over all ranks: one flat buffer, one all-reduce."""
+        """Average the clipped gradient over all ranks, in place (the learner's gradient is one
+        flat buffer: one all-reduce)."""
         import torch.distributed as dist
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= dist.get_world_size()
-        offset = 0
         for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+            dist.all_reduce(g, op=dist.ReduceOp.SUM)
+            g /= dist.get_world_size()
 
     def train_allreduce(self, num_updates: int, publish: bool) -> dict[str, Any]:
         """``num_updates`` synchronized updates: every rank calls this with the same count."""
