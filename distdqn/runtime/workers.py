@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from distdqn.runtime import affinity
 from distdqn.runtime import components as build
 
 SAMPLE_WAIT_S = 5.0   # a replay call waits at most this long for the rate limiter, then returns empty
+PUBLISH_WAIT_S = 60.0  # a put of the learner's weights into the object store, at most
 
 
 def set_worker_threads(cpus: float, override: int | None = None) -> None:
@@ -173,6 +175,12 @@ class LearnerWorker(_ReplayHost):
         self._prefetch = None
         self._published_at = -1
         self.newest = (-1, [])   # (version, [ref]) of the last weights published
+        # Publications during training are put into the object store by a thread of their own:
+        # a put waits a millisecond or so for the node's object store (its Raylet runs on the
+        # other cores), which the training thread would otherwise spend idle every weight_sync_period.
+        self._publisher = ThreadPoolExecutor(1, thread_name_prefix="publisher")
+        self._publisher.submit(lambda: None).result()   # its thread exists now: isolate() moves it off the training core
+        self._publishing: Future | None = None
 
     def isolate(self, num_cpus: int) -> Isolation | None:
         """The last ``num_cpus`` CPUs of this node for the thread that trains (the default group's
@@ -186,10 +194,27 @@ class LearnerWorker(_ReplayHost):
     def weights(self) -> tuple[int, list]:
         """(learner updates, [ref]) of the current online weights, put once into the object store;
         also what the replay answers actors' inserts with from now on."""
-        self.newest = (self.learner.updates, [ray.put(self.learner.get_weights())])
+        self._wait_for_publication()
+        return self._publish(self.learner.updates, self.learner.get_weights())
+
+    def _publish(self, version: int, weights: dict[str, np.ndarray]) -> tuple[int, list]:
+        newest = (version, [ray.put(weights)])
+        if version > self.newest[0]:
+            self.newest = newest
         if self.replay is not None:
-            self.replay.publish.remote(*self.newest)
-        return self.newest
+            self.replay.publish.remote(*newest)
+        return newest
+
+    def _publish_in_background(self) -> None:
+        """A copy of the weights now, put into the object store by the publisher thread; one
+        publication at a time (the previous one, if not done, is waited for)."""
+        self._wait_for_publication()
+        self._publishing = self._publisher.submit(self._publish, self.learner.updates, self.learner.get_weights())
+
+    def _wait_for_publication(self) -> None:
+        if self._publishing is not None:
+            self._publishing.result(timeout=PUBLISH_WAIT_S)   # raises what the put raised
+            self._publishing = None
 
     def _sample(self, beta: float) -> Batch | None:
         """The next group of batches: drawn here from the hosted replay, or the one the replay
@@ -214,7 +239,7 @@ class LearnerWorker(_ReplayHost):
         cfg = self.cfg.apex
         sums: dict[str, float] = {}
         done, start, waited, stepping = 0, time.perf_counter(), 0.0, 0.0
-        published = None
+        published_before = self.newest[0]
         beta = self.beta(env_steps)
         while done < num_updates:
             t = time.perf_counter()
@@ -236,12 +261,12 @@ class LearnerWorker(_ReplayHost):
                 self._return_priorities(np.concatenate(indices), np.concatenate(priorities))
             if self.learner.updates - self._published_at >= cfg.weight_sync_period:
                 self._published_at = self.learner.updates
-                published = self.weights()   # actors get it with their next insert's answer
+                self._publish_in_background()   # actors get it with their next insert's answer
         out: dict[str, Any] = {"updates": done, "learner_updates": self.learner.updates, "sums": sums,
                                "busy_s": time.perf_counter() - start - waited, "wait_s": waited,
                                "step_s": stepping}
-        if published is not None:
-            out["weights"] = published
+        if self.newest[0] > published_before:   # the newest publication that is in the object store
+            out["weights"] = self.newest
         return out
 
     def state_dict(self) -> dict[str, Any]:
