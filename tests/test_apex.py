@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from distdqn.metrics import read_metrics
-from tests.helpers import kill_role_mid_run, metrics_started, ray_env, run_cli
+from tests.helpers import REPO, kill_role_mid_run, metrics_started, ray_env, run_cli
 
 MANY_CPUS = len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else False
 
@@ -141,3 +143,15 @@ def test_inserts_follow_the_weight_sync_period_at_any_replay_ratio():
     assert blocks(train={"steps_per_collect": 4, "replay_ratio": 8.0}, apex={"weight_sync_period": 1}) == 1
     assert blocks(train={"steps_per_collect": 4, "replay_ratio": 0.5},
                   apex={"weight_sync_period": 48, "blocks_per_insert": 5}) == 5
+
+
+
+def test_the_learner_publishes_every_sync_period_and_inserts_carry_the_newest(ray_cluster):
+    """LearnerWorker on the session's cluster, driven as apex's driver and actors drive it (from a
+    driver process of its own, tests/publication_driver.py): weights are put into the object store
+    every weight_sync_period updates by its publisher thread, a train call reports the newest
+    publication that is in the store, and an insert's answer carries it to the actor."""
+    result = subprocess.run([sys.executable, "-m", "tests.publication_driver", ray_cluster], check=False, cwd=REPO,
+                            env=ray_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "published 32"
