@@ -1,5 +1,4 @@
-"""Where the run's threads run: cores of its own for apex's learner, and the lowest priority for
-the driver's background work (Linux; elsewhere every call does nothing).
+"""CPU affinity: cores of its own for apex's learner (Linux; elsewhere every call does nothing).
 
 Where the learner is the bottleneck, each process that the OS scheduler puts on the learner's core
 takes time from it, and Ray workers run at nice 15 under a driver and Ray daemons at nice 0, so
@@ -14,7 +13,6 @@ driver, and the Ray instance the run started, if it did.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -75,14 +73,3 @@ def claim_last(count: int) -> list[int] | None:
     pin(cpus - set(mine))
     os.sched_setaffinity(threading.get_native_id(), mine)
     return mine
-
-
-def run_in_background() -> None:
-    """The calling thread runs at the lowest priority (nice 19, below Ray's workers at 15): for the
-    driver's work off the run's critical path, such as evaluation, which would otherwise preempt
-    the actors it shares cores with. Linux only (elsewhere a nice value is the whole process's)."""
-    if sys.platform.startswith("linux"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except OSError:
-            pass

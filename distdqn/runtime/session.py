@@ -29,7 +29,6 @@ from distdqn.config import Config
 from distdqn.core.actor import evaluate
 from distdqn.envs import EnvInfo, make_vector_env
 from distdqn.metrics import MetricsWriter, TrainingStats
-from distdqn.runtime import affinity
 
 
 @dataclass
@@ -150,7 +149,6 @@ class RunSession:
         box: dict[str, Any] = {}
 
         def work() -> None:
-            affinity.run_in_background()   # a monitor: it must not take CPU time from actors
             try:
                 box["returns"] = self._evaluate_returns(policy)
             except BaseException as exc:  # noqa: BLE001 -- re-raised by poll_evaluation, on the driver's thread
