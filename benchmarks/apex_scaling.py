@@ -2,11 +2,15 @@
 
     python -m benchmarks.apex_scaling [--config configs/cartpole.yaml] [--seeds 3] [--actors 1 2 4]
                                       [--ratios 0.5 0.125] [--steps N] [--set key=value ...]
+                                      [--apex-set key=value ... [--apex-set ...]]
 
 Every run is a `distdqn train` process, one at a time. `single` runs the config as it is;
 apex runs the same config with `topology=apex`, prioritized replay (Ape-X's), and 1, 2, 4 actors
 sharing the cores the learner leaves (actor_cpus = 1/N). A second single row uses prioritized
-replay too, so that the cost of prioritization and the gain of overlapping can be told apart. With --ratios, each ratio is a group of
+replay too, so that the cost of prioritization and the gain of overlapping can be told apart.
+Each --apex-set adds an apex row (with the first --actors count) that runs with those settings
+too, seed-paired like the rest: an A/B of apex's own settings that this machine's drift does not
+blur (compare its "x single" with the plain apex row's). With --ratios, each ratio is a group of
 rows (single, then apex) with `train.replay_ratio` set to it for both: the apex replay's rate
 limiter holds apex to it. Figures per run come from its summary.json and metrics.jsonl:
 - time to solve: wall clock from the start of the run, Ray's start-up included for apex;
@@ -66,16 +70,24 @@ def main() -> None:
                         help="train.replay_ratio values (both sides); default: the config's own")
     parser.add_argument("--steps", type=int, default=None, help="train.total_env_steps (default: the config's)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value, for every run")
+    parser.add_argument("--apex-set", dest="apex_variants", action="append", nargs="+", default=[],
+                        metavar="KEY=VALUE", help="an extra apex row with these settings (repeatable)")
     args = parser.parse_args()
 
     common = [args.config, *(x for kv in args.overrides for x in ("--set", kv))]
     if args.steps:
         common += ["--set", f"train.total_env_steps={args.steps}"]
-    apex = ["--set", "topology=apex", "--set", "replay.prioritized=true"]
-    setups = [("single", []), ("single, prioritized replay", ["--set", "replay.prioritized=true"])] + [
-        (f"apex, {n} actor{'s' if n > 1 else ''}",
-         [*apex, "--set", f"apex.num_actors={n}", "--set", f"apex.actor_cpus={min(1.0, 1.0 / n):.3f}"])
-        for n in args.actors]
+
+    def apex(n: int) -> tuple[str, list[str]]:
+        return (f"apex, {n} actor{'s' if n > 1 else ''}",
+                ["--set", "topology=apex", "--set", "replay.prioritized=true", "--set", f"apex.num_actors={n}",
+                 "--set", f"apex.actor_cpus={min(1.0, 1.0 / n):.3f}"])
+
+    setups = [("single", []), ("single, prioritized replay", ["--set", "replay.prioritized=true"])]
+    setups += [apex(n) for n in args.actors]
+    for variant in args.apex_variants:
+        name, extra = apex(args.actors[0])
+        setups.append((f"{name}, {' '.join(variant)}", [*extra, *(x for kv in variant for x in ("--set", kv))]))
     settings = ", ".join([args.config, *args.overrides, *([f"{args.steps} env steps"] if args.steps else [])])
     print(header(f"Ape-X beside single at the same replay ratio ({settings})"))
     print("| replay ratio | setup | seeds solved | time to solve (s), median [range] | env steps to solve | "
