@@ -120,5 +120,6 @@ def main() -> None:
                       f"{statistics.median(r['steady_updates_per_s'] for r in done):,.0f} | {busy} | "
                       f"{statistics.median(r['env_steps'] / r['wall_s'] for r in done):,.0f} |", flush=True)
 
+
 if __name__ == "__main__":
     main()

@@ -201,8 +201,9 @@ class ApexConfig(_Section):
     isolate_learner: bool = True
     """Give the learner's training thread ceil(learner_cpus) cores of its own on its node (Linux
     CPU affinity): the learner process's other threads and the run's other processes there
-    (actors, a replay server, the driver, and the Ray instance the run started) keep off them. Skipped where the node has no core to spare. Two apex
-    runs at once on one node would both take its last cores: turn this off for such runs."""
+    (actors, a replay server, the driver, and the Ray instance the run started) keep off them.
+    Skipped where the node has no core to spare. Two apex runs at once on one node would both
+    take its last cores: turn this off for such runs."""
     replay_host: Literal["learner", "process"] = "learner"
     """Where the central replay lives: in the learner's process (actors insert there; the learner
     samples and returns priorities without a message), or in a process of its own (``process``:

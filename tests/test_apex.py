@@ -145,7 +145,6 @@ def test_inserts_follow_the_weight_sync_period_at_any_replay_ratio():
                   apex={"weight_sync_period": 48, "blocks_per_insert": 5}) == 5
 
 
-
 def test_the_learner_publishes_every_sync_period_and_inserts_carry_the_newest(ray_cluster):
     """LearnerWorker on the session's cluster, driven as apex's driver and actors drive it (from a
     driver process of its own, tests/publication_driver.py): weights are put into the object store
