@@ -24,7 +24,7 @@ from benchmarks.common import header
 from distdqn.config import load_config
 from distdqn.core.policy import NumpyMLPPolicy, TorchPolicy
 from distdqn.envs import env_info, make_vector_env
-from distdqn.runtime.components import build_actor, build_network
+from distdqn.local.build import build_actor, build_network
 
 
 def raw_rate(cfg, seconds: float) -> float:

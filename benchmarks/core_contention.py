@@ -33,7 +33,7 @@ def _work(role: str, config: str, cpu: int, seconds: float, ready, start, result
     from distdqn.config import load_config
     from distdqn.core.transitions import Batch
     from distdqn.envs import env_info
-    from distdqn.runtime import components as build
+    from distdqn.local import build
 
     os.sched_setaffinity(0, {cpu})
     torch.set_num_threads(1)

@@ -22,10 +22,12 @@ from benchmarks.common import header
 from distdqn.config import load_config
 from distdqn.core import aggregate
 from distdqn.envs import env_info
-from distdqn.runtime import components as build
+from distdqn.local import build
+from distdqn.local.replica import Replica
 from distdqn.runtime.cluster import connect
-from distdqn.runtime.pool import WorkerPool
-from distdqn.runtime.replica import Replica
+from distdqn.runtime.messages import Weights
+from distdqn.runtime.pool import RolePool
+from distdqn.runtime.roles.replica_worker import ReplicaWorker
 from distdqn.runtime.server import ParameterServer
 
 
@@ -43,21 +45,21 @@ def per_call_ms(fn, n: int = 300) -> float:
     return (time.perf_counter() - start) / n * 1e3
 
 
-def rounds(pool: WorkerPool, server: ParameterServer, n: int, inline: bool) -> dict[str, float]:
+def rounds(pool: RolePool, server: ParameterServer, n: int, inline: bool) -> dict[str, float]:
     steps = {"box": 0.0, "calls": 0.0, "get": 0.0, "mean": 0.0, "apply": 0.0}
-    held = [(-1, -1)] * pool.num_workers
+    held_target = [-1] * pool.count
     for r in range(n + 100):
         t0 = time.perf_counter()
         boxes = []
         if inline:   # the weights themselves inside each call, not a reference (no put)
             online, target = server.weights(), server.learner.get_target_weights()
-        for i in range(pool.num_workers):
+        for i in range(pool.count):
             if inline:
-                box = (server.version, [online], server.learner.target_version,
-                       [target] if held[i][1] != server.learner.target_version else [])
+                version = server.learner.target_version
+                box = Weights(server.version, [online], version, [target] if held_target[i] != version else [])
+                held_target[i] = version
             else:
-                box = server.box(held[i])
-            held[i] = (box[0], box[2])
+                box = server.weights_for(i)
             boxes.append(box)
         t1 = time.perf_counter()
         refs = [h.gradient.remote(b) for h, b in zip(pool.handles, boxes, strict=True)]
@@ -65,7 +67,7 @@ def rounds(pool: WorkerPool, server: ParameterServer, n: int, inline: bool) -> d
         t2 = time.perf_counter()
         outs = ray.get(refs, timeout=60)
         t3 = time.perf_counter()
-        mean = aggregate.mean_of([o["grads"] for o in outs])
+        mean = aggregate.mean_of([o.grads for o in outs])
         t4 = time.perf_counter()
         server.apply_gradient(mean)
         t5 = time.perf_counter()
@@ -88,7 +90,9 @@ def main() -> None:
         print(header(f"A sync_ps round, step by step ({args.workers} workers, CartPole 2x128 MLP, "
                      f"{args.rounds} rounds)"))
         server = ParameterServer(build.build_learner(cfg, info))
-        pool = WorkerPool(cfg, info, extra_args=(False,))
+        w = cfg.workers
+        pool = RolePool("worker", ReplicaWorker, w.num_workers, cfg.seed,
+                        lambda i, seed: (cfg, info, i, w.num_workers, seed, w.cpus, False), {"num_cpus": w.cpus})
         pool.identities()
         weights = server.weights()
         replica = Replica(cfg, info, 0, args.workers, cfg.seed)   # in this process: the compute alone

@@ -25,7 +25,7 @@ class Publisher:
 
         from distdqn.config import load_config
         from distdqn.envs import env_info
-        from distdqn.runtime import components as build
+        from distdqn.local import build
         torch.set_num_threads(1)
         cfg = load_config(config)
         self.sync_period = cfg.apex.weight_sync_period

@@ -20,7 +20,7 @@ import torch
 
 from distdqn.errors import CheckpointError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: the one RunState schema (runtime/messages.py) of every topology
 MANIFEST = "manifest.json"
 
 
@@ -88,7 +88,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Any], str, dict[str, Any]]:
         raise CheckpointError(f"{ckpt}: corrupt checkpoint manifest ({exc})") from None
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{ckpt}: checkpoint format {manifest.get('format_version')!r}, "
-                              f"this distdqn reads {FORMAT_VERSION}")
+                              f"this distdqn reads {FORMAT_VERSION} (start a new run)")
     components = {}
     for key in manifest.get("components", []):
         try:

@@ -163,7 +163,7 @@ def evaluate(
 
     from distdqn.core.actor import evaluate as run_evaluation
     from distdqn.envs import env_info, make_vector_env
-    from distdqn.runtime.components import build_network, build_policy
+    from distdqn.local.build import build_network, build_policy
 
     components, cfg, _ = _load_checkpoint_config(path)
     info = env_info(cfg.env)

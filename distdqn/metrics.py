@@ -16,38 +16,42 @@ from typing import Any
 
 import numpy as np
 
+from distdqn.core.records import Episodes, UpdateStats
+
 
 class TrainingStats:
-    """Between-rows accumulator for env steps, learner updates, episodes and update metrics."""
+    """Between-rows accumulator for env steps, learner updates, episodes and update metrics.
+
+    Episodes arrive as reports (``Episodes``: a count and sums), never one by one: the row's
+    ``episode_return_mean`` is over the episodes reported since the previous row, and
+    ``episode_return_mean_100`` over the newest reports that hold at least 100 episodes."""
+
+    RECENT_EPISODES = 100
 
     def __init__(self, start_time: float, env_steps: int = 0, learner_updates: int = 0):
         self.start_time = start_time
         self._last = (start_time, env_steps, learner_updates)
-        self._episode_returns: deque[float] = deque(maxlen=100)
-        self._new_returns: list[float] = []
-        self._new_lengths: list[int] = []
-        self._update_sums: dict[str, float] = {}
-        self._update_count = 0
+        self.recent: deque[tuple[int, float]] = deque()   # (count, return sum) of the newest reports
+        self._new = Episodes()
+        self._updates = UpdateStats()
         self.episodes = 0
 
-    def add_episodes(self, returns: np.ndarray, lengths: np.ndarray) -> None:
-        self._new_returns.extend(returns.tolist())
-        self._new_lengths.extend(lengths.tolist())
-        self._episode_returns.extend(returns.tolist())
-        self.episodes += len(returns)
+    def add_episodes(self, episodes: Episodes) -> None:
+        if not episodes.count:
+            return
+        self._new = self._new + episodes
+        self.episodes += episodes.count
+        self.recent.append((episodes.count, episodes.return_sum))
+        while len(self.recent) > 1 and sum(c for c, _ in self.recent) - self.recent[0][0] >= self.RECENT_EPISODES:
+            self.recent.popleft()
 
-    def add_update(self, metrics: dict[str, float]) -> None:
-        self.add_updates(metrics, 1)
-
-    def add_updates(self, sums: dict[str, float], count: int) -> None:
-        """``count`` updates whose metrics sum to ``sums``."""
-        for key, value in sums.items():
-            self._update_sums[key] = self._update_sums.get(key, 0.0) + value
-        self._update_count += count
+    def add_updates(self, stats: UpdateStats) -> None:
+        self._updates.merge(stats)
 
     @property
     def recent_return(self) -> float:
-        return float(np.mean(self._episode_returns)) if self._episode_returns else math.nan
+        count = sum(c for c, _ in self.recent)
+        return sum(s for _, s in self.recent) / count if count else math.nan
 
     def row(self, env_steps: int, learner_updates: int, **extra: Any) -> dict[str, Any]:
         """A metrics row for the interval since the previous row; resets the interval."""
@@ -59,20 +63,18 @@ class TrainingStats:
             "env_steps": env_steps,
             "learner_updates": learner_updates,
             "episodes": self.episodes,
-            "episode_return_mean": float(np.mean(self._new_returns)) if self._new_returns else None,
-            "episode_return_mean_100": self.recent_return if self._episode_returns else None,
-            "episode_length_mean": float(np.mean(self._new_lengths)) if self._new_lengths else None,
+            "episode_return_mean": self._new.return_mean if self._new.count else None,
+            "episode_return_mean_100": self.recent_return if self.recent else None,
+            "episode_length_mean": self._new.length_mean if self._new.count else None,
             "env_steps_per_s": (env_steps - last_steps) / elapsed,
             "updates_per_s": (learner_updates - last_updates) / elapsed,
         }
-        for key, total in self._update_sums.items():
-            row[key] = total / self._update_count
+        row.update(self._updates.means())
         if "loss" not in row:
             row["loss"] = None
         row.update(extra)
         self._last = (now, env_steps, learner_updates)
-        self._new_returns, self._new_lengths = [], []
-        self._update_sums, self._update_count = {}, 0
+        self._new, self._updates = Episodes(), UpdateStats()
         return row
 
 

@@ -1,6 +1,7 @@
 """A driver for test_apex's publication test: joins the cluster at argv[1] as apex's driver does,
-drives one LearnerWorker as the driver and an actor would, and checks what it publishes (a driver
-process of its own: Ray reads its token settings when it is imported)."""
+drives one LearnerWorker as the driver and an actor's weights client would, and checks what it
+publishes on the weights channel (a driver process of its own: Ray reads its token settings when
+it is imported)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from distdqn.config import load_config
 from distdqn.core.transitions import Transitions
 from distdqn.envs import env_info
 from distdqn.runtime.cluster import connect
-from distdqn.runtime.workers import LearnerWorker
+from distdqn.runtime.messages import InsertResult
+from distdqn.runtime.roles.learner import LearnerWorker
+from distdqn.runtime.weights import WeightsClient
 
 
 def main(address: str) -> None:
@@ -30,23 +33,28 @@ def main(address: str) -> None:
     cluster = connect(address)
     try:
         learner = LearnerWorker.options(num_cpus=0).remote(cfg, info, None, 3)
-        version, [first] = ray.get(learner.weights.remote(), timeout=60)
-        assert version == 0
-        accepted, newest, _ = ray.get(learner.add.remote(transitions, None, n), timeout=60)
-        assert accepted and newest == 0
-        out = ray.get(learner.train.remote(32, n), timeout=120)
-        assert out["updates"] == 32 and out["learner_updates"] == 32, out
-        published, [ref] = out["weights"]   # the put of 32 may still be under way; 24's is in the store
-        assert published in (24, 32), published
-        weights, initial = ray.get(ref, timeout=60), ray.get(first, timeout=60)
+        first = ray.get(learner.weights.remote(), timeout=60)
+        assert first.version == 0 and first.box
+        # the replay carries data only: an insert is answered with whether it was accepted
+        assert ray.get(learner.add.remote(transitions, None, n), timeout=60) == InsertResult(True)
+        report = ray.get(learner.train.remote(32, n), timeout=120)
+        assert report.updates.count == 32 and report.learner_updates == 32, report
+        # the put of 32 may still be under way; 24's is in the store
+        assert report.weights is not None and report.weights.version in (24, 32), report.weights
+        weights, initial = ray.get(report.weights.box[0], timeout=60), ray.get(first.box[0], timeout=60)
         assert not all(np.array_equal(weights[k], v) for k, v in initial.items())
-        version, [last] = ray.get(learner.weights.remote(), timeout=60)   # waits for the put under way
-        assert version == 32, version
-        accepted, newest, [answer] = ray.get(learner.add.remote(transitions, None, n), timeout=60)
-        assert accepted and newest == 32, newest
-        expected = ray.get(last, timeout=60)
-        assert all(np.array_equal(v, expected[k]) for k, v in ray.get(answer, timeout=60).items())
-        print(f"published {version}")
+        last = ray.get(learner.weights.remote(), timeout=60)   # waits for its put
+        assert last.version == 32, last
+        # an actor's weights client asks the learner and takes the newest publication a call later
+        client = WeightsClient(source=learner, update_period=1)
+        assert client.update() is None   # asked, not waited for
+        ray.wait([client._asked], timeout=60)
+        taken = client.update()
+        assert client.version == 32 and taken is not None
+        expected = ray.get(last.box[0], timeout=60)
+        assert all(np.array_equal(v, expected[k]) for k, v in taken.items())
+        assert client.update() is None   # nothing newer
+        print(f"published {client.version}")
     finally:
         cluster.shutdown()
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from distdqn.runtime import affinity
+from distdqn.local import affinity
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                                 reason="needs Linux CPU affinity and at least 2 CPUs")
@@ -25,7 +25,7 @@ def test_claim_last_gives_the_calling_thread_the_last_cpu_and_the_other_threads_
     cpus = sorted(os.sched_getaffinity(0))
     got = child(
         "import json, os, threading\n"
-        "from distdqn.runtime import affinity\n"
+        "from distdqn.local import affinity\n"
         "def where(): return sorted(os.sched_getaffinity(0))\n"
         "stop = threading.Event()\n"
         "other = threading.Thread(target=stop.wait); other.start()      # started before the claim\n"

@@ -130,7 +130,7 @@ def test_inserts_follow_the_weight_sync_period_at_any_replay_ratio():
     so actors send about one insert per publication (and act about one period behind) whatever
     the replay ratio; an explicit apex.blocks_per_insert wins."""
     from distdqn.config import Config
-    from distdqn.runtime.workers import blocks_per_insert
+    from distdqn.runtime.roles.experience_actor import blocks_per_insert
 
     def blocks(**sets):
         cfg = Config.model_validate({"topology": "apex", "env": {"num_envs": 8}, "train": {"steps_per_collect": 4},
@@ -145,11 +145,12 @@ def test_inserts_follow_the_weight_sync_period_at_any_replay_ratio():
                   apex={"weight_sync_period": 48, "blocks_per_insert": 5}) == 5
 
 
-def test_the_learner_publishes_every_sync_period_and_inserts_carry_the_newest(ray_cluster):
+def test_the_learner_publishes_every_sync_period_and_weights_clients_take_the_newest(ray_cluster):
     """LearnerWorker on the session's cluster, driven as apex's driver and actors drive it (from a
     driver process of its own, tests/publication_driver.py): weights are put into the object store
     every weight_sync_period updates by its publisher thread, a train call reports the newest
-    publication that is in the store, and an insert's answer carries it to the actor."""
+    publication that is in the store, an insert is answered only with whether it was accepted, and
+    an actor's weights client takes the newest publication without waiting for it."""
     result = subprocess.run([sys.executable, "-m", "tests.publication_driver", ray_cluster], check=False, cwd=REPO,
                             env=ray_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

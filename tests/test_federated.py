@@ -16,7 +16,7 @@ import torch
 from distdqn.config import load_config
 from distdqn.envs import env_info
 from distdqn.metrics import read_metrics
-from distdqn.runtime.client import check_message
+from distdqn.runtime.messages import ClientMessage, check_message
 from tests.helpers import act_on_role_mid_run, kill_role_mid_run, metrics_started, ray_env, run_cli
 
 PRESET = "configs/cartpole-federated.yaml"
@@ -40,23 +40,37 @@ SHAPES = {"hidden.0.weight": (8, 4), "hidden.0.bias": (8,)}
 
 
 def good_message():
-    return {"update": {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}, "num_samples": 10,
-            "metrics": {"loss": 0.5, "episodes": 2}}
+    return ClientMessage(update={k: np.zeros(s, np.float32) for k, s in SHAPES.items()}, num_samples=10,
+                         env_steps=64, local_updates=4, episodes=2, episode_return_mean=20.0,
+                         episode_length_mean=20.0, metrics={"loss": 0.5, "q_mean": 1.0})
+
+
+def _with_transitions(m):
+    """A message of a subclass that smuggles transitions in a field of its own."""
+    from dataclasses import asdict, dataclass, field
+
+    @dataclass
+    class Smuggler(ClientMessage):
+        transitions: np.ndarray = field(default_factory=lambda: np.zeros((10, 4)))
+    return Smuggler(**asdict(m))
 
 
 @pytest.mark.parametrize("spoil,why", [
-    (lambda m: m.update(transitions=np.zeros((10, 4))), "keys"),
-    (lambda m: m["metrics"].update(episode_returns=np.ones(3)), "scalars"),
-    (lambda m: m["update"].update({"hidden.0.bias": np.zeros(9, np.float32)}), "shape"),
-    (lambda m: m["update"].update(obs=np.zeros(4)), "parameters"),
-    (lambda m: m.update(num_samples=1.5), "num_samples"),
+    (lambda m: vars(m), "type"),                                            # a plain dict
+    (_with_transitions, "type"),
+    (lambda m: setattr(m, "transitions", np.zeros((10, 4))) or m, "fields"),
+    (lambda m: m.metrics.update(episode_returns=np.ones(3)) or m, "scalars"),
+    (lambda m: m.update.update({"hidden.0.bias": np.zeros(9, np.float32)}) or m, "shape"),
+    (lambda m: m.update.update(obs=np.zeros(4)) or m, "parameters"),
+    (lambda m: setattr(m, "num_samples", 1.5) or m, "num_samples"),
+    (lambda m: setattr(m, "episodes", np.int64(3)) or m, "episodes"),
+    (lambda m: setattr(m, "episode_return_mean", np.ones(3)) or m, "episode means"),
 ])
 def test_check_message_accepts_only_update_count_and_scalars(spoil, why):
     assert check_message(good_message(), SHAPES) is None
-    bad = good_message()
-    spoil(bad)
+    bad = spoil(good_message())
     problem = check_message(bad, SHAPES)
-    assert problem is not None and why in problem
+    assert problem is not None and why in problem, problem
 
 
 def test_a_real_client_sends_only_its_update_a_count_and_scalars():
@@ -64,9 +78,9 @@ def test_a_real_client_sends_only_its_update_a_count_and_scalars():
     size is the update's bytes plus a little (no transitions could hide in it)."""
     import ray
 
-    from distdqn.runtime import components as build
-    from distdqn.runtime.client import FederatedClient
+    from distdqn.local import build
     from distdqn.runtime.cluster import connect
+    from distdqn.runtime.roles.federated_client import FederatedClient
     from distdqn.runtime.server import ParameterServer
 
     cfg = load_config(PRESET, ["train.learning_starts=200", "federated.dp_clip=0.05",
@@ -78,16 +92,16 @@ def test_a_real_client_sends_only_its_update_a_count_and_scalars():
         client = FederatedClient.options(num_cpus=0.5).remote(cfg.for_client(1), info, 1, 4, 7, 0.5)
         shapes = {k: v.shape for k, v in server.weights().items()}
         for _ in range(2):
-            message = ray.get(client.train_round.remote(server.box(), 20), timeout=120)
+            message = ray.get(client.train_round.remote(server.weights_for(1), 20), timeout=120)
             assert check_message(message, shapes) is None, check_message(message, shapes)
-            update_bytes = sum(v.nbytes for v in message["update"].values())
+            update_bytes = sum(v.nbytes for v in message.update.values())
             assert len(pickle.dumps(message)) < update_bytes + 2048
-            assert message["metrics"]["local_updates"] == 20 and message["metrics"]["env_steps"] > 0
-            assert message["num_samples"] >= 200
+            assert message.local_updates == 20 and message.env_steps > 0
+            assert message.num_samples >= 200
             # DP clipping: the update's L2 norm is at most dp_clip
-            norm = np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in message["update"].values()))
-            assert 0 < norm <= 0.05 * (1 + 1e-5) and message["metrics"]["update_norm"] >= norm
-            server.apply_delta(message["update"], 20)
+            norm = np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in message.update.values()))
+            assert 0 < norm <= 0.05 * (1 + 1e-5) and message.metrics["update_norm"] >= norm
+            server.apply_delta(message.update, 20)
     finally:
         cluster.shutdown()
 
@@ -107,7 +121,7 @@ def test_federated_solves_cartpole_across_client_variants(tmp_path, ray_cluster)
     assert any(all(f"eval_return_client{i}" in row for i in range(4)) for row in read_metrics(run_dir))
     # the server's checkpoint holds the global model only: no client state, no replay
     manifest = json.loads((run_dir / "checkpoints" / "final" / "manifest.json").read_text())
-    assert "workers" not in manifest["components"] and "replay" not in manifest["components"]
+    assert not {"workers", "replicas", "replay"} & set(manifest["components"]), manifest["components"]
 
 
 @pytest.mark.slow

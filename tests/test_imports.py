@@ -1,5 +1,6 @@
-"""Imports flow one way: core <- envs <- runtime, topologies <- cli; only runtime/ and topologies/
-import ray; core has no sockets, files or processes (DESIGN.md)."""
+"""Imports flow one way: core <- envs <- local <- runtime, topologies <- cli; only runtime/ and
+topologies/ import ray; core has no sockets, files or processes (DESIGN.md); each process role has
+a file of its own under runtime/roles/."""
 
 from __future__ import annotations
 
@@ -39,6 +40,24 @@ def test_envs_imports_only_core():
     assert not uses(PACKAGE / "envs.py", forbidden)
 
 
+def test_local_is_ray_free_and_below_runtime():
+    forbidden = ("ray", "distdqn.runtime", "distdqn.topologies", "distdqn.cli")
+    for path in modules_under("local"):
+        assert not uses(path, forbidden), (path.name, uses(path, forbidden))
+
+
+def test_messages_are_ray_free():
+    # the wire types are plain dataclasses: any process (or a test) can build and check them
+    assert not uses(PACKAGE / "runtime" / "messages.py", ("ray",))
+
+
+def test_one_file_per_process_role():
+    roles = {p.stem: p.read_text() for p in modules_under("runtime/roles") if p.stem != "__init__"}
+    assert set(roles) == {"experience_actor", "learner", "replay_server", "replica_worker", "federated_client"}
+    for name, text in roles.items():
+        assert text.count("@ray.remote") == 1, name
+
+
 def test_only_runtime_and_topologies_import_ray():
     for path in PACKAGE.rglob("*.py"):
         rel = path.relative_to(PACKAGE).parts
@@ -56,4 +75,5 @@ def test_nothing_below_cli_imports_it():
 def test_the_scan_sees_imports():
     # the checker itself must find what is there, or the tests above prove nothing
     assert "torch" in imported_modules(PACKAGE / "core" / "learner.py")
-    assert "distdqn.envs" in imported_modules(PACKAGE / "runtime" / "components.py")
+    assert "distdqn.envs" in imported_modules(PACKAGE / "local" / "build.py")
+    assert "ray" in imported_modules(PACKAGE / "runtime" / "roles" / "learner.py")

@@ -79,7 +79,7 @@ def test_same_seed_same_metrics(tmp_path):
 def _final_state(run_dir):
     ckpt = run_dir / "checkpoints" / "final"
     learner = torch.load(ckpt / "learner.pt", weights_only=False)
-    replay = torch.load(ckpt / "replica.pt", weights_only=False)["replay"]
+    replay = torch.load(ckpt / "replicas.pt", weights_only=False)[0]["replay"]
     return learner, replay, json.loads((run_dir / "summary.json").read_text())
 
 

@@ -5,7 +5,11 @@ of federated averaging, on the dicts of NumPy arrays that travel between process
     median_of(updates)               coordinate-wise median               (robust aggregation)
     trimmed_mean_of(updates, beta)   coordinate-wise mean without the beta largest and beta smallest
     difference(a, b), add_scaled(a, d, s)   a - b, a + s * d
+    aggregate(method, updates, counts, trim)   one of the three above, by name (the server's step)
     clip_by_norm(update, max_norm)   the whole update scaled to global L2 norm <= max_norm
+    privatize(update, clip, noise_multiplier, rng)   clip, then Gaussian noise of std
+                                     noise_multiplier * clip (differential privacy, per update)
+    proximal_gradient(grads, params, anchor, mu)   grads + mu (params - anchor)   (FedProx)
     is_finite(update)                no NaN or infinity anywhere
 
 No Ray, no torch: the same functions serve every topology and are tested against hand-computed values.
@@ -69,6 +73,23 @@ def trimmed_mean_of(updates: Sequence[Arrays], trim: int) -> dict[str, np.ndarra
     return out
 
 
+AGGREGATORS = ("fedavg", "median", "trimmed_mean")
+
+
+def aggregate(method: str, updates: Sequence[Arrays], counts: Sequence[int] | None = None,
+              trim: int = 0) -> dict[str, np.ndarray]:
+    """The server's combination of ``updates``: ``fedavg`` (weighted by ``counts`` when they are
+    not all zero), coordinate-wise ``median``, or ``trimmed_mean`` (``trim`` from each side, at
+    most what leaves one update: fewer updates than planned arrive when clients drop out)."""
+    if method == "fedavg":
+        return mean_of(updates, counts if counts is not None and sum(counts) > 0 else None)
+    if method == "median":
+        return median_of(updates)
+    if method == "trimmed_mean":
+        return trimmed_mean_of(updates, min(trim, (len(updates) - 1) // 2))
+    raise ValueError(f"unknown aggregator {method!r} (one of {', '.join(AGGREGATORS)})")
+
+
 def difference(a: Arrays, b: Arrays) -> dict[str, np.ndarray]:
     """a - b."""
     return {k: np.asarray(a[k]) - np.asarray(b[k]) for k in a}
@@ -88,6 +109,25 @@ def clip_by_norm(update: Arrays, max_norm: float) -> tuple[dict[str, np.ndarray]
     norm = global_norm(update)
     scale = min(1.0, max_norm / norm) if norm > 0 else 1.0
     return {k: (np.asarray(v) * scale).astype(np.asarray(v).dtype) for k, v in update.items()}, norm
+
+
+def privatize(update: Arrays, clip: float, noise_multiplier: float,
+              rng: np.random.Generator) -> tuple[dict[str, np.ndarray], float]:
+    """``update`` clipped to global L2 norm ``clip``, plus Gaussian noise of standard deviation
+    ``noise_multiplier * clip`` on every coordinate (the Gaussian mechanism on one update); also
+    the norm before clipping."""
+    clipped, norm = clip_by_norm(update, clip)
+    sigma = noise_multiplier * clip
+    if sigma > 0:
+        clipped = {k: (v + rng.normal(0.0, sigma, v.shape)).astype(v.dtype) for k, v in clipped.items()}
+    return clipped, norm
+
+
+def proximal_gradient(grads: Arrays, params: Arrays, anchor: Arrays, mu: float) -> dict[str, np.ndarray]:
+    """FedProx (Li et al. 2020): the gradient of loss + mu/2 ||theta - anchor||^2, that is
+    grads + mu (params - anchor), parameter by parameter."""
+    return {k: (np.asarray(g) + mu * (np.asarray(params[k]) - np.asarray(anchor[k]))).astype(np.asarray(g).dtype)
+            for k, g in grads.items()}
 
 
 def is_finite(update: Arrays) -> bool:

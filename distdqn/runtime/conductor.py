@@ -1,10 +1,13 @@
-"""WorkerRun: what the data-parallel topologies (sync_ps, async_ps, allreduce) share around their
-loops, so that each topology file holds only who calls what, and when:
+"""Conductor: what every distributed topology's driver does around its loop, so that a topology
+file holds only who calls what, and when:
 
-    connect to the cluster -> start the worker pool -> (restore) -> loop [topology] -> finish
+    connect to the cluster -> start the roles -> (restore) -> open -> loop [topology] -> finish
 
-It owns the RunSession (evaluation, metrics, checkpoints, summary), the WorkerPool, the run's
-counters, the accounting of what workers report, worker restarts, and the checkpoint components.
+It owns the RunSession (evaluation, metrics, checkpoints, summary), the run's counters, the roles
+(a restartable RolePool and the essential single processes: a learner, a replay), process
+records (processes.json), replacing processes that die, the one checkpoint schema (RunState), the
+stall deadline, and a one-line abort when an essential role is lost. It is on the control channel
+only: data and weights travel between the roles themselves.
 """
 
 from __future__ import annotations
@@ -19,105 +22,111 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from ray.exceptions import RayError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from distdqn.config import Config
+from distdqn.core.records import Experience, UpdateStats
 from distdqn.envs import EnvInfo
 from distdqn.errors import UserError
-from distdqn.runtime import components as build
+from distdqn.local import affinity, build
+from distdqn.local.session import RunResult, RunSession, seed_everything, set_rng_state
 from distdqn.runtime.cluster import connect, require_resources
-from distdqn.runtime.pool import WorkerPool
+from distdqn.runtime.messages import RunCounters, RunState
+from distdqn.runtime.pool import RolePool
+from distdqn.runtime.process import keep_driver_off, process_identity
 from distdqn.runtime.server import ParameterServer
-from distdqn.runtime.session import RunResult, RunSession, seed_everything, set_rng_state
 
 
 class RunAborted(UserError):
     """A process the run cannot do without died or stalled; the last checkpoint is intact."""
 
 
-class WorkerRun:
-    def __init__(self, cfg: Config, run_dir: Path, info: EnvInfo, owns_target: bool = False,
-                 placement: bool = False, actor_class: Any = None, save_workers: bool = True):
-        """``save_workers``: checkpoints include each worker's state (replay included); federated
-        runs say False, since client experience must never reach the server."""
-        w = cfg.workers
+class Conductor:
+    def __init__(self, cfg: Config, run_dir: Path, info: EnvInfo, counters: RunCounters, cpus: float,
+                 gpus: float, what: str, stall_timeout_s: float):
+        """Connect (or start Ray) and check the cluster can hold ``cpus`` and ``gpus`` (``what``
+        says for whom, in the error)."""
         seed_everything(cfg.seed)
         torch.set_num_threads(1)   # the driver's torch work (a server's Adam step) is small: no OpenMP spinning
-        self.cfg, self.info = cfg, info
+        self.cfg, self.info, self.counters = cfg, info, counters
+        self.stall_timeout_s = stall_timeout_s
         self.session = RunSession(cfg, run_dir, info)
-        cpus, gpus = w.num_workers * w.cpus, w.num_workers * w.gpus
+        self.pool: RolePool | None = None            # the restartable role
+        self.essential: dict[str, Any] = {}          # name -> handle of roles the run cannot lose
+        self.server: ParameterServer | None = None
+        self.policy = None
+        self.identities: dict[str, Any] = {}         # role -> process, as in processes.json
+        self.interrupted = False
+        self._last_progress = time.perf_counter()
+        self._driver_cpus: set[int] | None = None     # the driver's CPUs before it kept off the learner's
         self.cluster = None
-        self.pool: WorkerPool | None = None
         try:
             self.cluster = connect(cfg.cluster.address, num_cpus=math.ceil(cpus),
                                    timeout_s=cfg.cluster.connect_timeout_s)
-            require_resources(cpus, gpus, f"{cfg.topology} ({w.num_workers} workers x {w.cpus:g} CPUs, "
-                                          f"{w.gpus:g} GPUs)")
-            if actor_class is None:
-                self.pool = WorkerPool(cfg, info, extra_args=(owns_target,), placement=placement,
-                                       timeout_s=w.stall_timeout_s)
-            else:
-                self.pool = WorkerPool(cfg, info, actor_class, placement=placement, timeout_s=w.stall_timeout_s)
+            require_resources(cpus, gpus, what)
         except BaseException:
             self.close()
             raise
-        self.save_workers = save_workers
-        self.env_steps = 0
-        self.learner_updates = 0
-        self.counters: dict[str, Any] = {}   # topology-specific counts, kept in checkpoints and the summary
-        self._last_progress = time.perf_counter()
-        self.policy = None
-        self.interrupted = False
-        self._held = [(-1, -1)] * cfg.workers.num_workers   # weight versions each worker was sent
 
-    def weights_for(self, index: int, server: Any) -> Any:
-        """The server's weights box for worker ``index``, without what that worker already holds."""
-        box = server.box(self._held[index])
-        self._held[index] = (box[0], box[2])
-        return box
+    # ---- the roles ----
+    def start_pool(self, role: str, actor_class: Any, count: int, seed: int, args: Callable[[int, int], tuple],
+                   options: dict[str, Any], placement: bool = False) -> RolePool:
+        self.pool = RolePool(role, actor_class, count, seed, args, options, placement, self.stall_timeout_s)
+        return self.pool
+
+    def start_workers(self, actor_class: Any, *extra_args: Any, placement: bool = False) -> RolePool:
+        """The data-parallel workers (or federated clients): worker i gets worker i's config
+        (a client's environment variant) and ``(info, i, N, seed, cpus, *extra_args)``."""
+        w = self.cfg.workers
+        return self.start_pool(
+            "worker", actor_class, w.num_workers, self.cfg.seed,
+            lambda i, seed: (self.cfg.for_client(i), self.info, i, w.num_workers, seed, w.cpus, *extra_args),
+            {"num_cpus": w.cpus, "num_gpus": w.gpus}, placement)
+
+    def start_server(self) -> ParameterServer:
+        """The parameter server (sync_ps, async_ps, federated): a learner in this process."""
+        self.server = ParameterServer(build.build_learner(self.cfg, self.info))
+        return self.server
+
+    def keep_off(self, isolation_ref: Any) -> None:
+        """The driver (and the Ray instance it started) keeps off the cores apex's learner took."""
+        isolation = ray.get(isolation_ref, timeout=self.stall_timeout_s)
+        self._driver_cpus = keep_driver_off(isolation, self.cluster.started_here)
 
     # ---- start and resume ----
-    def restore(self, resume: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Restore the workers, counters, session and RNG; returns the checkpoint's learner state."""
+    def restore(self, resume: dict[str, Any] | None) -> RunState | None:
+        """The checkpoint's RunState, with the counters, session, RNG and the pool's replicas restored."""
         if resume is None:
             return None
-        if "workers" in resume:
-            self.pool.load_state_dicts(resume["workers"])
+        state = RunState.from_components(resume, type(self.counters))
+        self.counters = state.counters
+        if state.replicas is not None and self.pool is not None:
+            self.pool.load_state_dicts(state.replicas)
+        if self.pool is not None:
+            self.pool.restarts = self.counters.restarts
         self.session.load_state_dict(resume["session"])
-        counters = dict(resume["counters"])
-        self.env_steps = counters.pop("env_steps")
-        self.learner_updates = counters.pop("learner_updates")
-        self.pool.restarts = counters.pop("worker_restarts", 0)
-        self.counters.update(counters)
         set_rng_state(resume["rng"])
-        return resume["learner"]
-
-    def start_server(self, resume: dict[str, Any] | None) -> ParameterServer:
-        """The parameter server (sync_ps, async_ps, federated): a learner in this process, restored
-        with the workers, counters and session when resuming."""
-        server = ParameterServer(build.build_learner(self.cfg, self.info))
-        learner_state = self.restore(resume)
-        if learner_state is not None:
-            server.learner.load_state_dict(learner_state)
-        return server
-
-    def aborted(self, exc: BaseException) -> RunAborted:
-        """A Ray failure the run cannot go on from, as one line."""
-        text = str(exc).strip()
-        return RunAborted(f"{self.cfg.topology}: {type(exc).__name__}: "
-                          f"{text.splitlines()[-1][:300] if text else ''}; the last checkpoint is intact")
+        if self.server is not None:
+            self.server.learner.load_state_dict(state.learner)
+        return state
 
     def open(self, weights: dict[str, np.ndarray]) -> None:
-        """Start metrics, write processes.json (which also waits for every worker to be up)."""
+        """Start metrics, write processes.json (which also waits for every process to be up)."""
         self.policy = build.build_policy(self.cfg, self.info, weights)
-        self.session.open(self.env_steps, self.learner_updates)
+        self.session.open(self.counters.env_steps, self.counters.learner_updates)
         self.session.restore_stats()
         self.record_processes()
         self._last_progress = time.perf_counter()
 
     def record_processes(self) -> None:
-        """processes.json: which process plays which worker, and where (for users and tests)."""
-        self.session.write_json("processes.json", self.pool.identities())
+        """processes.json: which process plays which role, and where (for users and tests); with
+        apex.replay_host=learner, "replay" and "learner" are the same process."""
+        refs = {name: handle.identity.remote() for name, handle in self.essential.items()}
+        self.identities = {name: _get_or_none(ref) for name, ref in refs.items()}
+        if self.pool is not None:
+            self.identities.update(self.pool.identities())
+        self.identities["driver"] = process_identity()
+        self.session.write_json("processes.json", self.identities)
 
     # ---- during the loop ----
     @contextlib.contextmanager
@@ -131,80 +140,110 @@ class WorkerRun:
         except RayError as exc:
             raise self.aborted(exc) from None
 
-    def collect_late(self, late: dict[Any, int], absorb: Callable[[Any], None] | None = None,
-                     wait_s: float = 0.0) -> None:
+    def absorb(self, experience: Experience) -> None:
+        """Count what a process reports: env steps and ended episodes."""
+        self.counters.env_steps += experience.env_steps
+        self.session.stats.add_episodes(experience.episodes)
+        self._last_progress = time.perf_counter()
+
+    def add_updates(self, updates: UpdateStats) -> None:
+        self.session.stats.add_updates(updates)
+
+    def replace(self, index: int) -> None:
+        """Start a new process in the place of the pool's process ``index``, which died; the run goes on."""
+        self.pool.restart(index)
+        self.counters.restarts = self.pool.restarts
+        if self.server is not None:
+            self.server.forget(index)
+        self.session.note(f"{self.pool.role} {index} died and was restarted")
+        self.record_processes()
+
+    def collect_late(self, late: dict[Any, int], absorb: Callable[[Any], None], wait_s: float = 0.0) -> None:
         """Answers of calls that missed their round (``late``: ref -> worker), waiting up to
         ``wait_s`` for the first: their experience counts (``absorb``), their updates, made on old
-        weights, are dropped; a worker that died is restarted."""
+        weights, are dropped; a worker that died is replaced."""
         if not late:
             return
         if wait_s > 0:
             ray.wait(list(late), num_returns=1, timeout=wait_s)
         for ref in ray.wait(list(late), num_returns=len(late), timeout=0)[0]:
             index = late.pop(ref)
-            out = self.pool.result(ref)
-            if out is None:
-                self.worker_died(index)
+            report = self.pool.result(ref)
+            if report is None:
+                self.replace(index)
             else:
-                (absorb or self.absorb)(out)
-
-    def absorb(self, out: dict[str, Any]) -> None:
-        """Count what a worker reports: env steps and finished episodes."""
-        self.env_steps += out["env_steps"]
-        self.session.stats.add_episodes(out["episode_returns"], out["episode_lengths"])
-        self._last_progress = time.perf_counter()
-
-    def add_update_metrics(self, sums: dict[str, float], count: int) -> None:
-        if count:
-            self.session.stats.add_updates(sums, count)
-
-    def worker_died(self, index: int) -> None:
-        """Start a new worker in the place of one that died; the run goes on."""
-        self.pool.restart(index)
-        self._held[index] = (-1, -1)
-        self.session.note(f"worker {index} died and was restarted")
-        self.record_processes()
+                absorb(report)
 
     def check_stall(self) -> None:
-        limit = self.cfg.workers.stall_timeout_s
-        if time.perf_counter() - self._last_progress > limit:
-            raise RunAborted(f"{self.cfg.topology}: no worker call finished in {limit:.0f} s")
+        if time.perf_counter() - self._last_progress > self.stall_timeout_s:
+            raise RunAborted(f"{self.cfg.topology}: no call finished in {self.stall_timeout_s:.0f} s")
 
     def progressed(self) -> None:
         self._last_progress = time.perf_counter()
 
-    def housekeeping(self, weights: Callable[[], dict[str, np.ndarray]],
-                     learner_state: Callable[[], dict[str, Any]], **log_extra: Any) -> bool:
-        """Evaluate, log and checkpoint when due; True when the run should stop (solved)."""
-        s = self.session
-        if s.due_for_evaluation(self.env_steps):
-            self.policy.set_weights(weights())
-        if s.evaluate_if_due(self.policy, self.env_steps):
-            return True
-        s.log_if_due(self.env_steps, self.learner_updates, worker_restarts=self.pool.restarts, **log_extra)
-        s.checkpoint_if_due(self.env_steps, lambda: self.components(learner_state()))
+    def alive(self) -> dict[str, bool]:
+        """Whether each essential role's process still answers."""
+        refs = {name: handle.identity.remote() for name, handle in self.essential.items()}
+        return {name: _get_or_none(ref) is not None for name, ref in refs.items()}
+
+    def essential_failure(self, exc: BaseException) -> RunAborted:
+        """The run cannot go on: name the essential role that is gone (or the failure)."""
+        dead = [name for name, alive in self.alive().items() if not alive]
+        who = f"the {' and '.join(dict.fromkeys(dead))} died" if dead else "a call failed"
+        return RunAborted(f"{self.cfg.topology}: {who} ({_first_line(exc)}); the last checkpoint is intact")
+
+    def aborted(self, exc: BaseException) -> RunAborted:
+        """A Ray failure the run cannot go on from, as one line."""
+        return RunAborted(f"{self.cfg.topology}: {type(exc).__name__}: {_first_line(exc)}; "
+                          f"the last checkpoint is intact")
+
+    def housekeeping(self, weights: Callable[[], dict[str, np.ndarray]], state: Callable[[], RunState],
+                     log_extra: dict[str, Any] | Callable[[], dict[str, Any]] = dict,
+                     on_thread: bool = False) -> bool:
+        """Evaluate, log and checkpoint when due; True when the run should stop (solved).
+        ``log_extra``: the row's extra fields, or a function that gives them (called only when a
+        row is due). ``on_thread``: evaluate on a thread while the caller goes on conducting (apex)."""
+        s, c = self.session, self.counters
+        if on_thread:
+            if s.due_for_evaluation(c.env_steps) and not s.evaluating:
+                self.policy.set_weights(weights())
+                s.start_evaluation(self.policy, c.env_steps)
+            if s.poll_evaluation():
+                return True
+        else:
+            if s.due_for_evaluation(c.env_steps):
+                self.policy.set_weights(weights())
+            if s.evaluate_if_due(self.policy, c.env_steps):
+                return True
+        if s.due_for_log(c.env_steps):
+            extra = log_extra() if callable(log_extra) else log_extra
+            s.log_if_due(c.env_steps, c.learner_updates, **{self._restarts_key(): c.restarts, **extra})
+        s.checkpoint_if_due(c.env_steps, lambda: state().components())
         return False
 
-    def components(self, learner_state: dict[str, Any]) -> dict[str, Any]:
-        state = {"learner": learner_state,
-                 "counters": {"env_steps": self.env_steps, "learner_updates": self.learner_updates,
-                              "worker_restarts": self.pool.restarts, **self.counters}}
-        if self.save_workers:
-            state["workers"] = self.pool.state_dicts(self.cfg.checkpoint.save_replay)
-        return state
+    def replicas(self) -> list[dict[str, Any] | None]:
+        """Every worker's replica state (replay included when checkpoint.save_replay)."""
+        return self.pool.state_dicts(self.cfg.checkpoint.save_replay)
 
     # ---- the end ----
-    def finish(self, weights: dict[str, np.ndarray], learner_state: dict[str, Any], pending: Iterable = (),
+    def finish(self, weights: dict[str, np.ndarray], state: RunState, pending: Iterable = (),
                **summary: Any) -> RunResult:
         """Final evaluation, checkpoint and summary; calls still ``pending`` are cancelled first (a
-        running call of a worker is not interrupted: Ray only drops queued ones)."""
+        running call is not interrupted: Ray only drops queued ones)."""
         for ref in pending:
             ray.cancel(ref, force=False)
+        self.session.poll_evaluation(wait=True)   # the policy is the evaluation thread's until it ends
         self.policy.set_weights(weights)
-        return self.session.finish(self.policy, self.env_steps, self.learner_updates,
-                                   self.components(learner_state), self.interrupted,
-                                   num_workers=self.cfg.workers.num_workers, worker_restarts=self.pool.restarts,
-                                   cluster_nodes=self.cluster.num_nodes, **self.counters, **summary)
+        c = self.counters
+        counts = {k: v for k, v in vars(c).items() if k not in ("env_steps", "learner_updates", "restarts")}
+        if self.pool is not None:
+            counts[f"num_{self.pool.role}s"] = self.pool.count
+        return self.session.finish(self.policy, c.env_steps, c.learner_updates, state.components(),
+                                   self.interrupted, **{self._restarts_key(): c.restarts},
+                                   cluster_nodes=self.cluster.num_nodes, **counts, **summary)
+
+    def _restarts_key(self) -> str:
+        return f"{self.pool.role if self.pool is not None else 'worker'}_restarts"
 
     def close(self) -> None:
         self.session.close()
@@ -212,3 +251,47 @@ class WorkerRun:
             self.pool.shutdown()
         if self.cluster is not None:
             self.cluster.shutdown()
+        if self._driver_cpus is not None:
+            affinity.pin(self._driver_cpus)
+
+
+def worker_conductor(cfg: Config, run_dir: Path, info: EnvInfo, counters: RunCounters) -> Conductor:
+    """A Conductor sized for ``workers.num_workers`` workers (or clients) of ``workers.cpus`` and
+    ``workers.gpus`` each."""
+    w = cfg.workers
+    return Conductor(cfg, run_dir, info, counters, w.num_workers * w.cpus, w.num_workers * w.gpus,
+                     f"{cfg.topology} ({w.num_workers} workers x {w.cpus:g} CPUs, {w.gpus:g} GPUs)",
+                     w.stall_timeout_s)
+
+
+class CallsInFlight:
+    """Calls kept queued for the roles, so that none idles waiting for the driver. Each call
+    carries its process's generation: answers of a process that was replaced are ignored."""
+
+    def __init__(self):
+        self.calls: dict[Any, tuple[str, int, int]] = {}
+
+    def add(self, ref: Any, role: str, index: int = 0, generation: int = 0) -> None:
+        self.calls[ref] = (role, index, generation)
+
+    def next(self, timeout_s: float) -> tuple[Any, str, int, int] | None:
+        """The first call to finish within ``timeout_s`` as (ref, role, index, generation), or None."""
+        ready, _ = ray.wait(list(self.calls), num_returns=1, timeout=timeout_s)
+        if not ready:
+            return None
+        return (ready[0], *self.calls.pop(ready[0]))
+
+    def of(self, role: str) -> list:
+        return [ref for ref, (r, _, _) in self.calls.items() if r == role]
+
+
+def _get_or_none(ref: Any) -> Any:
+    try:
+        return ray.get(ref, timeout=30)
+    except (RayActorError, GetTimeoutError):
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1][:300] if text else type(exc).__name__

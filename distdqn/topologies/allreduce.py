@@ -28,58 +28,58 @@ from ray.exceptions import RayError
 
 from distdqn.config import Config
 from distdqn.envs import EnvInfo
-from distdqn.runtime import components as build
-from distdqn.runtime.conductor import RunAborted, WorkerRun
-from distdqn.runtime.session import RunResult
+from distdqn.local import build
+from distdqn.local.session import RunResult
+from distdqn.runtime.conductor import RunAborted, worker_conductor
+from distdqn.runtime.messages import RunCounters, RunState
+from distdqn.runtime.roles.replica_worker import ReplicaWorker
+from distdqn.runtime.weights import fetch
 
 
 def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None = None) -> RunResult:
     r = cfg.allreduce
-    job = WorkerRun(cfg, run_dir, info, owns_target=True, placement=True)
+    job = worker_conductor(cfg, run_dir, info, RunCounters())
     try:
-        pool = job.pool
-        ranks = pool.handles
         # ---- build: one process group over the workers; every replica starts from the same weights ----
+        pool = job.start_workers(ReplicaWorker, True, placement=True)   # each rank updates its own target
+        ranks = pool.handles
         address, port = ray.get(ranks[0].rendezvous_address.remote(), timeout=r.collective_timeout_s)
         joined = [h.join_group.remote(address, port, rank, len(ranks), r.backend, r.collective_timeout_s)
                   for rank, h in enumerate(ranks)]
         backend = _wait_all(joined, r.collective_timeout_s + 30, "forming the process group")[0]
-        initial = build.build_learner(cfg, info)
-        learner_state = job.restore(resume)   # the workers' replicas (learners included) come back too
-        if learner_state is None:
-            weights = initial.get_weights()
-            ray.get([h.set_weights.remote(weights, weights) for h in ranks], timeout=r.collective_timeout_s)
-        else:
-            initial.load_state_dict(learner_state)
-        weights_ref = [ray.put(initial.get_weights())]
-        job.open(initial.get_weights())
+        if job.restore(resume) is None:   # resumed: the ranks' replicas (learners included) came back
+            initial = build.build_learner(cfg, info).get_weights()
+            ray.get([h.set_weights.remote(initial, initial) for h in ranks], timeout=r.collective_timeout_s)
+        weights = ray.get(ranks[0].train_allreduce.remote(0, True), timeout=r.collective_timeout_s).weights
+        job.open(fetch(weights.box))
         busy_s = 0.0
 
-        def rank0_state() -> dict[str, Any]:
-            return ray.get(ranks[0].state_dict.remote(False), timeout=r.collective_timeout_s)["learner"]
+        def state() -> RunState:
+            learner = ray.get(ranks[0].state_dict.remote(False), timeout=r.collective_timeout_s)["learner"]
+            return RunState(learner, job.counters, job.replicas())
 
         # ---- loop: every rank runs updates_per_call synchronized updates; the driver waits for all ----
         with job.conducting():
-            while job.env_steps < cfg.train.total_env_steps:
+            while job.counters.env_steps < cfg.train.total_env_steps:
                 calls = [h.train_allreduce.remote(r.updates_per_call, rank == 0) for rank, h in enumerate(ranks)]
-                outs = _wait_all(calls, r.collective_timeout_s + 30, "a step of synchronized updates")
-                for out in outs:
-                    job.absorb(out)
-                    job.add_update_metrics(out["sums"], out["updates"])
-                job.learner_updates = outs[0]["learner_updates"]
-                weights_ref = outs[0]["weights"]
-                busy_s += max(o["busy_s"] for o in outs)
-                if job.housekeeping(lambda ref=weights_ref[0]: ray.get(ref, timeout=60), rank0_state,
-                                    learner_busy_s=busy_s):
+                reports = _wait_all(calls, r.collective_timeout_s + 30, "a step of synchronized updates")
+                for report in reports:
+                    job.absorb(report.experience)
+                    job.add_updates(report.updates)
+                job.counters.learner_updates = reports[0].learner_updates
+                weights = reports[0].weights
+                busy_s += max(report.busy_s for report in reports)
+                if job.housekeeping(lambda w=weights: fetch(w.box), state, lambda b=busy_s: {"learner_busy_s": b}):
                     break
 
         # ---- tear down: replicas must be identical; final evaluation, checkpoint, summary ----
         hashes = ray.get([h.weights_hash.remote() for h in ranks], timeout=r.collective_timeout_s)
         if len(set(hashes)) != 1:
             job.session.note(f"replicas differ at the end: {hashes}")
+        final_state = state()
         ray.get([h.leave_group.remote() for h in ranks], timeout=r.collective_timeout_s)
-        return job.finish(ray.get(weights_ref[0], timeout=60), rank0_state(),
-                          backend=backend, replica_hashes=hashes, replicas_identical=len(set(hashes)) == 1)
+        return job.finish(fetch(weights.box), final_state, backend=backend,
+                          replica_hashes=hashes, replicas_identical=len(set(hashes)) == 1)
     except RayError as exc:
         raise job.aborted(exc) from None
     finally:

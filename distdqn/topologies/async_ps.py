@@ -18,101 +18,88 @@ for every arriving update; updates staler than ``async_ps.max_staleness`` are dr
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray
 
 from distdqn.config import Config
+from distdqn.core.staleness import StalenessHistogram, staleness_stats
 from distdqn.envs import EnvInfo
-from distdqn.runtime.conductor import WorkerRun
-from distdqn.runtime.session import RunResult
+from distdqn.local.session import RunResult
+from distdqn.runtime.conductor import CallsInFlight, worker_conductor
+from distdqn.runtime.messages import RunCounters, RunState
+from distdqn.runtime.roles.replica_worker import ReplicaWorker
+
+
+@dataclass
+class AsyncCounters(RunCounters):
+    dropped_stale: int = 0
+    staleness_counts: list[int] = field(default_factory=list)   # the run's staleness histogram
 
 
 def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None = None) -> RunResult:
     a = cfg.async_ps
-    job = WorkerRun(cfg, run_dir, info, owns_target=False)
+    job = worker_conductor(cfg, run_dir, info, AsyncCounters())
     try:
         # ---- build: the server's learner here, the workers on the cluster ----
-        server = job.start_server(resume)
-        job.counters.setdefault("dropped_stale", 0)
-        # staleness counts: index s for s = 0 .. max_staleness, the last bin for anything staler
-        staleness = np.asarray(job.counters.pop("staleness_counts", np.zeros(a.max_staleness + 2)), dtype=np.int64)
-        window = np.zeros_like(staleness)   # since the last metrics row
+        server = job.start_server()
+        pool = job.start_workers(ReplicaWorker, False)   # the server keeps the target network
+        job.restore(resume)
+        staleness = StalenessHistogram(a.max_staleness, job.counters.staleness_counts or None)
         job.open(server.weights())
-        pool = job.pool
-        since_pull = np.zeros(pool.num_workers, dtype=np.int64)
+        since_pull = np.zeros(pool.count, dtype=np.int64)   # gradients since each worker's last pull
 
         def call(index: int):
             """The worker's next call, with fresh weights when it is due for them."""
-            worker = pool.handles[index]
-            if a.mode == "gradient":
-                box = None
-                if since_pull[index] == 0:
-                    box = job.weights_for(index, server)
-                since_pull[index] = (since_pull[index] + 1) % a.pull_period
-                return worker.gradient.remote(box)
-            return worker.local_steps.remote(job.weights_for(index, server), a.local_steps)
+            if a.mode == "parameter":
+                return pool.handles[index].local_steps.remote(server.weights_for(index), a.local_steps)
+            weights = server.weights_for(index) if since_pull[index] == 0 else None
+            since_pull[index] = (since_pull[index] + 1) % a.pull_period
+            return pool.handles[index].gradient.remote(weights)
+
+        def state() -> RunState:
+            job.counters.staleness_counts = staleness.counts.tolist()
+            return RunState(server.learner.state_dict(), job.counters, job.replicas())
+
+        def log_extra() -> dict[str, Any]:
+            window = staleness.take_window()
+            job.session.writer.histogram("staleness", window, job.counters.env_steps)
+            return {"dropped_stale": job.counters.dropped_stale, **staleness_stats(window)}
 
         # ---- loop: take whichever update arrives first, apply it, send that worker back ----
-        in_flight = {call(i): i for i in range(pool.num_workers)}
+        calls = CallsInFlight()
+        for i in range(pool.count):
+            calls.add(call(i), "worker", i)
         with job.conducting():
-            while job.env_steps < cfg.train.total_env_steps:
-                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
-                if not ready:
+            while job.counters.env_steps < cfg.train.total_env_steps:
+                done = calls.next(timeout_s=1.0)
+                if done is None:
                     job.check_stall()
                     continue
-                index = in_flight.pop(ready[0])
-                out = pool.result(ready[0])
-                if out is None:   # the worker died: a new one takes its place, with fresh weights
-                    job.worker_died(index)
+                ref, _, index, _ = done
+                report = pool.result(ref)
+                if report is None:   # the worker died: a new one takes its place, with fresh weights
+                    job.replace(index)
                     since_pull[index] = 0
                 else:
-                    job.absorb(out)
-                    stale = server.version - out["version"]
-                    staleness[min(stale, a.max_staleness + 1)] += 1
-                    window[min(stale, a.max_staleness + 1)] += 1
-                    if stale > a.max_staleness:
-                        job.counters["dropped_stale"] += 1
-                    elif a.mode == "gradient" and out["grads"] is not None:
-                        server.apply_gradient(out["grads"])
-                        job.add_update_metrics(out["metrics"], 1)
-                    elif a.mode == "parameter" and out["updates"]:
-                        server.move_toward([out["weights"]], a.mixing_rate, out["updates"])
-                        job.add_update_metrics(out["sums"], out["updates"])
-                in_flight[call(index)] = index
-                job.learner_updates = server.version
-                if job.session.due_for_log(job.env_steps):
-                    extra = {"dropped_stale": job.counters["dropped_stale"], **_staleness_stats(window)}
-                    job.session.writer.histogram("staleness", window, job.env_steps)
-                    window[:] = 0
-                else:
-                    extra = {}
-                if job.housekeeping(server.weights, server.learner.state_dict, **extra):
+                    job.absorb(report.experience)
+                    if not staleness.add(server.version - report.version):
+                        job.counters.dropped_stale += 1
+                    elif a.mode == "gradient" and report.grads is not None:
+                        server.apply_gradient(report.grads)
+                        job.add_updates(report.updates)
+                    elif a.mode == "parameter" and report.weights is not None:
+                        server.move_toward([report.weights], a.mixing_rate, report.updates.count)
+                        job.add_updates(report.updates)
+                calls.add(call(index), "worker", index)
+                job.counters.learner_updates = server.version
+                if job.housekeeping(server.weights, state, log_extra):
                     break
 
         # ---- tear down ----
-        job.counters["staleness_counts"] = staleness.tolist()
-        return job.finish(server.weights(), server.learner.state_dict(), in_flight, mode=a.mode,
-                          staleness_histogram={_bin_name(i, a.max_staleness): int(c)
-                                               for i, c in enumerate(staleness) if c},
-                          **_staleness_stats(staleness))
+        return job.finish(server.weights(), state(), calls.calls, mode=a.mode,
+                          staleness_histogram=staleness.bins(), **staleness_stats(staleness.counts))
     finally:
         job.close()
-
-
-def _bin_name(i: int, bound: int) -> str:
-    return str(i) if i <= bound else f">{bound}"
-
-
-def _staleness_stats(counts: np.ndarray) -> dict[str, float]:
-    """Mean, 90th percentile and max of staleness from bin counts (the overflow bin counts as bound + 1)."""
-    total = int(counts.sum())
-    if total == 0:
-        return {}
-    values = np.arange(len(counts))
-    cumulative = np.cumsum(counts)
-    return {"staleness_mean": float((values * counts).sum() / total),
-            "staleness_p90": float(values[np.searchsorted(cumulative, 0.9 * total)]),
-            "staleness_max": float(values[counts > 0].max())}

@@ -10,9 +10,8 @@
     |                                                       (priorities -> Replay) |
     +------------------------------------------------------------------------------+
 
-Each iteration collects ``train.steps_per_collect`` vector steps, stores them, then runs as many
-learner updates as the replay ratio owes; the actor acts with the newest weights. The pieces are
-one ``Replica`` (runtime/replica.py), the same that every data-parallel worker owns.
+The pieces are one ``Replica`` (local/replica.py), the same that every data-parallel worker owns.
+No Ray.
 """
 
 from __future__ import annotations
@@ -24,16 +23,17 @@ from typing import Any
 import torch
 
 from distdqn.config import Config
+from distdqn.core.records import Episodes, UpdateStats
 from distdqn.envs import EnvInfo
-from distdqn.errors import CheckpointError
-from distdqn.runtime.replica import Replica
-from distdqn.runtime.session import (
+from distdqn.local.replica import Replica
+from distdqn.local.session import (
     RunResult,
     RunSession,
     default_torch_threads,
     seed_everything,
     set_rng_state,
 )
+from distdqn.runtime.messages import RunCounters, RunState
 
 
 def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None = None) -> RunResult:
@@ -47,42 +47,47 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
 
     # ---- resume: restore every component from the checkpoint ----
     if resume is not None:
-        if "replica" not in resume:
-            raise CheckpointError("the checkpoint was written by an older distdqn (no replica component); "
-                                  "start a new run")
-        replica.load_state_dict({**resume["replica"], "learner": resume["learner"]})
+        state = RunState.from_components(resume, RunCounters)
+        replica.load_state_dict({**state.replicas[0], "learner": state.learner})
         session.load_state_dict(resume["session"])
         set_rng_state(resume["rng"])
 
-    def components() -> dict[str, Any]:
-        state = replica.state_dict(cfg.checkpoint.save_replay, with_env=True)
-        return {"learner": state.pop("learner"), "replica": state, "counters": {"env_steps": replica.env_steps}}
+    def checkpoint() -> RunState:
+        replica_state = replica.state_dict(cfg.checkpoint.save_replay, with_env=True)
+        counters = RunCounters(replica.env_steps, replica.learner.updates)
+        return RunState(replica_state.pop("learner"), counters, replicas=[replica_state])
 
-    # ---- loop: collect -> store -> learn the batches owed ----
+    # ---- loop: collect -> store -> sample -> update -> weights sync ----
     session.open(replica.env_steps, replica.learner.updates)
     session.restore_stats()
     interrupted = False
     learner_busy_s = 0.0   # time in sampling and updates (benchmarks/apex_scaling.py reads its share)
     try:
         while replica.env_steps < cfg.train.total_env_steps:
-            replica.collect()
-            started = time.perf_counter()
-            updates, sums = replica.train(replica.pending, allow_collect=False)
+            rollout = replica.collect()                   # act: steps_per_collect vector steps, epsilon-greedy
+            replica.store(rollout)                        # its n-step transitions into the replay
+            session.stats.add_episodes(Episodes.of(rollout.episode_returns, rollout.episode_lengths))
+            started, updates = time.perf_counter(), UpdateStats()
+            for batch in replica.sample_owed():           # the batches the replay ratio owes now
+                result = replica.learner.step(batch)      # TD loss, optimizer, target network by period
+                replica.replay.update_priorities(batch.indices, result.priorities)
+                updates.add(result.metrics)
+            replica.sync_policy()                         # act with the newest weights
             learner_busy_s += time.perf_counter() - started
-            seen = replica.drain()
-            session.stats.add_episodes(seen["episode_returns"], seen["episode_lengths"])
-            session.stats.add_updates(sums, updates)
+            session.stats.add_updates(updates)
 
-            if session.evaluate_if_due(replica.policy, replica.env_steps):
+            if session.evaluate_if_due(replica.actor.policy, replica.env_steps):
                 break
             session.log_if_due(replica.env_steps, replica.learner.updates,
                                epsilon=replica.epsilon(replica.env_steps), replay_size=len(replica.replay),
                                learner_busy_s=learner_busy_s)
-            session.checkpoint_if_due(replica.env_steps, components)
+            session.checkpoint_if_due(replica.env_steps, lambda: checkpoint().components())
     except KeyboardInterrupt:
         interrupted = True
 
     # ---- tear down: final evaluation, checkpoint, summary ----
-    result = session.finish(replica.policy, replica.env_steps, replica.learner.updates, components(), interrupted)
+    replica.sync_policy()
+    result = session.finish(replica.actor.policy, replica.env_steps, replica.learner.updates,
+                            checkpoint().components(), interrupted)
     replica.close()
     return result

@@ -92,7 +92,7 @@ class RunSession:
         self.writer: MetricsWriter | None = None
         self._last_logged_env_steps = -1
         self.notes: list[str] = []
-        self._restored_stats: tuple[int, list[float]] | None = None
+        self._restored_stats: tuple[int, list] | None = None
         self.extra_summary = extra_summary or {}
         self._eval_thread: threading.Thread | None = None
         self._eval_box: dict[str, Any] = {}
@@ -218,7 +218,7 @@ class RunSession:
         return {"wall_s": self.wall_s(), "evaluations": self.evaluations, "last_eval": self.last_eval,
                 "solved_at": self.solved_at, "next_eval": self.next_eval, "next_log": self.next_log,
                 "next_checkpoint": self.next_checkpoint, "episodes": self.stats.episodes,
-                "recent_returns": list(self.stats._episode_returns)}
+                "recent_episodes": list(self.stats.recent)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.wall_offset = float(state["wall_s"])
@@ -226,14 +226,14 @@ class RunSession:
         self.last_eval, self.solved_at = state["last_eval"], state["solved_at"]
         self.next_eval, self.next_log = state["next_eval"], state["next_log"]
         self.next_checkpoint = state["next_checkpoint"]
-        self._restored_stats = (state["episodes"], state["recent_returns"])
+        self._restored_stats = (state["episodes"], state["recent_episodes"])
 
     def restore_stats(self) -> None:
         """After ``open``: carry the episode count and recent returns over from the checkpoint."""
         if self._restored_stats is not None:
             episodes, recent = self._restored_stats
             self.stats.episodes = episodes
-            self.stats._episode_returns.extend(recent)
+            self.stats.recent.extend(tuple(r) for r in recent)
 
     # ---- the end ----
     def finish(self, policy: Any, env_steps: int, learner_updates: int, components: dict[str, Any],

@@ -1,10 +1,16 @@
 """Replica: what each worker of a data-parallel topology (sync_ps, async_ps, allreduce, federated)
 owns: a vector env with its Actor, a local replay, and a full DQNLearner replica. No Ray here.
 
-It hands out training batches at the replay ratio, collecting experience when the replay ratio says
-the local replay needs more, exactly as ``single`` does in one process:
+Its steps are separate calls, so that a loop shows them in order (``topologies/single.py``):
 
-    collect train.steps_per_collect vector steps -> store -> draw the batches now owed -> hand them out
+    collect()      train.steps_per_collect vector steps, epsilon-greedy    -> a Rollout
+    store(rollout) its n-step transitions into the replay; env steps and episodes counted
+    sample_owed()  the batches the replay ratio now owes (core/ratio.py)
+    learn(batch)   one learner update, its new priorities back into the replay
+    sync_policy()  the actor acts with the learner's newest weights
+
+A data-parallel worker draws batches one at a time (``next_batch``: collect and store as long as
+none is owed), exactly in the order ``single`` does.
 
 ``single`` is one Replica in one process, and a one-worker sync_ps run is the single run, update
 for update. The replay ratio and
@@ -18,19 +24,21 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from distdqn.config import Config
+from distdqn.core.actor import Rollout
 from distdqn.core.learner import StepResult
+from distdqn.core.records import Episodes, Experience, UpdateStats
 from distdqn.core.transitions import Batch
 from distdqn.envs import EnvInfo
-from distdqn.runtime import components as build
-from distdqn.runtime.session import restore_env, snapshot_env
+from distdqn.local import build
+from distdqn.local.session import restore_env, snapshot_env
 
 
 def replica_seed(seed: int, index: int, generation: int = 0) -> int:
-    """Worker ``index``'s seed; worker 0 of the first generation uses the run's seed (as ``single``)."""
+    """The seed of process ``index`` of a role (a worker, a client, an actor) in its
+    ``generation`` (restarts); index 0 of the first generation uses the run's seed, as ``single``."""
     return seed + 1000 * index + 7919 * generation
 
 
@@ -43,15 +51,13 @@ class Replica:
         self.learner = build.build_learner(cfg, info)
         self.actor = build.build_actor(cfg, info, self.learner.get_weights(), seed=seed)
         self.replay = build.build_replay(cfg, info, seed=seed + 1)
+        self.ratio = build.build_replay_ratio(cfg)
         self.epsilon = build.build_epsilon_schedule(cfg)
         self.beta = build.build_beta_schedule(cfg)
         self.env_steps = 0         # local env steps
-        self.batches_drawn = 0     # batches handed out (gradients computed, or local updates)
+        self.batches_drawn = 0     # batches sampled (handed out or pending)
         self._pending: list[Batch] = []
-        self._policy_stale = False
-        self._new_env_steps = 0
-        self._returns: list[np.ndarray] = []
-        self._lengths: list[np.ndarray] = []
+        self._experience = Experience()   # since the last report()
 
     @property
     def run_env_steps(self) -> int:
@@ -60,50 +66,57 @@ class Replica:
 
     @property
     def pending(self) -> int:
+        """Batches drawn and not yet handed out."""
         return len(self._pending)
 
     # ---- weights ----
-    def set_weights(self, weights: dict[str, np.ndarray], target: dict[str, np.ndarray] | None = None) -> None:
+    def set_weights(self, weights: dict, target: dict | None = None) -> None:
         self.learner.set_weights(weights, target)
-        self._policy_stale = True
 
-    @property
-    def policy(self) -> Any:
-        """The actor's policy, with the learner's newest weights (for evaluation, say)."""
-        if self._policy_stale:
-            self.actor.policy.set_weights(self.learner.get_weights())
-            self._policy_stale = False
-        return self.actor.policy
+    def sync_policy(self) -> None:
+        """The actor acts with the learner's newest weights from now on."""
+        self.actor.policy.set_weights(self.learner.get_weights())
 
-    # ---- experience ----
-    def collect(self) -> None:
-        """One collection: ``train.steps_per_collect`` vector steps into the local replay, then draw
-        the batches that the replay ratio now owes."""
-        _ = self.policy   # act with the newest weights
-        rollout = self.actor.collect(self.cfg.train.steps_per_collect, self.epsilon(self.run_env_steps))
+    # ---- the steps of the loop ----
+    def collect(self) -> Rollout:
+        """``train.steps_per_collect`` vector steps with the current policy, epsilon-greedy."""
+        return self.actor.collect(self.cfg.train.steps_per_collect, self.epsilon(self.run_env_steps))
+
+    def store(self, rollout: Rollout) -> None:
+        """The rollout's transitions into the replay; its env steps and episodes counted."""
         self.replay.add(rollout.transitions)
         self.env_steps += rollout.env_steps
-        self._new_env_steps += rollout.env_steps
-        if len(rollout.episode_returns):
-            self._returns.append(rollout.episode_returns)
-            self._lengths.append(rollout.episode_lengths)
-        owed = build.updates_due(self.cfg, self.env_steps, self.batches_drawn + len(self._pending))
-        if owed:
-            self._pending.extend(self.replay.sample_batches(owed, self.cfg.learner.batch_size,
-                                                            self.beta(self.run_env_steps)))
+        episodes = Episodes.of(rollout.episode_returns, rollout.episode_lengths)
+        self._experience = Experience(self._experience.env_steps + rollout.env_steps,
+                                      self._experience.episodes + episodes)
 
+    def sample_owed(self) -> list[Batch]:
+        """The batches the replay ratio owes for the env steps stored so far."""
+        owed = self.ratio.due(self.env_steps, self.batches_drawn)
+        if not owed:
+            return []
+        self.batches_drawn += owed
+        return self.replay.sample_batches(owed, self.cfg.learner.batch_size, self.beta(self.run_env_steps))
+
+    def learn(self, batch: Batch, reduce_grads=None) -> StepResult:
+        """One learner update on ``batch``; its new priorities go back into the replay."""
+        result = self.learner.step(batch, reduce_grads)
+        self.replay.update_priorities(batch.indices, result.priorities)
+        return result
+
+    # ---- a worker's stream of batches ----
     def next_batch(self, allow_collect: bool = True) -> Batch | None:
-        """The next batch owed, collecting as long as needed; None if none is owed and collecting
-        is not allowed (the run's env-step budget is spent)."""
+        """The next batch owed, collecting with the newest weights as long as needed; None if none
+        is owed and collecting is not allowed (the run's env-step budget is spent)."""
         while not self._pending:
             if not allow_collect:
                 return None
-            self.collect()
-        self.batches_drawn += 1
+            self.sync_policy()
+            self.store(self.collect())
+            self._pending.extend(self.sample_owed())
         return self._pending.pop(0)
 
-    # ---- learning ----
-    def gradient(self, allow_collect: bool = True) -> tuple[dict[str, np.ndarray] | None, dict[str, float]]:
+    def gradient(self, allow_collect: bool = True) -> tuple[dict | None, dict[str, float]]:
         """The clipped gradient on the next batch (parameters unchanged), or (None, {})."""
         batch = self.next_batch(allow_collect)
         if batch is None:
@@ -112,39 +125,27 @@ class Replica:
         self.replay.update_priorities(batch.indices, result.priorities)
         return grads, result.metrics
 
-    def train(self, num_updates: int, reduce_grads=None, allow_collect: bool = True) -> tuple[int, dict[str, float]]:
-        """Up to ``num_updates`` local learner updates; returns (updates made, metric sums)."""
-        sums: dict[str, float] = {}
-        done = 0
+    def train(self, num_updates: int, reduce_grads=None, allow_collect: bool = True) -> UpdateStats:
+        """Up to ``num_updates`` local learner updates on the next batches owed."""
+        stats = UpdateStats()
         for _ in range(num_updates):
             batch = self.next_batch(allow_collect)
             if batch is None:
                 break
-            result: StepResult = self.learner.step(batch, reduce_grads)
-            self.replay.update_priorities(batch.indices, result.priorities)
-            for k, v in result.metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
-            done += 1
-            self._policy_stale = True   # the next collection acts with the newest weights
-        return done, sums
+            stats.add(self.learn(batch, reduce_grads).metrics)
+        return stats
 
-    # ---- reporting ----
-    def drain(self) -> dict[str, Any]:
-        """Env steps and finished episodes since the previous drain (for the driver's metrics)."""
-        out = {"env_steps": self._new_env_steps, "replica_env_steps": self.env_steps,
-               "episode_returns": np.concatenate(self._returns) if self._returns else np.zeros(0),
-               "episode_lengths": (np.concatenate(self._lengths) if self._lengths
-                                   else np.zeros(0, dtype=np.int64)),
-               "pending": len(self._pending), "replay_size": len(self.replay)}
-        self._new_env_steps, self._returns, self._lengths = 0, [], []
-        return out
+    def report(self) -> Experience:
+        """Env steps and ended episodes since the previous report."""
+        experience, self._experience = self._experience, Experience()
+        return experience
 
     # ---- checkpointing (batches already drawn but not yet used are dropped) ----
     def state_dict(self, with_replay: bool = True, with_env: bool = False) -> dict[str, Any]:
         """``with_env``: the vector env too, pickled where it can be (then a resumed run continues
         the same episodes: ``single``'s exact resume)."""
         state = {"learner": self.learner.state_dict(), "actor": self.actor.state_dict(),
-                 "env_steps": self.env_steps, "batches_drawn": self.batches_drawn + len(self._pending)}
+                 "env_steps": self.env_steps, "batches_drawn": self.batches_drawn}
         if with_replay:
             state["replay"] = self.replay.state_dict()
         if with_env:
@@ -162,7 +163,7 @@ class Replica:
         if "replay" in state:
             self.replay.load_state_dict(state["replay"])
         self._pending = []
-        self._policy_stale = True
+        self.sync_policy()
 
     def close(self) -> None:
         self.actor.env.close()

@@ -9,6 +9,7 @@ from distdqn.core.actor import Actor
 from distdqn.core.learner import DQNLearner
 from distdqn.core.networks import build_q_network
 from distdqn.core.policy import make_policy
+from distdqn.core.ratio import ReplayRatio
 from distdqn.core.replay import ReplayBuffer, make_replay
 from distdqn.core.schedules import LinearSchedule, make_schedule
 from distdqn.envs import EnvInfo, make_vector_env
@@ -50,9 +51,5 @@ def build_beta_schedule(cfg: Config) -> LinearSchedule:
     return LinearSchedule(r.beta_start, r.beta_end, r.beta_anneal_env_steps or cfg.train.total_env_steps)
 
 
-def updates_due(cfg: Config, env_steps: int, learner_updates: int) -> int:
-    """Learner updates owed so that updates / env steps (after learning starts) is the replay ratio."""
-    if env_steps < cfg.learning_starts_env_steps:
-        return 0
-    target = int((env_steps - cfg.learning_starts_env_steps) * cfg.train.replay_ratio) + 1
-    return max(0, target - learner_updates)
+def build_replay_ratio(cfg: Config) -> ReplayRatio:
+    return ReplayRatio(cfg.train.replay_ratio, cfg.learning_starts_env_steps)

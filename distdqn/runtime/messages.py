@@ -1,0 +1,200 @@
+"""Everything that crosses a process boundary, typed: what each role reports, what the weights
+channel carries, what a federated client may send, the run's counters, and the one checkpoint
+schema every topology writes. No Ray here (a boxed object-store reference is just a list).
+
+    channel   message                 from -> to
+    weights   Weights                 learner / server -> actors, workers, the conductor
+    data      Transitions + InsertResult   actor -> replay -> actor (accepted or not, nothing else)
+    control   ActorReport             experience actor -> conductor
+              LearnerReport           apex learner -> conductor
+              GradientReport          data-parallel worker -> parameter server (gradient form)
+              ModelReport             data-parallel worker -> parameter server (model form)
+              RankReport              all-reduce rank -> conductor
+              ClientMessage           federated client -> server (checked by ``check_message``)
+    state     RunCounters, RunState   conductor -> checkpoint -> conductor
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from distdqn.core.records import Experience, UpdateStats
+from distdqn.errors import CheckpointError
+
+# ---- the weights channel ----
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A publication: the online weights at ``version`` (learner updates) as a boxed object-store
+    reference ``[ref]``, put once and read by every receiver, and the target network's likewise
+    (servers that keep the target network send it; ``target_version`` -1: none). A box is empty
+    when the receiver already holds that version (nothing travels)."""
+
+    version: int
+    box: list = field(default_factory=list)
+    target_version: int = -1
+    target_box: list = field(default_factory=list)
+
+
+NO_WEIGHTS = Weights(-1)
+
+
+# ---- the data channel ----
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    """A replay's answer to an insert: accepted, or refused by the rate limiter (send it again)."""
+
+    accepted: bool
+
+
+# ---- reports on the control channel ----
+
+
+@dataclass
+class ActorReport:
+    """An experience actor's call: what it collected and sent to the replay."""
+
+    experience: Experience
+    insert_refusals: int            # inserts the rate limiter refused (and the actor sent again)
+    weight_lag: float | None        # mean learner updates between the weights that acted and the
+                                    # newest the actor had seen when each insert was accepted
+    version: int                    # the weights version it acts with now
+
+
+@dataclass
+class LearnerReport:
+    """An apex learner's call of up to ``apex.updates_per_call`` updates."""
+
+    updates: UpdateStats
+    learner_updates: int            # the learner's total so far
+    busy_s: float                   # the call's time, less waiting for the rate limiter
+    wait_s: float
+    step_s: float                   # in learner updates alone
+    weights: Weights | None         # the newest publication in the object store, if newer than
+                                    # the previous call's
+
+
+@dataclass
+class GradientReport:
+    """A data-parallel worker's gradient on one batch (``grads`` None: no batch was owed)."""
+
+    grads: dict[str, np.ndarray] | None
+    version: int                    # the server version it was computed at
+    updates: UpdateStats
+    experience: Experience
+
+
+@dataclass
+class ModelReport:
+    """A data-parallel worker's model after ``updates.count`` local updates from ``version``."""
+
+    weights: dict[str, np.ndarray] | None
+    version: int
+    updates: UpdateStats
+    experience: Experience
+
+
+@dataclass
+class RankReport:
+    """An all-reduce rank's call of synchronized updates."""
+
+    updates: UpdateStats
+    learner_updates: int
+    busy_s: float
+    experience: Experience
+    weights: Weights | None = None   # rank 0 publishes its weights with each call
+
+
+# ---- what a federated client may send ----
+
+
+@dataclass
+class ClientMessage:
+    """All a federated client sends the server: its update theta_k - theta (clipped and noised
+    under DP), the number of transitions it holds (n_k of FedAvg), and scalars: how much it
+    collected and trained, and its episodes as a count and means. Never transitions,
+    observations, episode-by-episode returns or replay contents."""
+
+    update: dict[str, np.ndarray]
+    num_samples: int
+    env_steps: int
+    local_updates: int
+    episodes: int
+    episode_return_mean: float
+    episode_length_mean: float
+    metrics: dict[str, float]       # means over the local updates: loss, q_mean, grad_norm, update_norm
+
+
+def check_message(message: Any, shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """None if ``message`` is a well-formed ClientMessage for parameters of ``shapes``, else why not."""
+    if type(message) is not ClientMessage:
+        return f"type {type(message).__name__}, not ClientMessage"
+    if set(vars(message)) != {f.name for f in fields(ClientMessage)}:
+        return f"fields {sorted(vars(message))}"
+    update = message.update
+    if not isinstance(update, dict) or set(update) != set(shapes):
+        return "update does not name the model's parameters"
+    for name, value in update.items():
+        if not isinstance(value, np.ndarray) or value.shape != shapes[name]:
+            return f"update[{name}] is not an array of shape {shapes[name]}"
+    for name in ("num_samples", "env_steps", "local_updates", "episodes"):
+        value = getattr(message, name)
+        if type(value) is not int or value < 0:
+            return f"{name} is not a non-negative int"
+    if not all(type(getattr(message, n)) is float for n in ("episode_return_mean", "episode_length_mean")):
+        return "episode means are not floats"
+    metrics = message.metrics
+    if not isinstance(metrics, dict) or not all(isinstance(k, str) and type(v) in (int, float)
+                                                for k, v in metrics.items()):
+        return "metrics are not scalars"
+    return None
+
+
+# ---- the run's state ----
+
+
+@dataclass
+class RunCounters:
+    """What a run has done so far; kept in checkpoints and reported in the summary. A topology
+    with counts of its own subclasses it (in its own file)."""
+
+    env_steps: int = 0
+    learner_updates: int = 0
+    restarts: int = 0               # processes of the run's restartable role that died and were replaced
+
+
+@dataclass
+class RunState:
+    """The one checkpoint schema of every topology: the (one logical) learner, the counters, and
+    where a topology has them, every replica's state (env, actor, local replay, local learner;
+    None for a replica that did not answer) and a central replay with its rate limiter."""
+
+    learner: dict[str, Any]
+    counters: RunCounters
+    replicas: list[dict[str, Any] | None] | None = None
+    replay: dict[str, Any] | None = None
+
+    def components(self) -> dict[str, Any]:
+        """The checkpoint's components (``counters`` as a plain dict; absent parts left out)."""
+        out: dict[str, Any] = {"learner": self.learner, "counters": asdict(self.counters)}
+        if self.replicas is not None:
+            out["replicas"] = self.replicas
+        if self.replay is not None:
+            out["replay"] = self.replay
+        return out
+
+    @classmethod
+    def from_components(cls, components: dict[str, Any], counters: type[RunCounters]) -> RunState:
+        """The state read back from a checkpoint's components; a one-line error if they do not fit."""
+        try:
+            return cls(components["learner"], counters(**components["counters"]),
+                       components.get("replicas"), components.get("replay"))
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(f"the checkpoint does not hold a {counters.__name__} run state "
+                                  f"({type(exc).__name__}: {exc})") from None

@@ -1,0 +1,101 @@
+"""The weights channel, as Acme's VariableSource / VariableClient: a learner or server publishes
+``Weights(version, [ref])``, each weights put into the object store once and read by every
+receiver (zero-copy on the same node); each actor or worker holds a WeightsClient that takes the
+newest publication, offered with a call (servers push with each call) or asked of the source
+every ``update_period`` steps without waiting for the answer (apex actors pull).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import ray
+
+from distdqn.runtime.messages import NO_WEIGHTS, Weights
+
+FETCH_TIMEOUT_S = 60.0   # reading a publication from the object store, at most
+
+
+def fetch(box: list) -> Any:
+    """The boxed weights: read from the object store, or as they are when passed by value."""
+    item = box[0]
+    return ray.get(item, timeout=FETCH_TIMEOUT_S) if isinstance(item, ray.ObjectRef) else item
+
+
+class WeightsPublisher:
+    """The source side: ``publish`` puts the weights into the object store once and remembers the
+    newest publication. ``background``: the put runs on a thread of its own (a put waits for the
+    node's object store, which a training thread would otherwise spend idle); one at a time."""
+
+    def __init__(self, background: bool = False):
+        self.newest: Weights = NO_WEIGHTS
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="publisher") if background else None
+        if self._thread is not None:
+            self._thread.submit(lambda: None).result()   # the thread exists now (CPU affinity moves it)
+        self._putting: Future | None = None
+
+    def publish(self, version: int, weights: dict[str, np.ndarray]) -> None:
+        """Publish ``weights`` (a copy the caller no longer changes) as ``version``."""
+        self.wait(FETCH_TIMEOUT_S)
+        if self._thread is None:
+            self._put(version, weights)
+        else:
+            self._putting = self._thread.submit(self._put, version, weights)
+
+    def _put(self, version: int, weights: dict[str, np.ndarray]) -> None:
+        publication = Weights(version, [ray.put(weights)])
+        if version > self.newest.version:
+            self.newest = publication
+
+    def wait(self, timeout_s: float) -> None:
+        """Until a put under way is in the store (raises what the put raised)."""
+        if self._putting is not None:
+            self._putting.result(timeout=timeout_s)
+            self._putting = None
+
+
+class WeightsClient:
+    """The receiving side: the versions held, and newer publications taken. ``source`` (an actor
+    handle with a ``published()`` call) and ``update_period``: ``update()`` asks the source every
+    ``update_period`` calls, and takes the answer at a later call, once it has arrived."""
+
+    def __init__(self, source: Any = None, update_period: int = 1):
+        self.version, self.target_version = -1, -1
+        self.newest_seen = -1        # the newest version the source has announced
+        self.source, self.update_period = source, max(1, update_period)
+        self._calls = 0
+        self._asked: Any = None
+
+    def offer(self, weights: Weights | None) -> tuple[dict | None, dict | None]:
+        """The (online, target) weights of ``weights`` that are newer than those held (None for
+        each that is not, or that did not travel); the caller sets them."""
+        if weights is None:
+            return None, None
+        self.newest_seen = max(self.newest_seen, weights.version)
+        online = target = None
+        if weights.box and weights.version > self.version:
+            online = fetch(weights.box)
+            self.version = weights.version
+        if weights.target_box and weights.target_version != self.target_version:
+            target = fetch(weights.target_box)
+            self.target_version = weights.target_version
+        return online, target
+
+    def update(self) -> dict | None:
+        """Newer online weights from the source if an earlier request has brought them, else None;
+        asks again every ``update_period`` calls (one request in flight, never waited for)."""
+        taken = None
+        if self._asked is not None and ray.wait([self._asked], timeout=0)[1] == []:
+            taken, _ = self.offer(ray.get(self._asked, timeout=FETCH_TIMEOUT_S))
+            self._asked = None
+        self._calls += 1
+        if self._asked is None and self._calls >= self.update_period:
+            self._calls = 0
+            self._asked = self.source.published.remote()
+        return taken
+
+    def reset(self) -> None:
+        """Forget what is held (a replica whose state was just loaded from a checkpoint)."""
+        self.version, self.target_version = -1, -1
