@@ -73,3 +73,36 @@ def test_is_finite():
     assert aggregate.is_finite(upd([1.0], [2.0]))
     assert not aggregate.is_finite(upd([np.nan], [2.0]))
     assert not aggregate.is_finite(upd([1.0], [np.inf]))
+
+
+# ---- the server's step by name, DP on one update, FedProx ----
+
+def test_aggregate_dispatches_by_name_and_clamps_the_trim():
+    ups = [upd([0.0], [1.0]), upd([1.0], [2.0]), upd([10.0], [3.0])]
+    np.testing.assert_array_equal(aggregate.aggregate("fedavg", ups, [1, 1, 2])["w"], [5.25])   # (0+1+20)/4
+    np.testing.assert_allclose(aggregate.aggregate("fedavg", ups, [0, 0, 0])["w"], [11 / 3], rtol=1e-6)  # plain mean
+    np.testing.assert_array_equal(aggregate.aggregate("median", ups)["w"], [1.0])
+    # trim 5 of 3 updates would leave none: clamped to 1 from each side (the median's value here)
+    np.testing.assert_array_equal(aggregate.aggregate("trimmed_mean", ups, trim=5)["w"], [1.0])
+    with pytest.raises(ValueError, match="unknown aggregator"):
+        aggregate.aggregate("mode", ups)
+
+
+def test_privatize_clips_to_the_bound_and_adds_noise_of_the_stated_scale():
+    rng = np.random.default_rng(0)
+    big = {"w": np.full(10_000, 3.0, np.float32)}             # norm 300
+    clipped, norm = aggregate.privatize(big, clip=1.0, noise_multiplier=0.0, rng=rng)
+    assert norm == pytest.approx(300.0)
+    assert aggregate.global_norm(clipped) == pytest.approx(1.0, rel=1e-5)
+    noised, _ = aggregate.privatize(big, clip=1.0, noise_multiplier=0.5, rng=rng)
+    noise = noised["w"] - clipped["w"]
+    assert noised["w"].dtype == np.float32
+    assert np.std(noise) == pytest.approx(0.5, rel=0.03) and abs(np.mean(noise)) < 0.02
+
+
+def test_proximal_gradient_adds_mu_times_the_distance_to_the_anchor():
+    grads, params, anchor = upd([1.0, -1.0], [0.5]), upd([2.0, 2.0], [0.0]), upd([1.0, 4.0], [1.0])
+    out = aggregate.proximal_gradient(grads, params, anchor, mu=0.1)
+    np.testing.assert_allclose(out["w"], [1.0 + 0.1 * 1.0, -1.0 + 0.1 * -2.0])
+    np.testing.assert_allclose(out["b"], [0.5 - 0.1])
+    np.testing.assert_array_equal(aggregate.proximal_gradient(grads, params, anchor, mu=0.0)["w"], grads["w"])

@@ -122,3 +122,16 @@ def test_cuda_asked_for_without_a_gpu(tmp_path):
     assert_user_error(run_cli(["train", "--run-dir", str(run_dir), "--set", "learner.device=cuda"]),
                       "learner.device", "CUDA")
     assert not run_dir.exists()
+
+
+def test_a_checkpoint_of_an_older_layout_gets_one_line_and_is_left_alone(tmp_path, short_run):
+    """Checkpoints written before the one RunState schema (format 1: a "replica" component for
+    single, dicts of counters per topology) are refused in one line, not half-loaded."""
+    import json
+    run_dir = tmp_path / "run"
+    shutil.copytree(short_run, run_dir)
+    manifest = run_dir / "checkpoints" / "final" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format_version": 1}))
+    before = _tree(run_dir)
+    assert_user_error(run_cli(["train", "--resume", str(run_dir)]), "checkpoint format 1", "start a new run")
+    assert _tree(run_dir) == before
