@@ -82,6 +82,24 @@ def _load_checkpoint_config(path: Path):
     return components, ckpt_cfg, manifest
 
 
+def _resumed_config(resume: Path, config: Path | None, overrides: list[str], seed: int | None):
+    """The config of a resumed run (the checkpoint's, or ``config``, with the overrides) and the
+    checkpoint's components; a config that does not match the checkpoint is an error."""
+    from distdqn.config import apply_override, config_from_dict, load_config
+    components, ckpt_cfg, _ = _load_checkpoint_config(resume)
+    if config is None:
+        raw = ckpt_cfg.to_dict()
+        for assignment in overrides:
+            apply_override(raw, assignment)
+        if seed is not None:
+            raw["seed"] = seed
+        cfg = config_from_dict(raw)
+    else:
+        cfg = load_config(config, overrides, seed)
+    check_compatible(ckpt_cfg, cfg, resume)
+    return cfg, components
+
+
 @app.command()
 def train(
     config: Annotated[Path | None, typer.Argument(help="YAML config; default: CartPole-v1 preset")] = None,
@@ -100,20 +118,8 @@ def train(
     overrides = list(set_ or [])
     resume_state = None
     if resume is not None:
-        components, ckpt_cfg, _ = _load_checkpoint_config(resume)
-        if config is None:
-            raw = ckpt_cfg.to_dict()
-            from distdqn.config import apply_override, config_from_dict
-            for assignment in overrides:
-                apply_override(raw, assignment)
-            if seed is not None:
-                raw["seed"] = seed
-            cfg = config_from_dict(raw)
-        else:
-            cfg = load_config(config, overrides, seed)
-        check_compatible(ckpt_cfg, cfg, resume)
+        cfg, resume_state = _resumed_config(resume, config, overrides, seed)
         run_dir = resume if (resume / "checkpoints").is_dir() else resume.parent.parent
-        resume_state = components
     else:
         cfg = load_config(config, overrides, seed)
     if address is not None:

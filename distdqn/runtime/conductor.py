@@ -83,10 +83,15 @@ class Conductor:
             lambda i, seed: (self.cfg.for_client(i), self.info, i, w.num_workers, seed, w.cpus, *extra_args),
             {"num_cpus": w.cpus, "num_gpus": w.gpus}, placement)
 
-    def start_server(self) -> ParameterServer:
-        """The parameter server (sync_ps, async_ps, federated): a learner in this process."""
+    def start_server(self, resume: dict[str, Any] | None, worker_class: Any,
+                     *extra_args: Any) -> tuple[ParameterServer, RolePool]:
+        """The parameter server (sync_ps, async_ps, federated: a learner in this process) and its
+        workers (``start_workers``), restored from ``resume`` if given; then ``open``."""
         self.server = ParameterServer(build.build_learner(self.cfg, self.info))
-        return self.server
+        pool = self.start_workers(worker_class, *extra_args)
+        self.restore(resume)
+        self.open(self.server.weights())
+        return self.server, pool
 
     def keep_off(self, isolation_ref: Any) -> None:
         """The driver (and the Ray instance it started) keeps off the cores apex's learner took."""
@@ -121,8 +126,9 @@ class Conductor:
     def record_processes(self) -> None:
         """processes.json: which process plays which role, and where (for users and tests); with
         apex.replay_host=learner, "replay" and "learner" are the same process."""
-        refs = {name: handle.identity.remote() for name, handle in self.essential.items()}
-        self.identities = {name: _get_or_none(ref) for name, ref in refs.items()}
+        refs = {name: handle.identity.remote() for name, handle in self.essential.items()
+                if self.identities.get(name) is None}   # asked once: the learner may be busy training
+        self.identities.update({name: _get_or_none(ref) for name, ref in refs.items()})
         if self.pool is not None:
             self.identities.update(self.pool.identities())
         self.identities["driver"] = process_identity()
@@ -173,6 +179,16 @@ class Conductor:
                 self.replace(index)
             else:
                 absorb(report)
+
+    def next_call(self, calls: CallsInFlight) -> tuple[Any, str, int, int]:
+        """The next call of ``calls`` to finish, as (ref, role, index, generation); the run
+        aborts if none finishes within the stall deadline."""
+        while True:
+            done = calls.next(timeout_s=1.0)
+            if done is not None:
+                self.progressed()
+                return done
+            self.check_stall()
 
     def check_stall(self) -> None:
         if time.perf_counter() - self._last_progress > self.stall_timeout_s:

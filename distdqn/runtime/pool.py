@@ -31,6 +31,7 @@ class RolePool:
         self.seed, self.args, self.options, self.timeout_s = seed, args, options, timeout_s
         self.restarts = 0
         self.generations = [0] * count
+        self._identities: dict[int, tuple[int, Any]] = {}   # index -> (generation, identity) known
         self.placement_group = None
         if placement:
             from ray.util.placement_group import placement_group
@@ -71,9 +72,17 @@ class RolePool:
             return None
 
     def identities(self) -> dict[str, Any]:
-        """{<role><i>: pid, node} of every process; waits for them to be constructed."""
-        refs = [h.identity.remote() for h in self.handles]
-        return {f"{self.role}{i}": _get_or_none(ref, self.timeout_s) for i, ref in enumerate(refs)}
+        """{<role><i>: pid, node} of every process; waits for them to be constructed. A process is
+        asked once: a busy one (an actor's queued calls wait on the learner, which waits on the
+        driver) would otherwise hold the driver up."""
+        refs = {i: h.identity.remote() for i, h in enumerate(self.handles)
+                if self._identities.get(i, (-1, None))[0] != self.generations[i]}
+        for i, ref in refs.items():
+            identity = _get_or_none(ref, self.timeout_s)
+            if identity is not None:
+                self._identities[i] = (self.generations[i], identity)
+        return {f"{self.role}{i}": (self._identities[i][1] if self._identities.get(i, (-1,))[0] == self.generations[i]
+                                    else None) for i in range(self.count)}
 
     def state_dicts(self, with_replay: bool) -> list[dict[str, Any] | None]:
         """Every process's state; None for one that is dead or does not answer in time (a

@@ -83,12 +83,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             calls.add(learner.train.remote(a.updates_per_call, job.counters.env_steps), "learner")
         with job.conducting():
             while job.counters.env_steps < cfg.train.total_env_steps:
-                done = calls.next(timeout_s=1.0)
-                if done is None:
-                    job.check_stall()
-                    continue
-                job.progressed()
-                ref, role, i, generation = done
+                ref, role, i, generation = job.next_call(calls)
                 if role == "actor" and generation == actors.generations[i]:
                     report = _actor_report(job, ref)
                     if report is None:   # the actor died: a new one takes its place, the run goes on

@@ -43,12 +43,9 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     a = cfg.async_ps
     job = worker_conductor(cfg, run_dir, info, AsyncCounters())
     try:
-        # ---- build: the server's learner here, the workers on the cluster ----
-        server = job.start_server()
-        pool = job.start_workers(ReplicaWorker, False)   # the server keeps the target network
-        job.restore(resume)
+        # ---- build: the server's learner here, the workers on the cluster (restored when resuming) ----
+        server, pool = job.start_server(resume, ReplicaWorker, False)   # the server keeps the target network
         staleness = StalenessHistogram(a.max_staleness, job.counters.staleness_counts or None)
-        job.open(server.weights())
         since_pull = np.zeros(pool.count, dtype=np.int64)   # gradients since each worker's last pull
 
         def call(index: int):
@@ -74,11 +71,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             calls.add(call(i), "worker", i)
         with job.conducting():
             while job.counters.env_steps < cfg.train.total_env_steps:
-                done = calls.next(timeout_s=1.0)
-                if done is None:
-                    job.check_stall()
-                    continue
-                ref, _, index, _ = done
+                ref, _, index, _ = job.next_call(calls)
                 report = pool.result(ref)
                 if report is None:   # the worker died: a new one takes its place, with fresh weights
                     job.replace(index)

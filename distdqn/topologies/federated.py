@@ -51,14 +51,11 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     job = worker_conductor(cfg, run_dir, info, FederatedCounters())
     try:
         # ---- build: the server's model here; clients (each with its own env variant) on the cluster ----
-        server = job.start_server()
-        pool = job.start_workers(FederatedClient)
-        job.restore(resume)                 # the global model and counters (client data never leaves a client)
+        server, pool = job.start_server(resume, FederatedClient)   # resumed: the global model only
         shapes = {k: v.shape for k, v in server.weights().items()}
         variants = [make_vector_env(cfg.for_client(i).env, cfg.eval.num_envs) for i in range(len(f.clients))]
         client_returns: list[float] = []
         rng = np.random.default_rng(cfg.seed + 17)
-        job.open(server.weights())
         per_round = max(1, round(f.clients_per_round * pool.count))
         late: dict[Any, int] = {}           # calls that missed their round -> client
 
@@ -73,9 +70,8 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                     job.check_stall()
                     job.collect_late(late, lambda m: _absorb(job, m), wait_s=1.0)
                     continue
-                chosen = rng.choice(idle, size=min(per_round, len(idle)), replace=False)
-                calls = {pool.handles[i].train_round.remote(server.weights_for(int(i)), f.local_steps): int(i)
-                         for i in chosen}
+                calls = {pool.handles[i].train_round.remote(server.weights_for(i), f.local_steps): i
+                         for i in map(int, rng.choice(idle, size=min(per_round, len(idle)), replace=False))}
                 ready, missed = ray.wait(list(calls), num_returns=len(calls), timeout=f.round_timeout_s)
                 late.update({ref: calls[ref] for ref in missed})
                 job.counters.skipped += len(missed)
@@ -98,20 +94,14 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                 job.progressed()
                 if variants and job.session.due_for_evaluation(job.counters.env_steps):
                     client_returns = _evaluate_variants(job, server.weights(), variants)
-                stop = job.housekeeping(server.weights, state, {
-                    "rounds": job.counters.rounds, "clients_answered": len(messages), "skipped": job.counters.skipped,
-                    **({"dp_clip": f.dp_clip, "dp_noise_multiplier": f.dp_noise_multiplier} if f.dp_clip else {}),
-                    **{f"eval_return_client{i}": x for i, x in enumerate(client_returns)}})
+                stop = job.housekeeping(server.weights, state, _round_row(job, len(messages), client_returns))
                 if job.session.solved_at is not None and job.counters.rounds_to_solve is None:
                     job.counters.rounds_to_solve = job.counters.rounds
                 if stop:
                     break
 
         # ---- tear down: the global model on every variant, final evaluation, checkpoint, summary ----
-        if variants:
-            client_returns = _evaluate_variants(job, server.weights(), variants)
-        for env in variants:
-            env.close()
+        client_returns = _evaluate_variants(job, server.weights(), variants, close=True)
         return job.finish(server.weights(), state(), late, aggregator=f.aggregator,
                           client_eval_returns=client_returns, dp_clip=f.dp_clip,
                           dp_noise_multiplier=f.dp_noise_multiplier)
@@ -138,6 +128,14 @@ def _accepted(job: Conductor, pool: Any, calls: dict, ready: list, shapes: dict)
     return messages
 
 
+def _round_row(job: Conductor, answered: int, client_returns: list[float]) -> dict[str, Any]:
+    """A metrics row's federated fields."""
+    f = job.cfg.federated
+    return {"rounds": job.counters.rounds, "clients_answered": answered, "skipped": job.counters.skipped,
+            **({"dp_clip": f.dp_clip, "dp_noise_multiplier": f.dp_noise_multiplier} if f.dp_clip else {}),
+            **{f"eval_return_client{i}": x for i, x in enumerate(client_returns)}}
+
+
 def _absorb(job: Conductor, message: Any) -> None:
     """A client's env steps and episodes, as it reports them (a count and means: all it tells)."""
     if not isinstance(message, ClientMessage):
@@ -149,8 +147,12 @@ def _absorb(job: Conductor, message: Any) -> None:
                                     {k: v * message.local_updates for k, v in message.metrics.items()}))
 
 
-def _evaluate_variants(job: Conductor, weights: dict, variants: list) -> list[float]:
-    """The global model's greedy return on each client's environment variant."""
+def _evaluate_variants(job: Conductor, weights: dict, variants: list, close: bool = False) -> list[float]:
+    """The global model's greedy return on each client's environment variant (``close``: then
+    close the variants' environments)."""
     job.policy.set_weights(weights)
-    return [float(evaluate(job.policy, env, job.cfg.eval.episodes, job.cfg.eval.epsilon,
-                           seed=job.cfg.seed * 31 + i).mean()) for i, env in enumerate(variants)]
+    returns = [float(evaluate(job.policy, env, job.cfg.eval.episodes, job.cfg.eval.epsilon,
+                              seed=job.cfg.seed * 31 + i).mean()) for i, env in enumerate(variants)]
+    for env in variants if close else []:
+        env.close()
+    return returns

@@ -29,7 +29,7 @@ from distdqn.core import aggregate
 from distdqn.envs import EnvInfo
 from distdqn.local.session import RunResult
 from distdqn.runtime.conductor import worker_conductor
-from distdqn.runtime.messages import RunCounters, RunState
+from distdqn.runtime.messages import RunCounters, RunState, Weights
 from distdqn.runtime.roles.replica_worker import ReplicaWorker
 
 
@@ -44,11 +44,8 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     s = cfg.sync_ps
     job = worker_conductor(cfg, run_dir, info, SyncCounters())
     try:
-        # ---- build: the server's learner here, the workers on the cluster ----
-        server = job.start_server()
-        pool = job.start_workers(ReplicaWorker, False)   # the server keeps the target network
-        job.restore(resume)
-        job.open(server.weights())
+        # ---- build: the server's learner here, the workers on the cluster (restored when resuming) ----
+        server, pool = job.start_server(resume, ReplicaWorker, False)   # the server keeps the target network
         late: dict[Any, int] = {}                        # calls that missed their round -> worker
 
         def state() -> RunState:
@@ -62,9 +59,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                     job.check_stall()
                     job.collect_late(late, lambda r: job.absorb(r.experience), wait_s=1.0)
                     continue
-                calls = {(pool.handles[i].gradient.remote(server.weights_for(i), not budget_spent)
-                          if s.mode == "gradient" else
-                          pool.handles[i].local_steps.remote(server.weights_for(i), s.local_steps, not budget_spent)): i
+                calls = {_call(cfg, pool.handles[i], server.weights_for(i), not budget_spent): i
                          for i in range(pool.count) if i not in late.values()}
                 ready, missed = ray.wait(list(calls), num_returns=len(calls), timeout=s.round_timeout_s)
                 while len(ready) < min(s.min_workers, len(calls)):   # too few answers: wait longer
@@ -86,16 +81,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                     reports.append(report)
                 job.collect_late(late, lambda r: job.absorb(r.experience))
 
-                # ---- the server's update from this round's reports ----
-                if s.mode == "gradient":
-                    contributions = [r.grads for r in reports if r.grads is not None]
-                    if contributions:
-                        server.apply_gradient(aggregate.mean_of(contributions))
-                else:
-                    contributions = [r.weights for r in reports if r.weights is not None]
-                    if contributions:
-                        server.move_toward(contributions, 1.0, max(r.updates.count for r in reports))
-                if budget_spent and not contributions:
+                if not _update(server, s.mode, reports) and budget_spent:
                     break   # every worker has used the batches its last collection owed
                 job.counters.rounds += 1
                 job.counters.learner_updates = server.version
@@ -108,3 +94,23 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         return job.finish(server.weights(), state(), late, mode=s.mode)
     finally:
         job.close()
+
+
+def _call(cfg: Config, worker: Any, weights: Weights, allow_collect: bool) -> Any:
+    """A worker's call for this round: a gradient, or sync_ps.local_steps local updates."""
+    if cfg.sync_ps.mode == "gradient":
+        return worker.gradient.remote(weights, allow_collect)
+    return worker.local_steps.remote(weights, cfg.sync_ps.local_steps, allow_collect)
+
+
+def _update(server: Any, mode: str, reports: list) -> bool:
+    """The server's update from this round's reports; False if no worker had a batch owed."""
+    if mode == "gradient":
+        grads = [r.grads for r in reports if r.grads is not None]
+        if grads:
+            server.apply_gradient(aggregate.mean_of(grads))
+        return bool(grads)
+    models = [r.weights for r in reports if r.weights is not None]
+    if models:
+        server.move_toward(models, 1.0, max(r.updates.count for r in reports))
+    return bool(models)
