@@ -1,6 +1,6 @@
 """Actor throughput with the policy in the loop, as a ratio to the raw vector-env step rate.
 
-    python benchmarks/actor_throughput.py [--config configs/cartpole.yaml] [--seconds 3] [--rounds 5]
+    python benchmarks/actor_throughput.py [--config cartpole] [--seconds 3] [--rounds 5]
 
 Both are measured in this one process, alternating, on the same kind of vector env:
 - raw: ``env.step(random actions)`` in a loop (actions drawn with NumPy);
@@ -66,7 +66,8 @@ def forward_us(policy, obs: np.ndarray, repeats: int = 5000) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--config", default=None)
+    parser.add_argument("--config", default=None,
+                        help="YAML config file or preset name; default: none (the defaults: cartpole)")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--set", dest="overrides", action="append", default=[])

@@ -1,6 +1,6 @@
 """Ape-X beside single, at the same replay ratio: time to solve, env steps/s and where the time goes.
 
-    python -m benchmarks.apex_scaling [--config configs/cartpole.yaml] [--seeds 3] [--actors 1 2 4]
+    python -m benchmarks.apex_scaling [--config cartpole] [--seeds 3] [--actors 1 2 4]
                                       [--ratios 0.5 0.125] [--steps N] [--set key=value ...]
                                       [--apex-set key=value ... [--apex-set ...]]
 
@@ -63,7 +63,7 @@ def _median_range(values: list[float], fmt: str, unit: str = "") -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--config", default="configs/cartpole.yaml")
+    parser.add_argument("--config", default="cartpole", help="YAML config file or preset name")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--ratios", type=float, nargs="*", default=[],

@@ -1,7 +1,7 @@
 """Do two busy cores slow each other here? The learner's update and the actor's env steps, each
 alone, then side by side on separate cores.
 
-    python -m benchmarks.core_contention [--config configs/acrobot-apex.yaml] [--seconds 5]
+    python -m benchmarks.core_contention [--config acrobot-apex] [--seconds 5]
 
 Each role runs in a process of its own, pinned to a core, with one torch thread:
 - learner: ``DQNLearner.step`` on batches of the config's size (apex's learner update);
@@ -98,7 +98,7 @@ def measure(roles: list[str], config: str, seconds: float) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--config", default="configs/acrobot-apex.yaml")
+    parser.add_argument("--config", default="acrobot-apex", help="YAML config file or preset name")
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     from distdqn.config import load_config

@@ -4,10 +4,10 @@ client's own variant.
 
     python -m benchmarks.federated_scaling [--seeds 2] [--clients 2 4 8] [--dp-clip 1.0] [--dp-noise 0.01]
 
-Every run is `distdqn train configs/cartpole-federated.yaml` with ``workers.num_workers`` clients
-sharing the machine's cores; client i gets variant i mod 4 of the preset (pole length, pole mass,
-cart mass, gravity). Each run stops at its first solving evaluation on the default CartPole-v1
-(10 greedy episodes, mean >= 475), or at the env-step budget.
+Every run is `distdqn train cartpole-federated` with ``workers.num_workers`` clients sharing the
+machine's cores; client i gets variant i mod 4 of the preset (pole length, pole mass, cart mass,
+gravity). Each run stops at its first solving evaluation on the default CartPole-v1 (10 greedy
+episodes, mean >= 475), or at the env-step budget.
 """
 
 from __future__ import annotations
@@ -20,15 +20,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
+from benchmarks.common import header
+from distdqn.config import load_config
 
-from benchmarks.common import REPO, header
-
-PRESET = REPO / "configs" / "cartpole-federated.yaml"
+PRESET = "cartpole-federated"
 
 
 def train(args: list[str], run_dir: Path) -> dict:
-    cmd = [sys.executable, "-m", "distdqn.cli", "train", str(PRESET), *args, "--run-dir", str(run_dir),
+    cmd = [sys.executable, "-m", "distdqn.cli", "train", PRESET, *args, "--run-dir", str(run_dir),
            "--set", "log.progress=false"]
     done = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:
@@ -37,7 +36,7 @@ def train(args: list[str], run_dir: Path) -> dict:
 
 
 def client_overrides(num_clients: int) -> list[str]:
-    variants = yaml.safe_load(PRESET.read_text())["federated"]["clients"]
+    variants = [c.model_dump(exclude_unset=True) for c in load_config(PRESET).federated.clients]
     clients = [variants[i % len(variants)] for i in range(num_clients)]
     cpus = min(0.5, 2.0 / num_clients)
     return ["--set", f"workers.num_workers={num_clients}", "--set", f"workers.cpus={cpus:g}",

@@ -1,6 +1,6 @@
 """Time to solve: `distdqn train` over several seeds, as a user runs it.
 
-    python -m benchmarks.time_to_solve [--config configs/cartpole.yaml] [--seeds 5] [--set k=v ...]
+    python -m benchmarks.time_to_solve [--config cartpole] [--seeds 5] [--set k=v ...]
 
 Each seed is a separate `distdqn train` process; the figures come from its summary.json:
 time_to_solve_s (wall clock from the start of the run to the first 10-episode greedy evaluation
@@ -39,7 +39,8 @@ def run_seed(config: str | None, seed: int, overrides: list[str], root: Path) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--config", default=None)
+    parser.add_argument("--config", default=None,
+                        help="YAML config file or preset name; default: none (the defaults: cartpole)")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[])

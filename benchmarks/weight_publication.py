@@ -1,7 +1,7 @@
 """What a weight publication costs apex's learner: copying the online weights, and putting them
 into the object store, timed inside a Ray actor (one CPU) as the learner does them.
 
-    python -m benchmarks.weight_publication [--config configs/acrobot-apex.yaml] [--puts 200] [--rounds 3]
+    python -m benchmarks.weight_publication [--config acrobot-apex] [--puts 200] [--rounds 3]
 
 The put is what ``LearnerWorker`` hands to its publisher thread (the training thread only copies);
 per learner update it costs put / ``apex.weight_sync_period``.
@@ -46,7 +46,7 @@ class Publisher:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--config", default="configs/acrobot-apex.yaml")
+    parser.add_argument("--config", default="acrobot-apex", help="YAML config file or preset name")
     parser.add_argument("--puts", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()

@@ -1,4 +1,4 @@
-"""The ``distdqn`` command: train, evaluate, plot, compare.
+"""The ``distdqn`` command: train, evaluate, plot, compare, presets.
 
 User errors (bad config, unknown env id, bad checkpoint, existing run directory) are printed as one
 line, ``error: <what>``, with exit status 2 and no traceback; nothing is created or overwritten
@@ -102,7 +102,8 @@ def _resumed_config(resume: Path, config: Path | None, overrides: list[str], see
 
 @app.command()
 def train(
-    config: Annotated[Path | None, typer.Argument(help="YAML config; default: CartPole-v1 preset")] = None,
+    config: Annotated[str | None, typer.Argument(
+        help="YAML config file or preset name (`distdqn presets`); default: the cartpole preset")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (overrides the config's)")] = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Where to write the run")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key.path=value")] = None,
@@ -200,7 +201,8 @@ def plot(
 
 @app.command()
 def compare(
-    configs: Annotated[list[Path], typer.Argument(help="YAML configs of the same environment")],
+    configs: Annotated[list[str], typer.Argument(
+        help="YAML config files or preset names, of the same environment")],
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per config")] = 5,
     first_seed: Annotated[int, typer.Option("--first-seed", min=0, help="Seeds are first-seed, +1, ...")] = 0,
     out: Annotated[Path | None, typer.Option(help="Report directory; default reports/compare-ENV-TIME")] = None,
@@ -225,6 +227,16 @@ def compare(
     runs = run_compare(plan)
     if not all(run.completed for run in runs):
         raise typer.Exit(1)
+
+
+@app.command()
+def presets() -> None:
+    """List the presets that come with distdqn: `distdqn train NAME` trains one."""
+    from distdqn.config import preset_description, preset_names
+    names = preset_names()
+    width = max(len(name) for name in names)
+    for name in names:
+        typer.echo(f"{name:<{width}}  {preset_description(name)}")
 
 
 def main() -> None:

@@ -12,8 +12,9 @@ seed 1, ...) so that a machine that slows down over time does not favour one con
       runs/<label>-s<seed>/      each run's directory, as `distdqn train` writes it
       runs/<label>-s<seed>.log   its stdout and stderr
 
-A config's label is its ``topology``, or its file's stem when two configs share a topology. A run
-that fails is recorded (with its last ``error:`` line) and the comparison goes on.
+A config's label is its ``topology``, or its name when two configs share a topology (a preset's
+name, or a file's stem). A run that fails is recorded (with its last ``error:`` line) and the
+comparison goes on.
 
 Reading order: plan and validate (nothing written), run, aggregate (pure), format (pure), plot.
 """
@@ -46,7 +47,8 @@ PLOTS = ("return_vs_env_steps.png", "return_vs_wall_s.png")
 
 @dataclass
 class ConfigEntry:
-    path: Path
+    config: str
+    """As given: a YAML file's path or a preset's name."""
     label: str
     cfg: Config
 
@@ -73,11 +75,12 @@ class Plan:
         return f"{entry.label}-s{seed}"
 
 
-def config_labels(paths: list[Path], topologies: list[str]) -> list[str]:
-    """The topology, or the file's stem where two configs share a topology; a name still taken
-    twice (the same stem in two folders) gets -1, -2, ... in the order given."""
+def config_labels(configs: list[str], topologies: list[str]) -> list[str]:
+    """The topology, or the config's name where two configs share a topology: a file's stem, or a
+    preset's name (which is its file's stem); a name still taken twice (the same stem in two
+    folders) gets -1, -2, ... in the order given."""
     shared = Counter(topologies)
-    labels = [t if shared[t] == 1 else Path(p).stem for p, t in zip(paths, topologies)]
+    labels = [t if shared[t] == 1 else Path(c).stem for c, t in zip(configs, topologies)]
     repeated = Counter(labels)
     taken = {label for label in labels if repeated[label] == 1}
     unique = []
@@ -92,7 +95,7 @@ def config_labels(paths: list[Path], topologies: list[str]) -> list[str]:
     return unique
 
 
-def plan_comparison(configs: list[Path], seeds: int, first_seed: int, overrides: list[str],
+def plan_comparison(configs: list[str], seeds: int, first_seed: int, overrides: list[str],
                     address: str | None, out_dir: Path | None, overwrite: bool,
                     command: str) -> Plan:
     """Load every config with the overrides, check they pose the same task and that the output
@@ -101,11 +104,11 @@ def plan_comparison(configs: list[Path], seeds: int, first_seed: int, overrides:
 
     if not configs:
         raise UserError("compare: give at least one config")
-    cfgs = [load_config(path, overrides) for path in configs]
-    for path, cfg in zip(configs[1:], cfgs[1:]):
+    cfgs = [load_config(config, overrides) for config in configs]
+    for config, cfg in zip(configs[1:], cfgs[1:]):
         if cfg.env.id != cfgs[0].env.id:
             raise UserError(f"compare: the configs must train the same environment: {configs[0]} has "
-                            f"env.id {cfgs[0].env.id}, {path} has env.id {cfg.env.id}")
+                            f"env.id {cfgs[0].env.id}, {config} has env.id {cfg.env.id}")
     for cfg in cfgs:
         env_info(cfg.env)   # an unknown id or an unusable env fails here, not in every run
     labels = config_labels(configs, [cfg.topology for cfg in cfgs])
@@ -116,7 +119,7 @@ def plan_comparison(configs: list[Path], seeds: int, first_seed: int, overrides:
         raise UserError(f"--out: {out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise UserError(f"--out: {out_dir} already exists and is not empty; pass --overwrite to replace it")
-    entries = [ConfigEntry(Path(p), label, cfg) for p, label, cfg in zip(configs, labels, cfgs)]
+    entries = [ConfigEntry(c, label, cfg) for c, label, cfg in zip(configs, labels, cfgs)]
     return Plan(entries, list(range(first_seed, first_seed + seeds)), out_dir, overwrite,
                 list(overrides), address, command)
 
@@ -160,7 +163,7 @@ class RunOutcome:
 
 
 def train_argv(plan: Plan, entry: ConfigEntry, seed: int, run_dir: Path) -> list[str]:
-    argv = [sys.executable, "-m", "distdqn.cli", "train", str(entry.path), "--seed", str(seed),
+    argv = [sys.executable, "-m", "distdqn.cli", "train", entry.config, "--seed", str(seed),
             "--run-dir", str(run_dir), "--set", "log.progress=false"]
     for assignment in plan.overrides:
         argv += ["--set", assignment]
@@ -221,7 +224,7 @@ def run_comparison(plan: Plan) -> tuple[list[RunOutcome], bool]:
                       file=sys.stderr, flush=True)
                 returncode, error, summary = run_one(train_argv(plan, entry, seed, run_dir), run_dir,
                                                      run_dir.with_name(run_dir.name + ".log"))
-                outcome = RunOutcome(entry.label, entry.cfg.topology, str(entry.path), seed,
+                outcome = RunOutcome(entry.label, entry.cfg.topology, entry.config, seed,
                                      str(run_dir), returncode, error, summary)
                 print(describe(outcome), file=sys.stderr, flush=True)
                 outcomes.append(outcome)
@@ -381,8 +384,8 @@ def report_markdown(plan: Plan, runs: list[RunOutcome], aggregates: dict[str, La
     failures = [f"- {a.label}, {e}" for a in aggregates.values() for e in a.errors]
     if failures:
         parts += ["Failed runs (their output is in `runs/<config>-s<seed>.log`):", "", *failures, ""]
-    parts += ["| config | file | topology | env steps budget |", "|---|---|---|---|"]
-    parts += [f"| {e.label} | `{e.path}` | {e.cfg.topology} | {e.cfg.train.total_env_steps:,} |"
+    parts += ["| config | file or preset | topology | env steps budget |", "|---|---|---|---|"]
+    parts += [f"| {e.label} | `{e.config}` | {e.cfg.topology} | {e.cfg.train.total_env_steps:,} |"
               for e in plan.entries]
     parts += ["", "![return vs env steps](return_vs_env_steps.png)",
               "![return vs wall-clock seconds](return_vs_wall_s.png)", "",
@@ -401,7 +404,7 @@ def results_json(plan: Plan, runs: list[RunOutcome], aggregates: dict[str, Label
         **provenance,
         "seeds": plan.seeds,
         "overrides": plan.overrides,
-        "configs": [{"label": e.label, "path": str(e.path), "topology": e.cfg.topology,
+        "configs": [{"label": e.label, "path": e.config, "topology": e.cfg.topology,
                      "total_env_steps": e.cfg.train.total_env_steps} for e in plan.entries],
         "reference_label": reference_label(runs),
         "runs": [r.to_dict() for r in runs],

@@ -1,7 +1,9 @@
 """One typed, validated configuration for every topology.
 
-The defaults are the tuned CartPole-v1 preset, so `distdqn train` with no config trains CartPole-v1;
-`configs/*.yaml` are presets that override a few fields. Every field is documented where it is
+The defaults are the tuned CartPole-v1 preset, so `distdqn train` with no config trains CartPole-v1.
+The presets ship inside the package, as `distdqn/presets/NAME.yaml`, and override a few fields; a
+preset is named by its file's stem (`distdqn train lunarlander`), and its first line is a comment
+that describes it in one line (`distdqn presets` lists them). Every field is documented where it is
 declared. Unknown keys, wrong types and out-of-range values are errors that name the field's dotted
 path, for example ``replay.alpha: Input should be less than or equal to 1 (got 1.5)``.
 
@@ -12,6 +14,8 @@ Units are in the names: ``*_env_steps`` counts environment steps (one sub-enviro
 from __future__ import annotations
 
 import re
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -464,20 +468,49 @@ def config_from_dict(raw: Any, source: str = "config") -> Config:
         raise ConfigError(_format_validation_error(exc)) from None
 
 
+def _preset_files() -> dict[str, Traversable]:
+    """The presets shipped in the package, by name (the file's stem)."""
+    folder = resources.files("distdqn") / "presets"
+    return {f.name.removesuffix(".yaml"): f for f in folder.iterdir() if f.name.endswith(".yaml")}
+
+
+def preset_names() -> list[str]:
+    return sorted(_preset_files())
+
+
+def preset_description(name: str) -> str:
+    """A preset's one-line description: its first line, a YAML comment ("" if it has none)."""
+    first_line = _preset_files()[name].read_text().partition("\n")[0]
+    return first_line.removeprefix("#").strip() if first_line.startswith("#") else ""
+
+
+def _read_config(path_or_name: str | Path) -> tuple[str, str]:
+    """(source, YAML text) of a config: the file at ``path_or_name`` if there is one, else the
+    preset so named. The source names it in error messages."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return str(path), path.read_text()
+    presets = _preset_files()
+    name = str(path_or_name)
+    if name in presets:
+        return name, presets[name].read_text()
+    raise ConfigError(f"{name}: no such config file or preset (presets: {', '.join(sorted(presets))})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 seed: int | None = None) -> Config:
-    """Read a YAML config (or the defaults when ``path`` is None), apply ``--set`` overrides, validate."""
+    """Read a YAML config file or preset (or the defaults when ``path`` is None), apply ``--set``
+    overrides, validate."""
     raw: dict[str, Any] = {}
+    source = "config"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        loaded = parse_yaml(path.read_text(), str(path))
+        source, text = _read_config(path)
+        loaded = parse_yaml(text, source)
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+            raise ConfigError(f"{source}: the top level must be a mapping of sections")
         raw = loaded or {}
     for assignment in overrides:
         apply_override(raw, assignment)
     if seed is not None:
         raw["seed"] = seed
-    return config_from_dict(raw, str(path) if path else "config")
+    return config_from_dict(raw, source)

@@ -20,7 +20,7 @@ from distdqn.runtime.weights import WeightsClient
 
 
 def main(address: str) -> None:
-    cfg = load_config("configs/cartpole-apex.yaml", [
+    cfg = load_config("cartpole-apex", [
         "apex.weight_sync_period=8", "apex.batches_per_sample=4", "learner.batch_size=16",
         "train.learning_starts=64", "train.replay_ratio=1.0"])
     info = env_info(cfg.env)

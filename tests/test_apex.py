@@ -29,7 +29,7 @@ def assert_learner_has_its_own_cores(run_dir) -> None:
 @pytest.mark.slow
 def test_apex_solves_cartpole(tmp_path, ray_cluster):
     run_dir = tmp_path / "run"
-    result = run_cli(["train", "configs/cartpole-apex.yaml", "--seed", "0", "--run-dir", str(run_dir),
+    result = run_cli(["train", "cartpole-apex", "--seed", "0", "--run-dir", str(run_dir),
                       "--address", ray_cluster, "--set", "log.progress=false",
                       # ends at the first solving evaluation; the budget only bounds a slow seed
                       "--set", "eval.stop_when_solved=true", "--set", "train.total_env_steps=100000"],
@@ -47,7 +47,7 @@ def test_apex_solves_cartpole(tmp_path, ray_cluster):
 @pytest.mark.slow
 def test_apex_survives_a_killed_actor(tmp_path, ray_cluster):
     run_dir = tmp_path / "run"
-    args = ["configs/cartpole-apex.yaml", "--seed", "1", "--run-dir", str(run_dir), "--address", ray_cluster,
+    args = ["cartpole-apex", "--seed", "1", "--run-dir", str(run_dir), "--address", ray_cluster,
             "--set", "log.progress=false", "--set", "apex.num_actors=2", "--set", "apex.actor_cpus=0.5",
             "--set", "eval.stop_when_solved=true", "--set", "train.total_env_steps=100000"]
     returncode, err, victim = kill_role_mid_run(args, "actor0", metrics_started(run_dir), wait_s=120, finish_s=900)
@@ -63,7 +63,7 @@ def test_apex_survives_a_killed_actor(tmp_path, ray_cluster):
 @pytest.mark.parametrize("replay_host", ["learner", "process"])
 def test_apex_resume_continues_from_its_checkpoint(tmp_path, ray_cluster, replay_host):
     run_dir = tmp_path / "run"
-    first = run_cli(["train", "configs/cartpole-apex.yaml", "--seed", "2", "--run-dir", str(run_dir),
+    first = run_cli(["train", "cartpole-apex", "--seed", "2", "--run-dir", str(run_dir),
                      "--address", ray_cluster, "--set", "train.total_env_steps=4000",
                      "--set", f"apex.replay_host={replay_host}", "--set", "log.progress=false"],
                     timeout=600, env=ray_env())
@@ -94,7 +94,7 @@ def test_apex_resume_continues_from_its_checkpoint(tmp_path, ray_cluster, replay
 def test_learner_or_replay_death_ends_the_run_clearly_and_keeps_the_checkpoint(tmp_path, ray_cluster, role,
                                                                                 replay_host):
     run_dir = tmp_path / "run"
-    args = ["configs/cartpole-apex.yaml", "--seed", "4", "--run-dir", str(run_dir), "--address", ray_cluster,
+    args = ["cartpole-apex", "--seed", "4", "--run-dir", str(run_dir), "--address", ray_cluster,
             "--set", "log.progress=false", "--set", "checkpoint.interval_env_steps=2000",
             "--set", f"apex.replay_host={replay_host}"]
     returncode, err, _ = kill_role_mid_run(

@@ -66,7 +66,8 @@ def test_wrong_type_in_yaml_names_the_path(tmp_path):
 
 
 def test_missing_config_file(tmp_path):
-    assert_user_error(run_cli(["train", str(tmp_path / "nope.yaml")]), "nope.yaml", "not found")
+    assert_user_error(run_cli(["train", str(tmp_path / "nope.yaml")]), "nope.yaml",
+                      "no such config file or preset")
 
 
 def test_existing_run_dir_is_not_overwritten(tmp_path):

@@ -22,7 +22,7 @@ def two_node_cluster(ray_cluster):
 @pytest.mark.slow
 def test_apex_runs_actors_on_both_nodes(two_node_cluster, tmp_path):
     run_dir = tmp_path / "run"
-    result = run_cli(["train", "configs/cartpole-apex.yaml", "--address", two_node_cluster,
+    result = run_cli(["train", "cartpole-apex", "--address", two_node_cluster,
                       "--run-dir", str(run_dir), "--set", "apex.num_actors=2", "--set", "apex.actor_cpus=1",
                       "--set", "train.total_env_steps=6000", "--set", "log.progress=false"], timeout=600,
                      env=ray_env())
@@ -36,7 +36,7 @@ def test_apex_runs_actors_on_both_nodes(two_node_cluster, tmp_path):
 @pytest.mark.slow
 def test_federated_clients_run_on_both_nodes(two_node_cluster, tmp_path):
     run_dir = tmp_path / "run"
-    result = run_cli(["train", "configs/cartpole-federated.yaml", "--address", two_node_cluster,
+    result = run_cli(["train", "cartpole-federated", "--address", two_node_cluster,
                       "--run-dir", str(run_dir), "--set", "workers.cpus=1", "--set", "train.total_env_steps=6000",
                       "--set", "log.progress=false"], timeout=600, env=ray_env())
     assert result.returncode == 0, result.stderr[-3000:]
@@ -49,7 +49,7 @@ def test_federated_clients_run_on_both_nodes(two_node_cluster, tmp_path):
 @pytest.mark.parametrize("topology", ["sync_ps", "allreduce", "federated"])
 def test_a_cluster_too_small_for_the_workers_is_a_one_line_error(ray_cluster, tmp_path, topology):
     run_dir = tmp_path / "run"
-    result = run_cli(["train", f"configs/cartpole-{topology}.yaml", "--address", ray_cluster,
+    result = run_cli(["train", f"cartpole-{topology}", "--address", ray_cluster,
                       "--run-dir", str(run_dir), "--set", "workers.num_workers=40", "--set", "workers.cpus=1",
                       "--set", "federated.clients=[]"], timeout=300, env=ray_env())
     assert result.returncode == 2, result.stderr[-2000:]
@@ -73,7 +73,7 @@ def test_unreachable_address_is_a_one_line_error(tmp_path):
 
 def test_a_cluster_too_small_for_the_run_is_a_one_line_error(ray_cluster, tmp_path):
     run_dir = tmp_path / "run"
-    result = run_cli(["train", "configs/cartpole-apex.yaml", "--address", ray_cluster, "--run-dir", str(run_dir),
+    result = run_cli(["train", "cartpole-apex", "--address", ray_cluster, "--run-dir", str(run_dir),
                       "--set", "apex.num_actors=50", "--set", "apex.actor_cpus=1"], timeout=300, env=ray_env())
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr

@@ -7,7 +7,6 @@ import json
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,13 +113,15 @@ def test_nothing_solved_shows_a_dash():
     assert table[2].startswith("| single | 0/2 | – | – | 100.0 [100.0–100.0] |")
 
 
-def test_labels_are_topologies_or_stems_where_a_topology_repeats():
-    assert config_labels([Path("configs/cartpole.yaml"), Path("configs/cartpole-apex.yaml")],
-                         ["single", "apex"]) == ["single", "apex"]
-    assert config_labels([Path("a/cartpole.yaml"), Path("b/wide.yaml"), Path("cartpole-apex.yaml")],
+def test_labels_are_topologies_or_names_where_a_topology_repeats():
+    assert config_labels(["cartpole", "cartpole-apex"], ["single", "apex"]) == ["single", "apex"]
+    # where a topology repeats: a preset's name, or a file's stem
+    assert config_labels(["cartpole", "acrobot", "cartpole-apex"],
+                         ["single", "single", "apex"]) == ["cartpole", "acrobot", "apex"]
+    assert config_labels(["a/cartpole.yaml", "b/wide.yaml", "cartpole-apex.yaml"],
                          ["single", "single", "apex"]) == ["cartpole", "wide", "apex"]
     # the same stem twice (two folders, or one file given twice): numbered in the order given
-    assert config_labels([Path("a/c.yaml"), Path("b/c.yaml")], ["single", "single"]) == ["c-1", "c-2"]
+    assert config_labels(["a/c.yaml", "b/c.yaml"], ["single", "single"]) == ["c-1", "c-2"]
 
 
 def test_failure_line_prefers_the_last_error_line():
@@ -153,7 +154,7 @@ SMALL = ["--set", "train.total_env_steps=2000", "--set", "eval.interval_env_step
 
 
 def write_configs(tmp_path):
-    preset = yaml.safe_load((REPO / "configs" / "cartpole.yaml").read_text())
+    preset = yaml.safe_load((REPO / "distdqn" / "presets" / "cartpole.yaml").read_text())
     base, small = tmp_path / "base.yaml", tmp_path / "small.yaml"
     base.write_text(yaml.safe_dump(preset))
     small.write_text(yaml.safe_dump({**preset, "network": {**preset["network"], "hidden_sizes": [64, 64]}}))
@@ -256,9 +257,8 @@ def test_a_failed_run_is_recorded_and_the_comparison_goes_on(tmp_path, monkeypat
 
 def test_different_environments_are_refused(tmp_path):
     out = tmp_path / "report"
-    result = run_cli(["compare", str(REPO / "configs" / "cartpole.yaml"), str(REPO / "configs" / "acrobot.yaml"),
-                      "--seeds", "1", "--out", str(out)])
-    assert_user_error(result, "CartPole-v1", "Acrobot-v1", "cartpole.yaml", "acrobot.yaml")
+    result = run_cli(["compare", "cartpole", "acrobot", "--seeds", "1", "--out", str(out)])
+    assert_user_error(result, "CartPole-v1", "Acrobot-v1", "cartpole has", "acrobot has")
     assert not out.exists()
 
 
@@ -266,8 +266,7 @@ def test_existing_report_directory_is_refused_and_left_alone(tmp_path):
     out = tmp_path / "report"
     out.mkdir()
     (out / "report.md").write_text("an earlier comparison")
-    config = str(REPO / "configs" / "cartpole.yaml")
-    assert_user_error(run_cli(["compare", config, "--seeds", "1", "--out", str(out)]), "--overwrite")
+    assert_user_error(run_cli(["compare", "cartpole", "--seeds", "1", "--out", str(out)]), "--overwrite")
     assert [p.name for p in out.iterdir()] == ["report.md"]
     assert (out / "report.md").read_text() == "an earlier comparison"
 

@@ -1,25 +1,32 @@
-"""The config: presets load, the CartPole preset is the defaults, overrides and YAML floats parse."""
+"""The config: presets load by name, the CartPole preset is the defaults, overrides and YAML floats parse."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from distdqn.config import Config, load_config
+from distdqn.config import Config, load_config, preset_names
 from distdqn.errors import ConfigError
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from tests.helpers import REPO
 
 
 def test_cartpole_preset_is_the_default():
-    assert load_config(CONFIGS / "cartpole.yaml") == Config()
+    assert load_config("cartpole") == Config()
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_preset_is_valid(path):
-    cfg = load_config(path)
+@pytest.mark.parametrize("name", preset_names())
+def test_every_preset_is_valid(name):
+    cfg = load_config(name)
     assert cfg.env.id
+
+
+def test_a_preset_file_still_loads_by_its_path():
+    assert load_config(REPO / "distdqn" / "presets" / "acrobot.yaml") == load_config("acrobot")
+
+
+def test_an_unknown_name_lists_the_presets():
+    with pytest.raises(ConfigError) as raised:
+        load_config("cartpol")
+    assert str(raised.value) == f"cartpol: no such config file or preset (presets: {', '.join(preset_names())})"
 
 
 def test_overrides_parse_yaml_values():
@@ -72,7 +79,7 @@ def test_cross_field_errors_name_the_field(overrides, message):
 
 
 def test_for_client_merges_the_client_variant_into_env():
-    cfg = load_config(CONFIGS / "cartpole-federated.yaml")
+    cfg = load_config("cartpole-federated")
     assert cfg.for_client(1).env.attributes == {"length": 0.6, "masspole": 0.12}
     assert cfg.for_client(1).learner == cfg.learner
     assert cfg.env.attributes == {}

@@ -34,7 +34,7 @@ def final_weights(run_dir) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("topology", ["sync_ps", "async_ps", "allreduce"])
 def test_topology_solves_cartpole(tmp_path, ray_cluster, topology):
     run_dir = tmp_path / "run"
-    summary = train(run_dir, ray_cluster, f"configs/cartpole-{topology}.yaml", "--seed", "0",
+    summary = train(run_dir, ray_cluster, f"cartpole-{topology}", "--seed", "0",
                     # ends at the first solving evaluation; the budget only bounds a slow seed
                     "--set", "eval.stop_when_solved=true", "--set", "train.total_env_steps=120000")
     assert summary["solved"], summary
@@ -73,7 +73,7 @@ def test_sync_ps_with_one_worker_is_single_update_for_update(tmp_path, ray_clust
 
 
 def test_allreduce_replicas_are_identical_after_k_updates(tmp_path, ray_cluster):
-    summary = train(tmp_path / "run", ray_cluster, "configs/cartpole-allreduce.yaml", "--seed", "1",
+    summary = train(tmp_path / "run", ray_cluster, "cartpole-allreduce", "--seed", "1",
                     "--set", "train.total_env_steps=3000", "--set", "allreduce.updates_per_call=16")
     assert summary["learner_updates"] >= 300
     assert len(summary["replica_hashes"]) == 2 and summary["replicas_identical"]
@@ -83,7 +83,7 @@ def test_allreduce_replicas_are_identical_after_k_updates(tmp_path, ray_cluster)
 @pytest.mark.slow
 def test_async_ps_restarts_a_killed_worker_and_finishes(tmp_path, ray_cluster):
     run_dir = tmp_path / "run"
-    args = ["configs/cartpole-async_ps.yaml", "--seed", "2", "--run-dir", str(run_dir), "--address", ray_cluster,
+    args = ["cartpole-async_ps", "--seed", "2", "--run-dir", str(run_dir), "--address", ray_cluster,
             *QUIET, "--set", "train.total_env_steps=12000"]
     returncode, err, victim = kill_role_mid_run(args, "worker0", metrics_started(run_dir), wait_s=120, finish_s=600)
     assert returncode == 0, err[-3000:]
@@ -97,7 +97,7 @@ def test_async_ps_restarts_a_killed_worker_and_finishes(tmp_path, ray_cluster):
 def test_a_stalled_sync_worker_does_not_stall_the_run(tmp_path, ray_cluster):
     """worker1 is frozen (SIGSTOP) for 8 s: rounds go on without it after a 1 s deadline."""
     run_dir = tmp_path / "run"
-    args = ["configs/cartpole-sync_ps.yaml", "--seed", "3", "--run-dir", str(run_dir), "--address", ray_cluster,
+    args = ["cartpole-sync_ps", "--seed", "3", "--run-dir", str(run_dir), "--address", ray_cluster,
             *QUIET, "--set", "train.total_env_steps=8000", "--set", "sync_ps.round_timeout_s=1.0",
             "--set", "log.interval_env_steps=500"]
     frozen: dict[str, float] = {}
@@ -123,7 +123,7 @@ def test_a_stalled_sync_worker_does_not_stall_the_run(tmp_path, ray_cluster):
 @pytest.mark.slow
 def test_a_dead_allreduce_rank_ends_the_run_clearly(tmp_path, ray_cluster):
     run_dir = tmp_path / "run"
-    args = ["configs/cartpole-allreduce.yaml", "--seed", "4", "--run-dir", str(run_dir), "--address", ray_cluster,
+    args = ["cartpole-allreduce", "--seed", "4", "--run-dir", str(run_dir), "--address", ray_cluster,
             *QUIET, "--set", "train.total_env_steps=400000", "--set", "allreduce.collective_timeout_s=20",
             "--set", "checkpoint.interval_env_steps=2000"]
     start = time.time()
@@ -142,7 +142,7 @@ def test_a_dead_allreduce_rank_ends_the_run_clearly(tmp_path, ray_cluster):
 def test_the_model_averaging_forms_learn(tmp_path, ray_cluster, topology, mode):
     """sync_ps model averaging and async_ps parameter mixing: k local updates per message, counted
     as k learner updates; both get well past a random policy (about 22) in 12k env steps."""
-    summary = train(tmp_path / "run", ray_cluster, f"configs/cartpole-{topology}.yaml", "--seed", "7",
+    summary = train(tmp_path / "run", ray_cluster, f"cartpole-{topology}", "--seed", "7",
                     "--set", f"{topology}.mode={mode}", "--set", "train.total_env_steps=12000")
     assert summary["mode"] == mode and summary["learner_updates"] > 0
     if topology == "sync_ps":   # every round counts local_steps (8) updates, the last one maybe fewer
@@ -157,7 +157,7 @@ def test_the_model_averaging_forms_learn(tmp_path, ray_cluster, topology, mode):
 @pytest.mark.parametrize("topology", ["sync_ps", "async_ps", "allreduce"])
 def test_resume_continues_from_the_checkpoint(tmp_path, ray_cluster, topology):
     run_dir = tmp_path / "run"
-    before = train(run_dir, ray_cluster, f"configs/cartpole-{topology}.yaml", "--seed", "6",
+    before = train(run_dir, ray_cluster, f"cartpole-{topology}", "--seed", "6",
                    "--set", "train.total_env_steps=3000")
     resumed = run_cli(["train", "--resume", str(run_dir), "--address", ray_cluster,
                        "--set", "train.total_env_steps=6000"], timeout=600, env=ray_env())

@@ -19,7 +19,7 @@ from distdqn.metrics import read_metrics
 from distdqn.runtime.messages import ClientMessage, check_message
 from tests.helpers import act_on_role_mid_run, kill_role_mid_run, metrics_started, ray_env, run_cli
 
-PRESET = "configs/cartpole-federated.yaml"
+PRESET = "cartpole-federated"
 QUIET = ["--set", "log.progress=false"]
 
 
