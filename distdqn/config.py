@@ -24,6 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from distdqn.errors import ConfigError
 
+TOPOLOGIES = ("single", "apex", "sync_ps", "async_ps", "allreduce", "federated")
+"""The registered topologies: each has a file ``distdqn/topologies/<name>.py`` with ``run``."""
+
 
 class _Section(BaseModel):
     # strict: no silent str -> number coercion; forbid: unknown keys are errors.
@@ -326,7 +329,7 @@ class ClusterConfig(_Section):
 
 
 class Config(_Section):
-    topology: Literal["single", "apex", "sync_ps", "async_ps", "allreduce", "federated"] = "single"
+    topology: Literal[TOPOLOGIES] = "single"
     """How the algorithm is spread over processes (see distdqn/topologies)."""
     seed: int = Field(0, ge=0)
     env: EnvConfig = Field(default_factory=EnvConfig)

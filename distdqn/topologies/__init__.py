@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-TOPOLOGIES = ("single", "apex", "sync_ps", "async_ps", "allreduce", "federated")
+from distdqn.config import TOPOLOGIES
 
 
 def get_run(topology: str) -> Callable:
