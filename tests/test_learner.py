@@ -218,24 +218,6 @@ def test_state_dict_in_memory_continues_identically(kernel):
 
 
 @pytest.mark.parametrize("kernel", ["fused_mlp", "autograd"])
-def test_per_parameter_optimizer_state_of_older_checkpoints_loads(kernel):
-    """Checkpoints written before the parameters shared one flat buffer hold Adam's moments (and
-    step counters) per parameter, in parameter order: they load and training continues exactly."""
-    rng = np.random.default_rng(5)
-    a = _trained(kernel, rng)
-    state = a.state_dict()
-    sizes = [p.numel() for p in a.online.parameters()]
-    shapes = [p.shape for p in a.online.parameters()]
-    optimizer = state["optimizer"]
-    state["optimizer"] = {**optimizer, "steps": [optimizer["steps"][0].clone() for _ in sizes], **{
-        key: [t.reshape(shape).clone() for t, shape in zip(optimizer[key][0].split(sizes), shapes)]
-        for key in ("exp_avg", "exp_avg_sq")}}
-    fresh = make_learner(seed=9, kernel=kernel, target_update_period=4)
-    fresh.load_state_dict(state)
-    _assert_continue_identically(a, fresh, rng)
-
-
-@pytest.mark.parametrize("kernel", ["fused_mlp", "autograd"])
 def test_a_deep_copy_trains_on_its_own(kernel):
     """The parameters are views of one flat buffer that the optimizer updates: a deep copy must be
     a learner whose parameters are views of its own buffer (not detached copies that never move),

@@ -236,24 +236,6 @@ def test_state_dict_round_trip_gives_identical_future_samples(prioritized):
     _assert_batches_equal(replay.sample(8), restored.sample(8))
 
 
-def test_prioritized_replay_loads_the_binary_sum_tree_of_older_checkpoints():
-    """Checkpoints written before the two-level tree stored both trees in a binary layout
-    (``sum_tree``/``min_tree``, leaves at [size, size + capacity)); they restore the same sampling."""
-    replay = PrioritizedReplay(10, OBS_SHAPE, np.float32, seed=3, alpha=0.7)
-    replay.add(numbered(0, 7))                  # not full: the min tree must skip empty slots
-    replay.update_priorities(np.arange(7), np.linspace(0.1, 3.0, 7))
-    state = replay.state_dict()
-    legacy = {k: v for k, v in state.items() if k != "priorities"}
-    size = 16                                    # the binary tree's leaf count for capacity 10
-    legacy["sum_tree"] = np.zeros(2 * size)
-    legacy["sum_tree"][size:size + 10] = state["priorities"]
-    legacy["min_tree"] = np.full(2 * size, np.inf)   # not read: rebuilt from the priorities
-    restored = PrioritizedReplay(10, OBS_SHAPE, np.float32, seed=99, alpha=0.7)
-    restored.load_state_dict(legacy)
-    for _ in range(3):
-        _assert_batches_equal(replay.sample(8, beta=0.4), restored.sample(8, beta=0.4))
-
-
 def test_load_state_dict_rejects_a_different_capacity():
     replay = ReplayBuffer(10, OBS_SHAPE, np.float32)
     replay.add(numbered(0, 3))

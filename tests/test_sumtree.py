@@ -119,19 +119,6 @@ def test_state_dict_round_trip_and_shape_check():
         SumTree(9).load_state_dict(state)
 
 
-def test_loads_the_binary_layout_of_older_checkpoints():
-    """Checkpoints written before the two-level tree stored a binary tree: 2 * size nodes, the
-    leaves at [size, size + capacity)."""
-    binary = np.zeros(8)
-    binary[4:7] = [1.0, 2.0, 3.0]
-    binary[1:4] = [6.0, 3.0, 3.0]              # internal nodes: ignored, rebuilt from the leaves
-    tree = SumTree(3, block=2)
-    tree.load_state_dict({"tree": binary})
-    np.testing.assert_array_equal(tree[np.arange(3)], [1.0, 2.0, 3.0])
-    assert tree.root == 6.0
-    np.testing.assert_array_equal(tree.find_prefix_sum([0.5, 1.5, 5.9]), [0, 1, 2])
-
-
 # ---- property-based ----
 
 # Priorities as the replay stores them: zero (an empty slot) or (|delta| + eps)^alpha, never a

@@ -69,17 +69,6 @@ def flatten_parameters(params: list[nn.Parameter]) -> tuple[torch.Tensor, torch.
     return flat, grads
 
 
-def _flat_optimizer_state(state: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Checkpoints written before the parameters were flat keep one moment tensor (and step
-    counter) per parameter: concatenate them in parameter order, as ``flatten_parameters`` lays
-    the parameters out."""
-    if len(state["exp_avg"]) == 1:
-        return state
-    return {**state, "exp_avg": [torch.cat([t.reshape(-1) for t in state["exp_avg"]])],
-            "exp_avg_sq": [torch.cat([t.reshape(-1) for t in state["exp_avg_sq"]])],
-            "steps": list(state["steps"][:1])}
-
-
 class DQNLearner:
     def __init__(self, network: nn.Module, cfg: LearnerConfig, lr_decay_updates: int | None = None):
         self.cfg = cfg
@@ -217,6 +206,6 @@ class DQNLearner:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.online.load_state_dict(state["online"])
         self.target.load_state_dict(state["target"])
-        self.optimizer.load_state_dict(_flat_optimizer_state(state["optimizer"]))
+        self.optimizer.load_state_dict(state["optimizer"])
         self.updates = int(state["updates"])
-        self.target_version = int(state.get("target_version", self.updates))
+        self.target_version = int(state["target_version"])

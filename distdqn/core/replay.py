@@ -86,13 +86,8 @@ class SumTree:
         return {"leaves": self.leaves[:self.capacity].copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the leaves (``leaves``; or ``tree``, the binary layout of checkpoints written
-        before this tree, whose leaves sit at [size, size + capacity) of 2 * size nodes)."""
-        if "leaves" in state:
-            leaves = np.asarray(state["leaves"], dtype=np.float64)
-        else:
-            tree = np.asarray(state["tree"], dtype=np.float64)
-            leaves = tree[len(tree) // 2:][:self.capacity]
+        """Restore the leaves."""
+        leaves = np.asarray(state["leaves"], dtype=np.float64)
         if leaves.shape != (self.capacity,):
             raise ValueError(f"sum-tree with {leaves.shape[0]} leaves, expected {self.capacity}")
         self.leaves[:self.capacity] = leaves
@@ -250,10 +245,9 @@ class PrioritizedReplay(ReplayBuffer):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """The trees are rebuilt from the stored priorities (``sum_tree`` in older checkpoints)."""
+        """The trees are rebuilt from the stored priorities."""
         super().load_state_dict(state)
-        self._sums.load_state_dict({"leaves": state["priorities"]} if "priorities" in state
-                                   else {"tree": state["sum_tree"]})
+        self._sums.load_state_dict({"leaves": state["priorities"]})
         stored = np.arange(self.capacity) < len(self)   # the ring fills positions 0, 1, ... first
         self._mins.load_state_dict({"leaves": np.where(stored, self._sums[np.arange(self.capacity)], np.inf)})
         self.max_priority = float(state["max_priority"])
