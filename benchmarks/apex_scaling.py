@@ -41,7 +41,9 @@ from distdqn.metrics import read_metrics
 def train(args: list[str], run_dir: Path) -> dict:
     cmd = [sys.executable, "-m", "distdqn.cli", "train", *args, "--run-dir", str(run_dir),
            "--set", "log.progress=false"]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr[-1500:]}")
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = read_metrics(run_dir)
     steady = rows[1:-1] or rows

@@ -273,8 +273,10 @@ class AsyncPSConfig(_Section):
 class AllReduceConfig(_Section):
     """Decentralized data parallelism: workers average gradients with torch.distributed all-reduce."""
 
-    backend: Literal["auto", "gloo", "nccl"] = "auto"
-    """``auto``: nccl when the learners are on CUDA devices, else gloo."""
+    backend: Literal["auto", "shm", "gloo", "nccl"] = "auto"
+    """How gradients are averaged: ``shm`` through shared memory (every rank on one node, CPU
+    learners), ``gloo`` / ``nccl`` with torch.distributed. ``auto``: nccl when the learners are on
+    CUDA devices, shm when every rank is on one node, else gloo."""
     updates_per_call: int = Field(32, ge=1)
     """Synchronized updates per remote call (metrics and rank 0's weights come back between calls)."""
     collective_timeout_s: float = Field(60.0, gt=0.0)

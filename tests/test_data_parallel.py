@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,12 +73,16 @@ def test_sync_ps_with_one_worker_is_single_update_for_update(tmp_path, ray_clust
         assert torch.equal(a[key], b[key]), key
 
 
-def test_allreduce_replicas_are_identical_after_k_updates(tmp_path, ray_cluster):
+@pytest.mark.parametrize(("backend", "resolved"), [("gloo", "gloo"), ("auto", "shm")])
+def test_allreduce_replicas_are_identical_after_k_updates(tmp_path, ray_cluster, backend, resolved):
+    """Ranks on one node average through shared memory by default (auto), or with gloo."""
     summary = train(tmp_path / "run", ray_cluster, "cartpole-allreduce", "--seed", "1",
-                    "--set", "train.total_env_steps=3000", "--set", "allreduce.updates_per_call=16")
+                    "--set", "train.total_env_steps=3000", "--set", "allreduce.updates_per_call=16",
+                    "--set", f"allreduce.backend={backend}")
     assert summary["learner_updates"] >= 300
     assert len(summary["replica_hashes"]) == 2 and summary["replicas_identical"]
-    assert summary["backend"] == "gloo"
+    assert summary["backend"] == resolved
+    assert not list(Path("/dev/shm").glob("distdqn-*"))   # the shared segment is gone
 
 
 @pytest.mark.slow
@@ -121,11 +126,12 @@ def test_a_stalled_sync_worker_does_not_stall_the_run(tmp_path, ray_cluster):
 
 
 @pytest.mark.slow
-def test_a_dead_allreduce_rank_ends_the_run_clearly(tmp_path, ray_cluster):
+@pytest.mark.parametrize("backend", ["gloo", "shm"])
+def test_a_dead_allreduce_rank_ends_the_run_clearly(tmp_path, ray_cluster, backend):
     run_dir = tmp_path / "run"
     args = ["cartpole-allreduce", "--seed", "4", "--run-dir", str(run_dir), "--address", ray_cluster,
             *QUIET, "--set", "train.total_env_steps=400000", "--set", "allreduce.collective_timeout_s=20",
-            "--set", "checkpoint.interval_env_steps=2000"]
+            "--set", "checkpoint.interval_env_steps=2000", "--set", f"allreduce.backend={backend}"]
     start = time.time()
     returncode, err, _ = kill_role_mid_run(args, "worker1", lambda: (run_dir / "checkpoints" / "latest").is_file(),
                                            wait_s=120, finish_s=120)
@@ -133,6 +139,7 @@ def test_a_dead_allreduce_rank_ends_the_run_clearly(tmp_path, ray_cluster):
     assert time.time() - start < 150
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "rank" in errors[0] and "Traceback" not in err, err[-2000:]
+    assert not list(Path("/dev/shm").glob("distdqn-*"))   # the driver removed the dead rank's segment
     evaluated = run_cli(["evaluate", str(run_dir), "--episodes", "3"])
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
 

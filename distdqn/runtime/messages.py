@@ -109,6 +109,7 @@ class RankReport:
     busy_s: float
     experience: Experience
     weights: Weights | None = None   # rank 0 publishes its weights with each call
+    exchange_wait_s: float = float("nan")   # of busy_s, waiting for the other ranks (shm backend)
 
 
 # ---- what a federated client may send ----

@@ -11,15 +11,17 @@ Goyal et al. 2017, "Accurate, Large Minibatch SGD", and Horovod / PyTorch DDP).
 
 Every rank starts from the same weights and applies the same averaged gradient with the same Adam,
 so the replicas stay identical (each also updates its own target network, identically); the
-driver checks this with a parameter hash per rank. The process group is formed as Ray Train does
-it: rank 0 names its node's address and a free port, every rank joins with torch.distributed
-(gloo on CPU, nccl on GPUs). A rank that dies or stalls ends the run with an error within
+driver checks this with a parameter hash per rank. Ranks on one node average through shared memory
+(runtime/collectives.py: no sockets, about a tenth of gloo's time on loopback); otherwise the
+process group is formed as Ray Train does it: rank 0 names its node's address and a free port,
+every rank joins with torch.distributed (gloo on CPU, nccl on GPUs). A rank that dies or stalls ends the run with an error within
 ``allreduce.collective_timeout_s``; the other ranks are stopped, nothing waits forever.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,10 @@ from ray.exceptions import RayError
 
 from distdqn.config import Config
 from distdqn.envs import EnvInfo
+from distdqn.errors import ConfigError
 from distdqn.local import build
 from distdqn.local.session import RunResult
+from distdqn.runtime.collectives import unlink
 from distdqn.runtime.conductor import RunAborted, worker_conductor
 from distdqn.runtime.messages import RunCounters, RunState
 from distdqn.runtime.roles.replica_worker import ReplicaWorker
@@ -39,20 +43,26 @@ from distdqn.runtime.weights import fetch
 def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None = None) -> RunResult:
     r = cfg.allreduce
     job = worker_conductor(cfg, run_dir, info, RunCounters())
+    backend, address = r.backend, ""
     try:
         # ---- build: one process group over the workers; every replica starts from the same weights ----
         pool = job.start_workers(ReplicaWorker, True, placement=True)   # each rank updates its own target
         ranks = pool.handles
-        address, port = ray.get(ranks[0].rendezvous_address.remote(), timeout=r.collective_timeout_s)
-        joined = [h.join_group.remote(address, port, rank, len(ranks), r.backend, r.collective_timeout_s)
-                  for rank, h in enumerate(ranks)]
+        backend = _backend(cfg, {p["node_id"] for p in pool.identities().values() if p})
+        address, port = (f"distdqn-{uuid.uuid4().hex[:16]}", 0) if backend == "shm" else ray.get(
+            ranks[0].rendezvous_address.remote(), timeout=r.collective_timeout_s)
+        joined = [ranks[0].join_group.remote(address, port, 0, len(ranks), backend, r.collective_timeout_s)]
+        if backend == "shm":   # rank 0 creates the segment before the others attach to it
+            _wait_all(joined, r.collective_timeout_s, "creating the shared memory")
+        joined += [h.join_group.remote(address, port, rank, len(ranks), backend, r.collective_timeout_s)
+                   for rank, h in enumerate(ranks) if rank > 0]
         backend = _wait_all(joined, r.collective_timeout_s + 30, "forming the process group")[0]
         if job.restore(resume) is None:   # resumed: the ranks' replicas (learners included) came back
             initial = build.build_learner(cfg, info).get_weights()
             ray.get([h.set_weights.remote(initial, initial) for h in ranks], timeout=r.collective_timeout_s)
         weights = ray.get(ranks[0].train_allreduce.remote(0, True), timeout=r.collective_timeout_s).weights
         job.open(fetch(weights.box))
-        busy_s = 0.0
+        busy_s, waited_s = 0.0, 0.0
 
         def state() -> RunState:
             learner = ray.get(ranks[0].state_dict.remote(False), timeout=r.collective_timeout_s)["learner"]
@@ -69,7 +79,9 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                 job.counters.learner_updates = reports[0].learner_updates
                 weights = reports[0].weights
                 busy_s += max(report.busy_s for report in reports)
-                if job.housekeeping(lambda w=weights: fetch(w.box), state, lambda b=busy_s: {"learner_busy_s": b}):
+                waited_s += reports[0].exchange_wait_s if backend == "shm" else 0.0
+                if job.housekeeping(lambda w=weights: fetch(w.box), state, {
+                        "learner_busy_s": busy_s, **({"rank0_exchange_wait_s": waited_s} if backend == "shm" else {})}):
                     break
 
         # ---- tear down: replicas must be identical; final evaluation, checkpoint, summary ----
@@ -84,6 +96,19 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         raise job.aborted(exc) from None
     finally:
         job.close()
+        if backend == "shm":   # the segment, if rank 0 could not remove it (killed): on this node
+            unlink(address)
+
+
+def _backend(cfg: Config, nodes: set[str]) -> str:
+    """allreduce.backend, with ``auto`` resolved where it can be here: shm for CPU workers that
+    are all on one node (the workers resolve nccl or gloo themselves)."""
+    backend = cfg.allreduce.backend
+    if backend == "shm" and len(nodes) > 1:
+        raise ConfigError(f"allreduce.backend: shm needs every rank on one node; the workers are on {len(nodes)}")
+    if backend == "auto" and len(nodes) == 1 and cfg.workers.gpus == 0 and cfg.learner.device != "cuda":
+        return "shm"
+    return backend
 
 
 def _wait_all(refs: list, timeout_s: float, what: str) -> list:

@@ -20,6 +20,7 @@ from distdqn.config import Config
 from distdqn.core.records import UpdateStats
 from distdqn.envs import EnvInfo
 from distdqn.local.replica import Replica
+from distdqn.runtime.collectives import SharedMemoryAllReduce
 from distdqn.runtime.messages import GradientReport, ModelReport, RankReport, Weights
 from distdqn.runtime.process import process_identity, set_worker_threads
 from distdqn.runtime.weights import WeightsClient
@@ -41,6 +42,7 @@ class ReplicaWorker:
         self.replica.learner.owns_target = owns_target
         self.index = index
         self.weights = WeightsClient()
+        self._exchange: SharedMemoryAllReduce | None = None   # allreduce.backend shm
 
     # ---- parameter servers ----
     def gradient(self, weights: Weights | None, allow_collect: bool = True) -> GradientReport:
@@ -72,27 +74,39 @@ class ReplicaWorker:
 
     def join_group(self, address: str, port: int, rank: int, world_size: int, backend: str,
                    timeout_s: float) -> str:
+        """Join the ranks' group: ``shm`` (ranks on one node: ``address`` names the shared-memory
+        segment, which rank 0 creates before the others attach), else torch.distributed at
+        ``address:port`` (``auto``: nccl on CUDA learners, else gloo)."""
+        if backend == "shm":
+            size = self.replica.learner.flat_grads.numel()
+            self._exchange = SharedMemoryAllReduce(address, rank, world_size, size, rank == 0, timeout_s)
+            return backend
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() and self.replica.learner.device.type == "cuda" else "gloo"
         dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank,
                                 world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
         return backend
 
-    @staticmethod
-    def _allreduce_mean(grads: list[torch.Tensor]) -> None:
+    def _allreduce_mean(self, grads: list[torch.Tensor]) -> None:
         """Average the clipped gradient over all ranks, in place (the learner's gradient is one
         flat buffer: one all-reduce)."""
         for g in grads:
-            dist.all_reduce(g, op=dist.ReduceOp.SUM)
-            g /= dist.get_world_size()
+            if self._exchange is not None:
+                self._exchange.mean_(g.numpy())
+            else:
+                dist.all_reduce(g, op=dist.ReduceOp.SUM)
+                g /= dist.get_world_size()
 
     def train_allreduce(self, num_updates: int, publish: bool) -> RankReport:
         """``num_updates`` synchronized updates: every rank calls this with the same count."""
         start = time.perf_counter()
+        waited = self._exchange.wait_s if self._exchange is not None else 0.0
         updates = self.replica.train(num_updates, reduce_grads=self._allreduce_mean)
         learner = self.replica.learner
         weights = Weights(learner.updates, [ray.put(learner.get_weights())]) if publish else None
-        return RankReport(updates, learner.updates, time.perf_counter() - start, self.replica.report(), weights)
+        waited = self._exchange.wait_s - waited if self._exchange is not None else float("nan")
+        return RankReport(updates, learner.updates, time.perf_counter() - start, self.replica.report(), weights,
+                          waited)
 
     def weights_hash(self) -> str:
         """A hash of the online and target parameters (replicas in step have equal hashes)."""
@@ -104,6 +118,9 @@ class ReplicaWorker:
         return h.hexdigest()[:16]
 
     def leave_group(self) -> None:
+        if self._exchange is not None:
+            self._exchange.close()
+            self._exchange = None
         if dist.is_initialized():
             dist.destroy_process_group()
 

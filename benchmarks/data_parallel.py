@@ -1,0 +1,78 @@
+"""The data-parallel topologies beside single: steady env steps/s, seed-paired, no evaluation
+during training (issue 13's measure).
+
+    python -m benchmarks.data_parallel [--config cartpole] [--seeds 3] [--steps 30000] [--workers 2]
+                                       [--setups single allreduce-shm allreduce-gloo sync_ps async_ps]
+                                       [--set key=value ...]
+
+Every run is a `distdqn train` process, one at a time, seed by seed with every setup in turn (this
+machine's speed drifts over minutes, so each run sits next to single's of the same seed). Each
+worker draws batches from its own replay at the config's replay ratio, so N workers learn from N
+times the batches per env step of the whole run (the per-worker replay ratio is single's). Steady
+env steps/s: the median of the per-interval rates in metrics.jsonl, start-up and the final
+evaluation left out; "x single" is the median over seeds of the ratio to single's run of the same
+seed. Beside it, the run's time outside the steady rate (wall time minus env steps / steady rate:
+Ray's start-up, the final evaluation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from benchmarks.apex_scaling import train
+from benchmarks.common import header
+
+SETUPS = {
+    "single": [],
+    "allreduce-shm": ["--set", "topology=allreduce", "--set", "allreduce.backend=shm"],
+    "allreduce-gloo": ["--set", "topology=allreduce", "--set", "allreduce.backend=gloo"],
+    "sync_ps": ["--set", "topology=sync_ps"],
+    "sync_ps-model": ["--set", "topology=sync_ps", "--set", "sync_ps.mode=model"],
+    "async_ps": ["--set", "topology=async_ps"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default="cartpole", help="YAML config file or preset name")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=30_000, help="train.total_env_steps")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value, for every run")
+    args = parser.parse_args()
+    common = [args.config, "--set", f"train.total_env_steps={args.steps}",
+              "--set", f"eval.interval_env_steps={args.steps}", "--set", "eval.stop_when_solved=false",
+              "--set", f"workers.num_workers={args.workers}", "--set", "train.torch_threads=1",
+              *(x for kv in args.overrides for x in ("--set", kv))]
+    setups = ["single", *(s for s in args.setups if s != "single")]
+    print(header(f"Data-parallel topologies beside single ({args.config}, {args.workers} workers, "
+                 f"{args.steps} env steps, {', '.join(args.overrides) or 'no overrides'})"))
+    print("| setup | steady env steps/s (x single) | steady updates/s | outside the steady rate (s) | run wall (s) "
+          "| final eval |")
+    print("|---|---|---|---|---|---|")
+    runs: dict[str, list[dict]] = {name: [] for name in setups}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(args.seeds):
+            for name in setups:
+                run_dir = Path(tmp) / f"{name}-{seed}"
+                summary = train([*common, *SETUPS[name], "--seed", str(seed)], run_dir)
+                # the run's time beyond its env steps at the steady rate: start-up, final evaluation
+                summary["outside_s"] = summary["wall_s"] - summary["env_steps"] / summary["steady_env_steps_per_s"]
+                runs[name].append(summary)
+    for name in setups:
+        done = runs[name]
+        paired = statistics.median(r["steady_env_steps_per_s"] / s["steady_env_steps_per_s"]
+                                   for r, s in zip(done, runs["single"], strict=True))
+        print(f"| {name} | {statistics.median(r['steady_env_steps_per_s'] for r in done):,.0f} ({paired:.2f}x) | "
+              f"{statistics.median(r['steady_updates_per_s'] for r in done):,.0f} | "
+              f"{statistics.median(r['outside_s'] for r in done):.1f} | "
+              f"{statistics.median(r['wall_s'] for r in done):.1f} | "
+              f"{statistics.median(r['final_eval_return_mean'] for r in done):.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""An all-reduce (mean) for ranks on one node, through POSIX shared memory instead of sockets.
+
+Each rank owns one slot of a shared array; a step is: write my vector into my slot, publish my
+step number, wait until every rank has published it, sum the slots in rank order, divide. Two sets
+of slots alternate by step parity, so a rank that is a step ahead never overwrites what a slower
+rank is still reading (to reach step s + 2 it must have seen every rank publish s + 1, which each
+does only after reading step s). One wait per step, no locks; every rank computes the same sum in
+the same order, so replicas stay identical bit for bit.
+
+Measured in ``../shared/probes/shm_exchange.py`` (issue 13): about 0.2 ms for CartPole's 17k
+floats between two processes, against 1.4-1.9 ms for a gloo all-reduce on loopback. Across nodes
+the all-reduce stays gloo (or nccl). The ordering argument relies on stores becoming visible in
+program order (x86's TSO; numpy writes the slot before the step number).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from multiprocessing import resource_tracker, shared_memory
+
+import numpy as np
+
+_PAD = 8   # int64 step counters one cache line apart
+
+
+class SharedMemoryAllReduce:
+    def __init__(self, name: str, rank: int, world_size: int, size: int, create: bool, timeout_s: float):
+        """``size`` float32 per rank; rank 0 ``create``s the segment, the others attach to it."""
+        self.rank, self.world_size, self.size, self.timeout_s = rank, world_size, size, timeout_s
+        header = world_size * _PAD * 8
+        nbytes = header + 2 * world_size * size * 4
+        self._shm = shared_memory.SharedMemory(name=name, create=create, size=nbytes if create else 0)
+        if not create:   # Python < 3.13 would unlink an attached segment when this process exits
+            resource_tracker.unregister(self._shm._name, "shared_memory")
+        self.created = create
+        self._steps = np.ndarray((world_size, _PAD), dtype=np.int64, buffer=self._shm.buf)
+        self._slots = np.ndarray((2, world_size, size), dtype=np.float32, buffer=self._shm.buf, offset=header)
+        if create:
+            self._steps[:] = 0
+        self.step = int(self._steps[rank, 0])
+        self.wait_s = 0.0   # spent waiting for the other ranks
+
+    def mean_(self, vector: np.ndarray) -> None:
+        """Replace ``vector`` (float32, ``size``) in place by its mean over the ranks."""
+        self.step += 1
+        slots = self._slots[self.step % 2]
+        slots[self.rank] = vector
+        self._steps[self.rank, 0] = self.step
+        start = time.perf_counter()
+        while self._steps[:, 0].min() < self.step:
+            os.sched_yield()   # with more ranks than cores, let the others run
+            if time.perf_counter() - start > self.timeout_s:
+                raise TimeoutError(f"all-reduce: rank(s) {np.flatnonzero(self._steps[:, 0] < self.step).tolist()} "
+                                   f"did not reach step {self.step} within {self.timeout_s:.0f} s")
+        self.wait_s += time.perf_counter() - start
+        np.add.reduce(slots, axis=0, out=vector)
+        vector /= self.world_size
+
+    def close(self) -> None:
+        """Detach; the creator also removes the segment."""
+        del self._steps, self._slots
+        self._shm.close()
+        if self.created:
+            try:
+                self._shm.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def unlink(name: str) -> None:
+    """Remove the segment ``name`` if it still exists (a run that ended on an error)."""
+    try:
+        shm = shared_memory.SharedMemory(name=name)
+    except FileNotFoundError:
+        return
+    shm.close()
+    shm.unlink()
