@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -45,52 +46,39 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     job = worker_conductor(cfg, run_dir, info, RunCounters())
     backend, address = r.backend, ""
     try:
-        # ---- build: one process group over the workers; every replica starts from the same weights ----
+        # ---- build: one group over the workers; every replica starts from the same weights ----
         pool = job.start_workers(ReplicaWorker, True, placement=True)   # each rank updates its own target
         ranks = pool.handles
-        backend = _backend(cfg, {p["node_id"] for p in pool.identities().values() if p})
-        address, port = (f"distdqn-{uuid.uuid4().hex[:16]}", 0) if backend == "shm" else ray.get(
-            ranks[0].rendezvous_address.remote(), timeout=r.collective_timeout_s)
-        joined = [ranks[0].join_group.remote(address, port, 0, len(ranks), backend, r.collective_timeout_s)]
-        if backend == "shm":   # rank 0 creates the segment before the others attach to it
-            _wait_all(joined, r.collective_timeout_s, "creating the shared memory")
-        joined += [h.join_group.remote(address, port, rank, len(ranks), backend, r.collective_timeout_s)
-                   for rank, h in enumerate(ranks) if rank > 0]
-        backend = _wait_all(joined, r.collective_timeout_s + 30, "forming the process group")[0]
+        backend, address = _form_group(cfg, pool)
         if job.restore(resume) is None:   # resumed: the ranks' replicas (learners included) came back
             initial = build.build_learner(cfg, info).get_weights()
             ray.get([h.set_weights.remote(initial, initial) for h in ranks], timeout=r.collective_timeout_s)
-        weights = ray.get(ranks[0].train_allreduce.remote(0, True), timeout=r.collective_timeout_s).weights
-        job.open(fetch(weights.box))
-        busy_s, waited_s = 0.0, 0.0
+        job.open(_rank0_weights(ranks, r.collective_timeout_s))
+        rounds = _Rounds(job, ranks, r.updates_per_call, r.collective_timeout_s + 30)
 
         def state() -> RunState:
+            rounds.drain()   # the counters then match the learner and replicas being saved
             learner = ray.get(ranks[0].state_dict.remote(False), timeout=r.collective_timeout_s)["learner"]
             return RunState(learner, job.counters, job.replicas())
 
-        # ---- loop: every rank runs updates_per_call synchronized updates; the driver waits for all ----
+        # ---- loop: two rounds of updates_per_call synchronized updates queued on every rank ----
         with job.conducting():
             while job.counters.env_steps < cfg.train.total_env_steps:
-                calls = [h.train_allreduce.remote(r.updates_per_call, rank == 0) for rank, h in enumerate(ranks)]
-                reports = _wait_all(calls, r.collective_timeout_s + 30, "a step of synchronized updates")
-                for report in reports:
-                    job.absorb(report.experience)
-                    job.add_updates(report.updates)
-                job.counters.learner_updates = reports[0].learner_updates
-                weights = reports[0].weights
-                busy_s += max(report.busy_s for report in reports)
-                waited_s += reports[0].exchange_wait_s if backend == "shm" else 0.0
-                if job.housekeeping(lambda w=weights: fetch(w.box), state, {
-                        "learner_busy_s": busy_s, **({"rank0_exchange_wait_s": waited_s} if backend == "shm" else {})}):
+                rounds.fill()
+                rounds.take()
+                if job.housekeeping(lambda: _rank0_weights(ranks, r.collective_timeout_s), state, lambda: {
+                        "learner_busy_s": rounds.busy_s,
+                        **({"rank0_exchange_wait_s": rounds.waited_s} if backend == "shm" else {})}):
                     break
+            rounds.drain()
 
         # ---- tear down: replicas must be identical; final evaluation, checkpoint, summary ----
         hashes = ray.get([h.weights_hash.remote() for h in ranks], timeout=r.collective_timeout_s)
         if len(set(hashes)) != 1:
             job.session.note(f"replicas differ at the end: {hashes}")
-        final_state = state()
+        final_state, weights = state(), _rank0_weights(ranks, r.collective_timeout_s)
         ray.get([h.leave_group.remote() for h in ranks], timeout=r.collective_timeout_s)
-        return job.finish(fetch(weights.box), final_state, backend=backend,
+        return job.finish(weights, final_state, backend=backend,
                           replica_hashes=hashes, replicas_identical=len(set(hashes)) == 1)
     except RayError as exc:
         raise job.aborted(exc) from None
@@ -98,6 +86,56 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         job.close()
         if backend == "shm":   # the segment, if rank 0 could not remove it (killed): on this node
             unlink(address)
+
+
+class _Rounds:
+    """Rounds of synchronized updates kept queued on every rank (``depth`` of them), so that no
+    rank idles between rounds while the driver reads the previous one; each round taken is counted."""
+
+    def __init__(self, job: Any, ranks: list, updates_per_call: int, timeout_s: float, depth: int = 2):
+        self.job, self.ranks, self.updates_per_call = job, ranks, updates_per_call
+        self.timeout_s, self.depth = timeout_s, depth
+        self.queued: deque[list] = deque()
+        self.busy_s, self.waited_s = 0.0, 0.0   # rank 0's time in rounds, and waiting for the others
+
+    def fill(self) -> None:
+        while len(self.queued) < self.depth:
+            self.queued.append([h.train_allreduce.remote(self.updates_per_call, False) for h in self.ranks])
+
+    def take(self) -> None:
+        """The oldest round's reports, counted."""
+        reports = _wait_all(self.queued.popleft(), self.timeout_s, "a round of synchronized updates")
+        for report in reports:
+            self.job.absorb(report.experience)
+            self.job.add_updates(report.updates)
+        self.job.counters.learner_updates = reports[0].learner_updates
+        self.busy_s += max(report.busy_s for report in reports)
+        if reports[0].exchange_wait_s == reports[0].exchange_wait_s:   # not NaN (shm)
+            self.waited_s += reports[0].exchange_wait_s
+
+    def drain(self) -> None:
+        while self.queued:
+            self.take()
+
+
+def _form_group(cfg: Config, pool: Any) -> tuple[str, str]:
+    """The ranks' group (shared memory on one node, else torch.distributed); returns the backend
+    and the shared-memory segment's name or the rendezvous address."""
+    r, ranks = cfg.allreduce, pool.handles
+    backend = _backend(cfg, {p["node_id"] for p in pool.identities().values() if p})
+    address, port = (f"distdqn-{uuid.uuid4().hex[:16]}", 0) if backend == "shm" else ray.get(
+        ranks[0].rendezvous_address.remote(), timeout=r.collective_timeout_s)
+    joined = [ranks[0].join_group.remote(address, port, 0, len(ranks), backend, r.collective_timeout_s)]
+    if backend == "shm":   # rank 0 creates the segment before the others attach to it
+        _wait_all(joined, r.collective_timeout_s, "creating the shared memory")
+    joined += [h.join_group.remote(address, port, rank, len(ranks), backend, r.collective_timeout_s)
+               for rank, h in enumerate(ranks) if rank > 0]
+    return _wait_all(joined, r.collective_timeout_s + 30, "forming the process group")[0], address
+
+
+def _rank0_weights(ranks: list, timeout_s: float) -> dict:
+    """Rank 0's current weights (for evaluation), after the rounds queued before this call."""
+    return fetch(ray.get(ranks[0].publish.remote(), timeout=timeout_s + 30).box)
 
 
 def _backend(cfg: Config, nodes: set[str]) -> str:

@@ -103,10 +103,15 @@ class ReplicaWorker:
         waited = self._exchange.wait_s if self._exchange is not None else 0.0
         updates = self.replica.train(num_updates, reduce_grads=self._allreduce_mean)
         learner = self.replica.learner
-        weights = Weights(learner.updates, [ray.put(learner.get_weights())]) if publish else None
+        weights = self.publish() if publish else None
         waited = self._exchange.wait_s - waited if self._exchange is not None else float("nan")
         return RankReport(updates, learner.updates, time.perf_counter() - start, self.replica.report(), weights,
                           waited)
+
+    def publish(self) -> Weights:
+        """This replica's current weights, put into the object store."""
+        learner = self.replica.learner
+        return Weights(learner.updates, [ray.put(learner.get_weights())])
 
     def weights_hash(self) -> str:
         """A hash of the online and target parameters (replicas in step have equal hashes)."""
