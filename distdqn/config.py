@@ -137,7 +137,8 @@ class TrainConfig(_Section):
     steps_per_collect: int = Field(4, ge=1)
     """Vector-env steps collected between two learner phases (each gives ``num_envs`` env steps)."""
     torch_threads: int | None = Field(None, ge=1)
-    """Threads for torch in this process; None gives each process its share of the cores."""
+    """Threads for torch in each process; None: 1 for MLPs in ``single`` (small matmuls lose to
+    thread synchronisation), the machine's cores for CNNs, each worker's ``workers.cpus``."""
 
 
 class EvalConfig(_Section):

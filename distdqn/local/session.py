@@ -37,9 +37,13 @@ class RunResult:
     run_dir: Path
 
 
-def default_torch_threads(processes: int = 1) -> int:
-    """This process's share of the machine's cores."""
-    return max(1, (os.cpu_count() or 1) // max(1, processes))
+def torch_threads(cfg: Config) -> int:
+    """Torch threads for a one-process run: ``train.torch_threads``, else 1 for an MLP (its
+    matmuls are too small to gain from more: on LunarLander's 2x256 MLP two threads ran `single`
+    at a third of one thread's env steps/s, benchmarks/RESULTS.md), else the machine's cores."""
+    if cfg.train.torch_threads:
+        return cfg.train.torch_threads
+    return 1 if cfg.network.kind == "mlp" else max(1, os.cpu_count() or 1)
 
 
 def seed_everything(seed: int) -> None:

@@ -29,9 +29,9 @@ from distdqn.local.replica import Replica
 from distdqn.local.session import (
     RunResult,
     RunSession,
-    default_torch_threads,
     seed_everything,
     set_rng_state,
+    torch_threads,
 )
 from distdqn.runtime.messages import RunCounters, RunState
 
@@ -39,7 +39,7 @@ from distdqn.runtime.messages import RunCounters, RunState
 def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None = None) -> RunResult:
     # ---- seed, threads, session ----
     seed_everything(cfg.seed)
-    torch.set_num_threads(cfg.train.torch_threads or default_torch_threads())
+    torch.set_num_threads(torch_threads(cfg))
     session = RunSession(cfg, run_dir, info)
 
     # ---- build: one Replica (vector env + Actor, replay, learner, schedules) ----
