@@ -1,7 +1,8 @@
 """A data-parallel worker (sync_ps, async_ps, allreduce): a Replica (vector env, local replay,
 learner replica) behind bounded calls. Parameter servers push their weights with each call
-(``Weights``: a box is empty when the worker already holds that version); all-reduce ranks form a
-torch.distributed process group and average their gradients every update."""
+(``Weights``: a box is empty when the worker already holds that version); all-reduce ranks average
+their gradients every update, through shared memory on one node (runtime/collectives.py) or a
+torch.distributed process group."""
 
 from __future__ import annotations
 
