@@ -39,8 +39,8 @@ class RunResult:
 
 def torch_threads(cfg: Config) -> int:
     """Torch threads for a one-process run: ``train.torch_threads``, else 1 for an MLP (its
-    matmuls are too small to gain from more: on LunarLander's 2x256 MLP two threads ran `single`
-    at a third of one thread's env steps/s, benchmarks/RESULTS.md), else the machine's cores."""
+    matmuls are too small to gain from more threads; benchmarks/RESULTS.md, "Data-parallel
+    topologies"), else the machine's cores."""
     if cfg.train.torch_threads:
         return cfg.train.torch_threads
     return 1 if cfg.network.kind == "mlp" else max(1, os.cpu_count() or 1)
