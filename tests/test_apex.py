@@ -74,11 +74,13 @@ def test_apex_resume_continues_from_its_checkpoint(tmp_path, ray_cluster, replay
         assert_learner_has_its_own_cores(run_dir)
 
     resumed = run_cli(["train", "--resume", str(run_dir), "--address", ray_cluster,
-                       "--set", "train.total_env_steps=8000"], timeout=600, env=ray_env())
+                       "--set", "train.total_env_steps=9000"], timeout=600, env=ray_env())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = json.loads((run_dir / "summary.json").read_text())
-    assert after["env_steps"] >= 8000
-    # counters continue from the checkpoint instead of starting again
+    assert after["env_steps"] >= 9000
+    # counters continue from the checkpoint instead of starting again. Over 5000 more steps each of
+    # the actor's 8 envs (fresh episodes on resume) takes over 500 steps, so at least one episode
+    # per env ends even if the policy already balances the pole (CI once saw none end in 4000)
     assert after["learner_updates"] > before["learner_updates"]
     assert after["episodes"] > before["episodes"]
     rows = read_metrics(run_dir)
