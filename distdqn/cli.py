@@ -154,7 +154,16 @@ def train(
               if s["solved"] else "not solved")
     typer.echo(f"{cfg.env.id} [{cfg.topology}] {solved}; final eval {s['final_eval_return_mean']:.1f} "
                f"+- {s['final_eval_return_std']:.1f}; {s['env_steps']} env steps, "
-               f"{s['learner_updates']} updates in {s['wall_s']:.1f} s")
+               f"{s['learner_updates']} updates in {s['wall_s']:.1f} s{_privacy_spent(s)}")
+
+
+def _privacy_spent(summary: dict) -> str:
+    """The last line's privacy part: the (epsilon, delta) a DP run spent ("" without DP)."""
+    if summary.get("dp_mode", "off") == "off":
+        return ""
+    epsilon = summary["dp_epsilon"]
+    return (f"; DP ({summary['dp_mode']}): epsilon {'inf' if epsilon is None else f'{epsilon:.2f}'}, "
+            f"delta {summary['dp_delta']:g}")
 
 
 @app.command()

@@ -293,6 +293,26 @@ class ClientConfig(_Section):
     """For example ``{length: 0.7, masspole: 0.15}`` for a CartPole with a longer, heavier pole."""
 
 
+class DPConfig(_Section):
+    """Client-level differential privacy (the privacy unit is a client's whole data); its cost is
+    reported as (epsilon, delta) in every metrics row, the summary and the CLI's last line."""
+
+    mode: Literal["off", "central", "local"] = "off"
+    """``central``: DP-FedAvg (McMahan et al. 2018): each round samples every client with
+    probability ``federated.clients_per_round``; the server clips each update to ``clip``, adds
+    Gaussian noise of standard deviation ``noise_multiplier * clip`` to their sum and divides by the
+    expected number of clients (the server is trusted; the global model is private). ``local``:
+    each client clips and noises its own update before sending it (the server is not trusted;
+    more noise for the same epsilon). ``off``: no clipping, no noise, no accounting."""
+    clip: float | None = Field(None, gt=0.0)
+    """L2 norm S each client's update is clipped to (needed by ``central`` and ``local``)."""
+    noise_multiplier: float = Field(1.0, ge=0.0)
+    """z: the Gaussian noise's standard deviation is z * clip (on the sum: central; on each update:
+    local). 0 clips only, and epsilon is infinite."""
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    """delta of the reported (epsilon, delta); keep it below 1 / (number of clients)."""
+
+
 class FederatedConfig(_Section):
     """Federated averaging (McMahan et al. 2017): ``workers.num_workers`` clients each keep their
     environment and replay; only model updates travel to the server."""
@@ -300,28 +320,53 @@ class FederatedConfig(_Section):
     clients: list[ClientConfig] = Field(default_factory=list)
     """Per-client environment variants, one per worker (client i gets entry i); empty: all use ``env``."""
     clients_per_round: float = Field(1.0, gt=0.0, le=1.0)
-    """Fraction C of the clients sampled each round (at least one)."""
+    """Fraction C of the clients sampled each round (at least one); under ``dp.mode: central``
+    each client is sampled independently with this probability instead (Poisson sampling, which
+    the accountant assumes)."""
     local_steps: int = Field(50, ge=1)
     """Local learner updates E per sampled client per round (counted as E learner updates a round)."""
     aggregator: Literal["fedavg", "median", "trimmed_mean"] = "fedavg"
-    """``fedavg``: theta <- theta + sum_k (n_k / n) (theta_k - theta), n_k the samples client k holds;
+    """``fedavg``: Delta = sum_k (n_k / n) (theta_k - theta), n_k the samples client k holds;
     ``median`` / ``trimmed_mean``: coordinate-wise, robust to a minority of clients sending garbage."""
     trim: int = Field(1, ge=0)
     """Updates dropped from each end, per coordinate, by ``trimmed_mean``."""
+    server_optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi"] = "fedavg"
+    """The server's step along the aggregate Delta (Reddi et al. 2021): ``fedavg`` theta += lr Delta;
+    ``fedavgm`` with momentum ``server_beta1``; ``fedadam`` / ``fedyogi`` adaptive per coordinate."""
+    server_lr: float | None = Field(None, gt=0.0)
+    """The server's learning rate; None: 1 for fedavg and fedavgm, 0.01 for fedadam and fedyogi
+    (their steps are about lr per coordinate whatever Delta's size)."""
+    server_beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    """Momentum (fedavgm) or first-moment decay (fedadam, fedyogi)."""
+    server_beta2: float = Field(0.99, ge=0.0, lt=1.0)
+    """Second-moment decay (fedadam, fedyogi)."""
+    server_tau: float = Field(1e-3, gt=0.0)
+    """Adaptivity tau of fedadam and fedyogi: Delta / (sqrt(v) + tau)."""
     proximal_mu: float = Field(0.0, ge=0.0)
     """FedProx (Li et al. 2020): mu > 0 adds mu/2 ||theta_k - theta||^2 to each client's loss."""
     round_timeout_s: float = Field(30.0, gt=0.0)
     """Clients that have not answered this long after a round began are skipped for the round."""
+    late_updates: Literal["drop", "stale_weighted"] = "drop"
+    """What becomes of the update of a client that answers after its round's deadline: ``drop``
+    it (its env steps still count), or fold it into the next aggregate with weight
+    n_k * (1 + s)^-late_exponent, s the model versions it is behind (FedAsync / FedBuff);
+    counted as ``late_used`` and ``late_dropped``. Needs the fedavg aggregator and no central DP."""
+    late_exponent: float = Field(0.5, ge=0.0)
+    """Staleness discount exponent a of ``stale_weighted`` (0.5: FedBuff's 1 / sqrt(1 + s))."""
     min_clients: int = Field(1, ge=1)
     """Answers a round needs; with fewer, the round is abandoned (the global model is unchanged) and
     the run says so."""
-    dp_clip: float | None = Field(None, gt=0.0)
-    """Differential privacy: each client clips its update to this L2 norm before sending it."""
-    dp_noise_multiplier: float = Field(0.0, ge=0.0)
-    """... and adds Gaussian noise of standard deviation ``dp_noise_multiplier * dp_clip`` per coordinate."""
+    dp: DPConfig = Field(default_factory=DPConfig)
+    """Client-level differential privacy and its accountant."""
     poisoned_clients: list[int] = Field(default_factory=list)
     """For robustness experiments only: these clients send garbage (NaN and 1e6-sized values)
     instead of their update."""
+
+    @property
+    def server_learning_rate(self) -> float:
+        if self.server_lr is not None:
+            return self.server_lr
+        return 1.0 if self.server_optimizer in ("fedavg", "fedavgm") else 0.01
 
 
 class ClusterConfig(_Section):
@@ -370,8 +415,17 @@ class Config(_Section):
                              f"workers.num_workers is {n})")
         if f.min_clients > n:
             raise ValueError(f"federated.min_clients: must be <= workers.num_workers ({f.min_clients} > {n})")
-        if f.dp_noise_multiplier > 0 and f.dp_clip is None:
-            raise ValueError("federated.dp_noise_multiplier: needs federated.dp_clip (the noise is scaled by it)")
+        if f.dp.mode != "off" and f.dp.clip is None:
+            raise ValueError(f"federated.dp.clip: needed by federated.dp.mode={f.dp.mode} (the noise is scaled by it)")
+        if f.dp.mode == "central" and f.aggregator != "fedavg":
+            raise ValueError(f"federated.aggregator: federated.dp.mode=central noises a sum, so it needs fedavg "
+                             f"(got {f.aggregator})")
+        if f.late_updates == "stale_weighted" and f.aggregator != "fedavg":
+            raise ValueError(f"federated.late_updates: stale_weighted weights updates, so it needs "
+                             f"federated.aggregator=fedavg (got {f.aggregator})")
+        if f.late_updates == "stale_weighted" and f.dp.mode == "central":
+            raise ValueError("federated.late_updates: stale_weighted cannot be used with federated.dp.mode=central "
+                             "(a late update would count in a round it was not sampled for)")
         if any(i < 0 or i >= n for i in f.poisoned_clients):
             raise ValueError(f"federated.poisoned_clients: client indices must be in [0, {n})")
         return self

@@ -11,6 +11,7 @@ of federated averaging, on the dicts of NumPy arrays that travel between process
                                      noise_multiplier * clip (differential privacy, per update)
     proximal_gradient(grads, params, anchor, mu)   grads + mu (params - anchor)   (FedProx)
     is_finite(update)                no NaN or infinity anywhere
+    mean_pairwise_cosine(updates)    how alike the updates point (client drift)
 
 No Ray, no torch: the same functions serve every topology and are tested against hand-computed values.
 """
@@ -132,3 +133,18 @@ def proximal_gradient(grads: Arrays, params: Arrays, anchor: Arrays, mu: float) 
 
 def is_finite(update: Arrays) -> bool:
     return all(np.all(np.isfinite(v)) for v in update.values())
+
+
+def mean_pairwise_cosine(updates: Sequence[Arrays]) -> float:
+    """The mean cosine similarity over pairs of updates, each flattened whole (1: all point the
+    same way; near 0: the clients drift apart). Needs two updates or more."""
+    _check(updates)
+    if len(updates) < 2:
+        raise ValueError("a pairwise cosine needs two updates or more")
+    flat = np.stack([np.concatenate([np.asarray(u[k], dtype=np.float64).ravel() for k in sorted(u)])
+                     for u in updates])
+    norms = np.linalg.norm(flat, axis=1)
+    unit = flat / np.where(norms > 0, norms, 1.0)[:, None]
+    cos = unit @ unit.T
+    n = len(updates)
+    return float((cos.sum() - np.trace(cos)) / (n * (n - 1)))

@@ -43,3 +43,10 @@ def staleness_stats(counts: np.ndarray) -> dict[str, float]:
     return {"staleness_mean": float((values * counts).sum() / total),
             "staleness_p90": float(values[np.searchsorted(cumulative, 0.9 * total)]),
             "staleness_max": float(values[counts > 0].max())}
+
+
+def staleness_weight(staleness: int, exponent: float) -> float:
+    """The weight of an update ``staleness`` model versions old: (1 + staleness)^-exponent, the
+    polynomial discount of FedAsync (Xie et al. 2019); exponent 0.5 is FedBuff's 1/sqrt(1 + s)
+    (Nguyen et al. 2022). 1 for a fresh update, falling toward 0 as it ages."""
+    return float((1 + max(staleness, 0)) ** -exponent)

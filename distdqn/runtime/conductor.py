@@ -166,8 +166,8 @@ class Conductor:
 
     def collect_late(self, late: dict[Any, int], absorb: Callable[[Any], None], wait_s: float = 0.0) -> None:
         """Answers of calls that missed their round (``late``: ref -> worker), waiting up to
-        ``wait_s`` for the first: their experience counts (``absorb``), their updates, made on old
-        weights, are dropped; a worker that died is replaced."""
+        ``wait_s`` for the first, each handed to ``absorb`` (which counts its experience, and
+        drops or keeps its update, made on old weights); a worker that died is replaced."""
         if not late:
             return
         if wait_s > 0:

@@ -123,6 +123,7 @@ class ClientMessage:
     observations, episode-by-episode returns or replay contents."""
 
     update: dict[str, np.ndarray]
+    base_version: int               # the global model's version the update was made from (its staleness)
     num_samples: int
     env_steps: int
     local_updates: int
@@ -144,7 +145,7 @@ def check_message(message: Any, shapes: dict[str, tuple[int, ...]]) -> str | Non
     for name, value in update.items():
         if not isinstance(value, np.ndarray) or value.shape != shapes[name]:
             return f"update[{name}] is not an array of shape {shapes[name]}"
-    for name in ("num_samples", "env_steps", "local_updates", "episodes"):
+    for name in ("base_version", "num_samples", "env_steps", "local_updates", "episodes"):
         value = getattr(message, name)
         if type(value) is not int or value < 0:
             return f"{name} is not a non-negative int"
@@ -174,20 +175,21 @@ class RunCounters:
 class RunState:
     """The one checkpoint schema of every topology: the (one logical) learner, the counters, and
     where a topology has them, every replica's state (env, actor, local replay, local learner;
-    None for a replica that did not answer) and a central replay with its rate limiter."""
+    None for a replica that did not answer), a central replay with its rate limiter, and a
+    federated server's optimizer (its moments)."""
 
     learner: dict[str, Any]
     counters: RunCounters
     replicas: list[dict[str, Any] | None] | None = None
     replay: dict[str, Any] | None = None
+    server_optimizer: dict[str, Any] | None = None
 
     def components(self) -> dict[str, Any]:
         """The checkpoint's components (``counters`` as a plain dict; absent parts left out)."""
         out: dict[str, Any] = {"learner": self.learner, "counters": asdict(self.counters)}
-        if self.replicas is not None:
-            out["replicas"] = self.replicas
-        if self.replay is not None:
-            out["replay"] = self.replay
+        for name in ("replicas", "replay", "server_optimizer"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return out
 
     @classmethod
@@ -195,7 +197,7 @@ class RunState:
         """The state read back from a checkpoint's components; a one-line error if they do not fit."""
         try:
             return cls(components["learner"], counters(**components["counters"]),
-                       components.get("replicas"), components.get("replay"))
+                       components.get("replicas"), components.get("replay"), components.get("server_optimizer"))
         except (KeyError, TypeError) as exc:
             raise CheckpointError(f"the checkpoint does not hold a {counters.__name__} run state "
                                   f"({type(exc).__name__}: {exc})") from None

@@ -1,25 +1,31 @@
 """federated: federated DQN with FedAvg (McMahan et al. 2017, "Communication-Efficient Learning of
-Deep Networks from Decentralized Data"), FedProx as an option (Li et al. 2020).
+Deep Networks from Decentralized Data"); FedProx (Li et al. 2020), server optimisers (Reddi et al.
+2021, "Adaptive Federated Optimization"), client-level DP (McMahan et al. 2018) as options.
 
     FederatedClient 0 (its env variant, its replay) --+                      +-- global weights --+
     FederatedClient 1 (...)                         --+-- update, n_k,   --> server (this process):
-          ...                                         |   scalar metrics     aggregate, target net,
-    FederatedClient K-1                             --+                      evaluate on every variant
+          ...                                         |   scalar metrics     aggregate, server step,
+    FederatedClient K-1                             --+                      target net, accountant,
+                                                                             evaluate on every variant
 
 A round: the server samples a fraction of the clients and sends them the global weights; each
 trains E local updates on experience it collects itself, and returns only its update
 theta_k - theta, its sample count n_k and scalar metrics (a ClientMessage; transitions never leave
 a client, not even into checkpoints); the server aggregates the updates that came back in time:
-    fedavg:        theta <- theta + sum_k (n_k / n) (theta_k - theta)
-    median:        theta <- theta + coordinate-wise median_k (theta_k - theta)
-    trimmed_mean:  theta <- theta + coordinate-wise mean without the ``trim`` largest and smallest
+    fedavg:        Delta = sum_k (n_k / n) (theta_k - theta)
+    median:        Delta = coordinate-wise median_k (theta_k - theta)
+    trimmed_mean:  Delta = coordinate-wise mean without the ``trim`` largest and smallest
+    dp central:    Delta = (sum_k clip(theta_k - theta) + Gaussian noise) / (q K)   (core/privacy.py)
+and steps along it: theta <- theta + server_optimizer(Delta) (fedavg: theta + Delta).
 Clients that miss the round's deadline, die, or send a malformed message are skipped for the
-round; with fewer than ``federated.min_clients`` answers the round is abandoned, and the run says so.
+round; a late update is dropped, or (late_updates: stale_weighted) joins the next aggregate with
+its weight discounted by its staleness. With fewer than ``federated.min_clients`` answers the round
+is abandoned, and the run says so.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +33,11 @@ import numpy as np
 import ray
 
 from distdqn.config import Config
-from distdqn.core import aggregate
+from distdqn.core import aggregate, privacy
 from distdqn.core.actor import evaluate
 from distdqn.core.records import Episodes, Experience, UpdateStats
+from distdqn.core.server_optimizer import ServerOptimizer
+from distdqn.core.staleness import staleness_weight
 from distdqn.envs import EnvInfo, make_vector_env
 from distdqn.local.session import RunResult
 from distdqn.runtime.conductor import Conductor, worker_conductor
@@ -43,70 +51,133 @@ class FederatedCounters(RunCounters):
     rounds_abandoned: int = 0   # rounds with fewer than federated.min_clients answers
     skipped: int = 0            # sampled clients that missed the deadline or died
     rejected: int = 0           # malformed messages
+    late_used: int = 0          # late updates folded into a later aggregate (stale_weighted)
+    late_dropped: int = 0       # late updates dropped
     rounds_to_solve: int | None = None
+    dp_rounds: int = 0          # rounds released under DP (the accountant's state) ...
+    dp_client_rounds: list[int] = field(default_factory=list)   # ... and each client's (local DP)
 
 
 def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None = None) -> RunResult:
     f = cfg.federated
     job = worker_conductor(cfg, run_dir, info, FederatedCounters())
     try:
-        # ---- build: the server's model here; clients (each with its own env variant) on the cluster ----
+        # ---- build: the server's model and step here; clients (each its env variant) on the cluster ----
         server, pool = job.start_server(resume, FederatedClient)   # resumed: the global model only
+        optimizer = ServerOptimizer(f.server_optimizer, f.server_learning_rate, f.server_beta1,
+                                    f.server_beta2, f.server_tau)
+        if resume is not None and resume.get("server_optimizer") is not None:
+            optimizer.load_state_dict(resume["server_optimizer"])
+        c = job.counters
+        accountant = None if f.dp.mode == "off" else privacy.PrivacyAccountant(
+            f.dp.mode, f.dp.noise_multiplier, f.clients_per_round, f.dp.delta, pool.count,
+            c.dp_rounds, c.dp_client_rounds)
         shapes = {k: v.shape for k, v in server.weights().items()}
         variants = [make_vector_env(cfg.for_client(i).env, cfg.eval.num_envs) for i in range(len(f.clients))]
         client_returns: list[float] = []
         rng = np.random.default_rng(cfg.seed + 17)
-        per_round = max(1, round(f.clients_per_round * pool.count))
-        late: dict[Any, int] = {}           # calls that missed their round -> client
+        dp_rng = np.random.default_rng(cfg.seed + 23)
+        late: dict[Any, int] = {}              # calls that missed their round -> client
+        waiting: list[ClientMessage] = []      # late updates for the next aggregate (stale_weighted)
+
+        def take_late(message: Any) -> None:
+            _absorb(job, message)
+            if f.late_updates == "stale_weighted" and check_message(message, shapes) is None:
+                waiting.append(message)
+            elif isinstance(message, ClientMessage):
+                c.late_dropped += 1
 
         def state() -> RunState:
-            return RunState(server.learner.state_dict(), job.counters)
+            return RunState(server.learner.state_dict(), c, server_optimizer=optimizer.state_dict())
 
-        # ---- loop: sample clients -> local training on their own data -> aggregate what came back ----
+        # ---- loop: sample clients -> local training on their own data -> aggregate -> server step ----
         with job.conducting():
-            while job.counters.env_steps < cfg.train.total_env_steps:
+            while c.env_steps < cfg.train.total_env_steps:
                 idle = [i for i in range(pool.count) if i not in late.values()]
                 if not idle:   # every client is still busy with an earlier round
                     job.check_stall()
-                    job.collect_late(late, lambda m: _absorb(job, m), wait_s=1.0)
+                    job.collect_late(late, take_late, wait_s=1.0)
+                    continue
+                sampled = _sample(rng, idle, pool.count, f.clients_per_round, f.dp.mode == "central")
+                c.rounds += 1
+                if accountant is not None:   # counted when sampled: an upper bound on what is released
+                    accountant.record_round(sampled)
+                    c.dp_rounds, c.dp_client_rounds = accountant.rounds, list(accountant.participations)
+                if not sampled:   # central DP's Poisson sampling drew no client: nothing is released
                     continue
                 calls = {pool.handles[i].train_round.remote(server.weights_for(i), f.local_steps): i
-                         for i in map(int, rng.choice(idle, size=min(per_round, len(idle)), replace=False))}
+                         for i in sampled}
                 ready, missed = ray.wait(list(calls), num_returns=len(calls), timeout=f.round_timeout_s)
                 late.update({ref: calls[ref] for ref in missed})
-                job.counters.skipped += len(missed)
-                job.collect_late(late, lambda m: _absorb(job, m))
+                c.skipped += len(missed)
+                job.collect_late(late, take_late)
                 messages = _accepted(job, pool, calls, ready, shapes)
 
-                # ---- aggregate ----
-                job.counters.rounds += 1
-                if len(messages) < f.min_clients:
-                    job.counters.rounds_abandoned += 1
-                    job.session.note(f"round {job.counters.rounds}: {len(messages)} of {len(calls)} sampled "
+                # ---- aggregate, then the server's step ----
+                stale, waiting[:] = list(waiting), []
+                if len(messages) + len(stale) < f.min_clients:
+                    c.rounds_abandoned += 1
+                    c.late_dropped += len(stale)
+                    job.session.note(f"round {c.rounds}: {len(messages)} of {len(calls)} sampled "
                                      f"clients answered, fewer than federated.min_clients={f.min_clients}; "
                                      f"the global model is unchanged")
                     job.check_stall()
                     continue
-                delta = aggregate.aggregate(f.aggregator, [m.update for m in messages],
-                                            [m.num_samples for m in messages], f.trim)
-                server.apply_delta(delta, f.local_steps)
-                job.counters.learner_updates = server.version
+                delta = _aggregate(cfg, server.version, messages, stale, pool.count, dp_rng)
+                c.late_used += len(stale)
+                server.apply_delta(optimizer.step(delta), f.local_steps)
+                c.learner_updates = server.version
                 job.progressed()
-                if variants and job.session.due_for_evaluation(job.counters.env_steps):
+                if variants and job.session.due_for_evaluation(c.env_steps):
                     client_returns = _evaluate_variants(job, server.weights(), variants)
-                stop = job.housekeeping(server.weights, state, _round_row(job, len(messages), client_returns))
-                if job.session.solved_at is not None and job.counters.rounds_to_solve is None:
-                    job.counters.rounds_to_solve = job.counters.rounds
+                stop = job.housekeeping(server.weights, state,
+                                        lambda: _round_row(job, messages, client_returns, accountant))
+                if job.session.solved_at is not None and c.rounds_to_solve is None:
+                    c.rounds_to_solve = c.rounds
                 if stop:
                     break
 
         # ---- tear down: the global model on every variant, final evaluation, checkpoint, summary ----
         client_returns = _evaluate_variants(job, server.weights(), variants, close=True)
         return job.finish(server.weights(), state(), late, aggregator=f.aggregator,
-                          client_eval_returns=client_returns, dp_clip=f.dp_clip,
-                          dp_noise_multiplier=f.dp_noise_multiplier)
+                          server_optimizer=f.server_optimizer, late_updates=f.late_updates,
+                          client_eval_returns=client_returns, **_privacy_summary(cfg, accountant))
     finally:
         job.close()
+
+
+def _sample(rng: np.random.Generator, idle: list[int], num_clients: int, rate: float, poisson: bool) -> list[int]:
+    """The round's clients among the idle ones: each with probability ``rate`` (``poisson``, as
+    central DP's accountant assumes; possibly none), else ``rate`` of all clients (at least one)."""
+    if poisson:
+        return [i for i in idle if rng.random() < rate]
+    size = min(max(1, round(rate * num_clients)), len(idle))
+    return [int(i) for i in rng.choice(idle, size=size, replace=False)]
+
+
+def _aggregate(cfg: Config, version: int, fresh: list[ClientMessage], stale: list[ClientMessage],
+               num_clients: int, dp_rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The round's aggregate Delta of the fresh updates and the late ones (their weights
+    discounted by how many rounds behind they are); under central DP the noised mean."""
+    f = cfg.federated
+    if f.dp.mode == "central":
+        delta, _ = privacy.noised_mean([m.update for m in fresh], f.dp.clip, f.dp.noise_multiplier,
+                                       f.clients_per_round * num_clients, dp_rng)
+        return delta
+    both = fresh + stale
+    weights = [m.num_samples * staleness_weight((version - m.base_version) // f.local_steps, f.late_exponent)
+               for m in both]
+    return aggregate.aggregate(f.aggregator, [m.update for m in both], weights, f.trim)
+
+
+def _privacy_summary(cfg: Config, accountant: privacy.PrivacyAccountant | None) -> dict[str, Any]:
+    """The summary's DP fields: the mode, and (epsilon, delta) spent (epsilon None: unbounded)."""
+    dp = cfg.federated.dp
+    if accountant is None:
+        return {"dp_mode": dp.mode}
+    epsilon = accountant.epsilon()
+    return {"dp_mode": dp.mode, "dp_clip": dp.clip, "dp_noise_multiplier": dp.noise_multiplier,
+            "dp_epsilon": epsilon if np.isfinite(epsilon) else None, "dp_delta": dp.delta}
 
 
 def _accepted(job: Conductor, pool: Any, calls: dict, ready: list, shapes: dict) -> list[ClientMessage]:
@@ -128,12 +199,22 @@ def _accepted(job: Conductor, pool: Any, calls: dict, ready: list, shapes: dict)
     return messages
 
 
-def _round_row(job: Conductor, answered: int, client_returns: list[float]) -> dict[str, Any]:
-    """A metrics row's federated fields."""
-    f = job.cfg.federated
-    return {"rounds": job.counters.rounds, "clients_answered": answered, "skipped": job.counters.skipped,
-            **({"dp_clip": f.dp_clip, "dp_noise_multiplier": f.dp_noise_multiplier} if f.dp_clip else {}),
-            **{f"eval_return_client{i}": x for i, x in enumerate(client_returns)}}
+def _round_row(job: Conductor, messages: list[ClientMessage], client_returns: list[float],
+               accountant: privacy.PrivacyAccountant | None) -> dict[str, Any]:
+    """A metrics row's federated fields: how the round went, how far apart the clients' updates
+    pointed (client drift: their mean pairwise cosine), and the privacy spent."""
+    c = job.counters
+    updates = [m.update for m in messages]
+    row = {"rounds": c.rounds, "clients_answered": len(messages), "skipped": c.skipped,
+           "late_used": c.late_used, "late_dropped": c.late_dropped}
+    if len(updates) >= 2:
+        row["client_update_cosine"] = aggregate.mean_pairwise_cosine(updates)
+    if updates:
+        row["client_update_norm"] = float(np.mean([aggregate.global_norm(u) for u in updates]))
+    if accountant is not None:
+        epsilon = accountant.epsilon()
+        row.update(dp_epsilon=epsilon if np.isfinite(epsilon) else None, dp_delta=accountant.delta)
+    return {**row, **{f"eval_return_client{i}": x for i, x in enumerate(client_returns)}}
 
 
 def _absorb(job: Conductor, message: Any) -> None:

@@ -35,7 +35,7 @@ class FederatedClient:
     def train_round(self, weights: Weights, num_updates: int) -> ClientMessage:
         """From the global weights, collect and train ``num_updates`` local updates (FedProx:
         each gradient with the proximal term toward the global weights); the update, clipped and
-        noised under DP."""
+        noised here under local DP (under central DP the server does both)."""
         f = self.cfg.federated
         take_weights(self.replica, self.weights, weights)
         learner = self.replica.learner
@@ -44,14 +44,14 @@ class FederatedClient:
         updates = self._local_updates(num_updates, start, f.proximal_mu)
         update = aggregate.difference(learner.get_weights(), start)
         metrics = updates.means()
-        if f.dp_clip is not None:
-            update, metrics["update_norm"] = aggregate.privatize(update, f.dp_clip, f.dp_noise_multiplier, self.rng)
+        if f.dp.mode == "local":
+            update, metrics["update_norm"] = aggregate.privatize(update, f.dp.clip, f.dp.noise_multiplier, self.rng)
         if self.poisoned:
             update = {k: np.where(self.rng.random(v.shape) < 0.5, np.nan, 1e6).astype(v.dtype)
                       for k, v in update.items()}
         learner.set_weights(start)   # held weights stay the global model's
         seen = self.replica.report()
-        return ClientMessage(update, len(self.replica.replay), seen.env_steps, updates.count,
+        return ClientMessage(update, weights.version, len(self.replica.replay), seen.env_steps, updates.count,
                              seen.episodes.count, float(seen.episodes.return_mean),
                              float(seen.episodes.length_mean), {k: float(v) for k, v in metrics.items()})
 
