@@ -106,3 +106,21 @@ def test_proximal_gradient_adds_mu_times_the_distance_to_the_anchor():
     np.testing.assert_allclose(out["w"], [1.0 + 0.1 * 1.0, -1.0 + 0.1 * -2.0])
     np.testing.assert_allclose(out["b"], [0.5 - 0.1])
     np.testing.assert_array_equal(aggregate.proximal_gradient(grads, params, anchor, mu=0.0)["w"], grads["w"])
+
+
+def test_mean_pairwise_cosine_measures_how_alike_updates_point():
+    same, opposite, orthogonal = upd([1.0, 0.0], [0.0]), upd([-2.0, 0.0], [0.0]), upd([0.0, 3.0], [0.0])
+    assert aggregate.mean_pairwise_cosine([same, same]) == pytest.approx(1.0)
+    assert aggregate.mean_pairwise_cosine([same, opposite]) == pytest.approx(-1.0)
+    # pairs: (same, opposite) -1, (same, orthogonal) 0, (opposite, orthogonal) 0
+    assert aggregate.mean_pairwise_cosine([same, opposite, orthogonal]) == pytest.approx(-1 / 3)
+    with pytest.raises(ValueError):
+        aggregate.mean_pairwise_cosine([same])
+
+
+def test_staleness_weight_is_fedasyncs_polynomial_discount():
+    from distdqn.core.staleness import staleness_weight
+    assert staleness_weight(0, 0.5) == 1.0
+    assert staleness_weight(3, 0.5) == pytest.approx(0.5)      # 1 / sqrt(4)
+    assert staleness_weight(1, 1.0) == pytest.approx(0.5)
+    assert staleness_weight(5, 0.0) == 1.0

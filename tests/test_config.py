@@ -69,13 +69,31 @@ def test_derived_learning_start_covers_a_batch():
 @pytest.mark.parametrize("overrides,message", [
     (["sync_ps.min_workers=3"], "sync_ps.min_workers: must be <= workers.num_workers"),
     (["federated.clients=[{attributes: {length: 0.7}}]"], "federated.clients: one entry per client"),
-    (["federated.dp_noise_multiplier=1.0"], "federated.dp_noise_multiplier: needs federated.dp_clip"),
+    (["federated.dp.mode=central"], "federated.dp.clip: needed by federated.dp.mode=central"),
+    (["federated.dp.mode=central", "federated.dp.clip=1.0", "federated.aggregator=median"],
+     "federated.aggregator: federated.dp.mode=central noises a sum"),
+    (["federated.late_updates=stale_weighted", "federated.aggregator=median"],
+     "federated.late_updates: stale_weighted weights updates"),
+    (["federated.late_updates=stale_weighted", "federated.dp.mode=central", "federated.dp.clip=1.0"],
+     "federated.late_updates: stale_weighted cannot be used with federated.dp.mode=central"),
+    (["federated.dp.mode=global"], "federated.dp.mode: Input should be 'off', 'central' or 'local'"),
+    (["federated.server_optimizer=sgd"], "federated.server_optimizer"),
+    (["federated.dp.delta=1.5"], "federated.dp.delta"),
+    (["federated.dp_clip=1.0"], "federated.dp_clip: unknown key"),
     (["federated.poisoned_clients=[5]"], "federated.poisoned_clients"),
     (["topology=gossip"], "topology"),
 ])
 def test_cross_field_errors_name_the_field(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         load_config(None, overrides)
+
+
+def test_the_server_learning_rate_follows_the_optimizer_unless_set():
+    assert load_config(None).federated.server_learning_rate == 1.0
+    assert load_config(None, ["federated.server_optimizer=fedavgm"]).federated.server_learning_rate == 1.0
+    assert load_config(None, ["federated.server_optimizer=fedadam"]).federated.server_learning_rate == 0.01
+    assert load_config(None, ["federated.server_optimizer=fedyogi",
+                              "federated.server_lr=0.1"]).federated.server_learning_rate == 0.1
 
 
 def test_for_client_merges_the_client_variant_into_env():

@@ -40,7 +40,7 @@ SHAPES = {"hidden.0.weight": (8, 4), "hidden.0.bias": (8,)}
 
 
 def good_message():
-    return ClientMessage(update={k: np.zeros(s, np.float32) for k, s in SHAPES.items()}, num_samples=10,
+    return ClientMessage(update={k: np.zeros(s, np.float32) for k, s in SHAPES.items()}, base_version=0, num_samples=10,
                          env_steps=64, local_updates=4, episodes=2, episode_return_mean=20.0,
                          episode_length_mean=20.0, metrics={"loss": 0.5, "q_mean": 1.0})
 
@@ -63,6 +63,7 @@ def _with_transitions(m):
     (lambda m: m.update.update({"hidden.0.bias": np.zeros(9, np.float32)}) or m, "shape"),
     (lambda m: m.update.update(obs=np.zeros(4)) or m, "parameters"),
     (lambda m: setattr(m, "num_samples", 1.5) or m, "num_samples"),
+    (lambda m: setattr(m, "base_version", -1) or m, "base_version"),
     (lambda m: setattr(m, "episodes", np.int64(3)) or m, "episodes"),
     (lambda m: setattr(m, "episode_return_mean", np.ones(3)) or m, "episode means"),
 ])
@@ -83,8 +84,8 @@ def test_a_real_client_sends_only_its_update_a_count_and_scalars():
     from distdqn.runtime.roles.federated_client import FederatedClient
     from distdqn.runtime.server import ParameterServer
 
-    cfg = load_config(PRESET, ["train.learning_starts=200", "federated.dp_clip=0.05",
-                               "federated.dp_noise_multiplier=0.0"])
+    cfg = load_config(PRESET, ["train.learning_starts=200", "federated.dp.mode=local", "federated.dp.clip=0.05",
+                               "federated.dp.noise_multiplier=0.0"])
     info = env_info(cfg.env)
     cluster = connect(None, num_cpus=1)
     try:
@@ -98,7 +99,7 @@ def test_a_real_client_sends_only_its_update_a_count_and_scalars():
             assert len(pickle.dumps(message)) < update_bytes + 2048
             assert message.local_updates == 20 and message.env_steps > 0
             assert message.num_samples >= 200
-            # DP clipping: the update's L2 norm is at most dp_clip
+            # local DP clipping: the update's L2 norm is at most dp.clip
             norm = np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in message.update.values()))
             assert 0 < norm <= 0.05 * (1 + 1e-5) and message.metrics["update_norm"] >= norm
             server.apply_delta(message.update, 20)
