@@ -1,13 +1,19 @@
 """Distributed topologies on a real two-node Ray cluster started on this machine (loopback), joined
-with --address; clusters that cannot be reached or are too small."""
+with --address; clusters that cannot be reached or are too small; a local instance that listens
+on loopback only."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 
-from tests.helpers import free_port, ray_cli, ray_env, run_cli
+from tests.helpers import REPO, free_port, metrics_started, ray_cli, ray_env, run_cli
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +86,60 @@ def test_a_cluster_too_small_for_the_run_is_a_one_line_error(ray_cluster, tmp_pa
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "needs 51 CPUs" in errors[0], result.stderr[-2000:]
     assert not run_dir.exists()
+
+
+def listening_sockets(pids: set[int]) -> list[str]:
+    """The local addresses that processes ``pids`` listen on (TCP) or are bound to (UDP), from `ss`."""
+    out = subprocess.run(["ss", "-H", "-ltunp"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[4] for line in out.splitlines()
+            if any(f"pid={pid}," in line for pid in pids)]
+
+
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for line in subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True,
+                               check=True).stdout.splitlines():
+        child, parent = map(int, line.split())
+        children.setdefault(parent, []).append(child)
+    seen, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        seen.add(p)
+        todo += children.get(p, [])
+    return seen
+
+
+def is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]").removeprefix("::ffff:")
+    return host == "::1" or host.startswith("127.")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs `ss` (iproute2) to list sockets")
+def test_a_local_run_listens_on_loopback_only_and_keeps_rays_notice_in_its_log(tmp_path):
+    """The embedded instance (no --address): while an apex run trains, every socket its process
+    tree (driver, GCS, raylet, workers) listens on is a loopback one; Ray's token-authentication
+    notice is in run.log, once, and not on the terminal."""
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    proc = subprocess.Popen([sys.executable, "-m", "distdqn.cli", "train", "cartpole-apex", "--run-dir",
+                             str(run_dir), "--set", "train.total_env_steps=8000", "--set", "log.progress=false",
+                             "--set", "log.interval_env_steps=1000"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = metrics_started(run_dir)
+        deadline = time.time() + 120
+        while time.time() < deadline and not ready() and proc.poll() is None:
+            time.sleep(0.5)
+        assert ready(), "the run never started training"
+        sockets = listening_sockets(descendants(proc.pid))
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert len(sockets) >= 4, sockets   # GCS, raylet, driver, workers: the scan sees them
+    assert all(is_loopback(s) for s in sockets), sockets
+    assert "Token authentication" not in err, err[-2000:]
+    log = (run_dir / "run.log").read_text()
+    assert log.count("Token authentication is enabled") == 1, log

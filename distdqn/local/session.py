@@ -182,6 +182,11 @@ class RunSession:
         tmp.write_text(json.dumps(obj, indent=1))
         os.replace(tmp, self.run_dir / name)
 
+    def write_log(self, lines: list[str]) -> None:
+        """Lines for the run's ``run.log`` only (what Ray said while it started), not the terminal."""
+        with open(self.run_dir / "run.log", "a") as log:
+            log.writelines(f"{line}\n" for line in lines)
+
     def note(self, message: str) -> None:
         """Something worth telling the user and keeping in the summary (an actor restart, say)."""
         self.notes.append(f"{self.wall_s():.1f}s: {message}")

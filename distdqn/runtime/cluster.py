@@ -2,20 +2,31 @@
 
 With no address (and no ``RAY_ADDRESS``), a Ray instance is started inside this process tree and
 shut down at the end (the embedded default: `distdqn train` with a distributed topology just works
-on a laptop). With ``--address host:port`` (or ``RAY_ADDRESS``), an existing cluster is joined;
-an address that cannot be reached is reported within ``timeout_s`` instead of Ray's own retries.
+on a laptop). It binds the loopback address only: its GCS, raylet, object manager, driver and
+workers listen on 127.0.0.1, so nothing of a laptop run is reachable from the network. With
+``--address host:port`` (or ``RAY_ADDRESS``), an existing cluster is joined as it is (its nodes
+listen where they were started to; token authentication as the cluster has it); an address that
+cannot be reached is reported within ``timeout_s`` instead of Ray's own retries.
+
+Ray's messages while it starts (its token-authentication notice) are kept, not printed: the
+conductor writes them to the run's ``run.log``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import ray
+from ray._private import ray_constants
 
 from distdqn.errors import UserError
+
+LOOPBACK = "127.0.0.1"
 
 
 class ClusterError(UserError):
@@ -29,6 +40,7 @@ class Cluster:
     num_nodes: int
     num_cpus: float
     num_gpus: float
+    startup_log: list[str] = field(default_factory=list)   # what Ray said while it started
 
     def shutdown(self) -> None:
         if ray.is_initialized():
@@ -74,7 +86,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, timeout_s: 
         # the local instance offers at least what the run asks for (oversubscribing the cores
         # rather than leaving some of its processes unscheduled)
         # address="local": always a new instance, even when `ray start` left one running here
-        init_kwargs = dict(address="local", num_cpus=max(os.cpu_count() or 1, num_cpus or 0), **kwargs)
+        init_kwargs = dict(address="local", num_cpus=max(os.cpu_count() or 1, num_cpus or 0),
+                           _node_ip_address=LOOPBACK, **kwargs)
         started_here = True
         address = None
     else:
@@ -85,14 +98,59 @@ def connect(address: str | None = None, num_cpus: int | None = None, timeout_s: 
     # Reachability was checked above with a bounded wait; ray.init itself must run on the main
     # thread (it installs signal handlers), and fails on its own when its processes do not start.
     try:
-        ray.init(**init_kwargs)
+        with _kept(_RAY_STARTUP_LOGGERS) as startup_log, _loopback_node(started_here):
+            ray.init(**init_kwargs)
     except Exception as exc:  # noqa: BLE001 - reported as one line
         text = str(exc).strip()
         first = text.splitlines()[0] if text else ""
         raise ClusterError(f"--address {address or 'local'}: {type(exc).__name__}: {first}") from None
     resources = ray.cluster_resources()
     return Cluster(address, started_here, len([n for n in ray.nodes() if n.get("Alive")]),
-                   resources.get("CPU", 0.0), resources.get("GPU", 0.0))
+                   resources.get("CPU", 0.0), resources.get("GPU", 0.0), startup_log)
+
+
+@contextlib.contextmanager
+def _loopback_node(local: bool) -> Iterator[None]:
+    """While a local instance starts (``local``): its node address is the loopback address, so
+    that every Ray process binds 127.0.0.1 (they bind the node's address). ``ray.init`` turns a
+    ``_node_ip_address`` of 127.0.0.1 into the machine's routable address unless Ray's
+    ENABLE_RAY_CLUSTER is off, the mode it uses on macOS and Windows to keep local instances off
+    the network; it is switched off for the start only (joining a cluster later in this process
+    must see the real address). tests/test_cluster.py lists a local run's listening sockets."""
+    if not local or not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
+        yield
+        return
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+_RAY_STARTUP_LOGGERS = ("ray._private.authentication.authentication_token_setup",)
+"""Ray's loggers whose start-up messages go to the run's log instead of the terminal: the
+token-authentication notice, printed on every start otherwise."""
+
+
+@contextlib.contextmanager
+def _kept(logger_names: tuple[str, ...]) -> Iterator[list[str]]:
+    """Records of ``logger_names`` collected into the yielded list instead of printed."""
+    kept: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            kept.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+
+    loggers = [logging.getLogger(name) for name in logger_names]
+    saved = [(lg.propagate, lg.handlers[:]) for lg in loggers]
+    for lg in loggers:
+        lg.handlers, lg.propagate = [Keep()], False
+    try:
+        yield kept
+    finally:
+        for lg, (propagate, handlers) in zip(loggers, saved, strict=True):
+            lg.handlers, lg.propagate = handlers, propagate
 
 
 def require_resources(cpus: float, gpus: float, what: str) -> None:

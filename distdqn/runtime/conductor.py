@@ -64,6 +64,8 @@ class Conductor:
             self.cluster = connect(cfg.cluster.address, num_cpus=math.ceil(cpus),
                                    timeout_s=cfg.cluster.connect_timeout_s)
             require_resources(cpus, gpus, what)
+            if self.cluster.startup_log:
+                self.session.write_log(self.cluster.startup_log)
         except BaseException:
             self.close()
             raise
