@@ -125,14 +125,15 @@ class Conductor:
         self.record_processes()
         self._last_progress = time.perf_counter()
 
-    def record_processes(self) -> None:
+    def record_processes(self, wait: bool = True) -> None:
         """processes.json: which process plays which role, and where (for users and tests); with
-        apex.replay_host=learner, "replay" and "learner" are the same process."""
+        apex.replay_host=learner, "replay" and "learner" are the same process. ``wait=False``: a
+        pool process that is still starting is filled in by a later call (``housekeeping``)."""
         refs = {name: handle.identity.remote() for name, handle in self.essential.items()
                 if self.identities.get(name) is None}   # asked once: the learner may be busy training
         self.identities.update({name: _get_or_none(ref) for name, ref in refs.items()})
         if self.pool is not None:
-            self.identities.update(self.pool.identities())
+            self.identities.update(self.pool.identities(wait))
         self.identities["driver"] = process_identity()
         self.session.write_json("processes.json", self.identities)
 
@@ -164,7 +165,7 @@ class Conductor:
         if self.server is not None:
             self.server.forget(index)
         self.session.note(f"{self.pool.role} {index} died and was restarted")
-        self.record_processes()
+        self.record_processes(wait=False)   # the new process is not waited for: the others go on
 
     def collect_late(self, late: dict[Any, int], absorb: Callable[[Any], None], wait_s: float = 0.0) -> None:
         """Answers of calls that missed their round (``late``: ref -> worker), waiting up to
@@ -200,8 +201,9 @@ class Conductor:
         self._last_progress = time.perf_counter()
 
     def alive(self) -> dict[str, bool]:
-        """Whether each essential role's process still answers."""
-        refs = {name: handle.identity.remote() for name, handle in self.essential.items()}
+        """Whether each essential role's process still answers (its ``ping``, which runs beside
+        its work: an identity call would queue behind a train call that waits for the driver)."""
+        refs = {name: handle.ping.remote() for name, handle in self.essential.items()}
         return {name: _get_or_none(ref) is not None for name, ref in refs.items()}
 
     def essential_failure(self, exc: BaseException) -> RunAborted:
@@ -222,6 +224,8 @@ class Conductor:
         ``log_extra``: the row's extra fields, or a function that gives them (called only when a
         row is due). ``on_thread``: evaluate on a thread while the caller goes on conducting (apex)."""
         s, c = self.session, self.counters
+        if self.pool is not None and self.pool.starting:   # a restarted process's identity, once it is up
+            self.record_processes(wait=False)
         if on_thread:
             if s.due_for_evaluation(c.env_steps) and not s.evaluating:
                 self.policy.set_weights(weights())
@@ -250,6 +254,8 @@ class Conductor:
         running call is not interrupted: Ray only drops queued ones)."""
         for ref in pending:
             ray.cancel(ref, force=False)
+        if self.pool is not None and self.pool.starting:
+            self.record_processes()
         self.session.poll_evaluation(wait=True)   # the policy is the evaluation thread's until it ends
         self.policy.set_weights(weights)
         c = self.counters

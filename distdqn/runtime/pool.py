@@ -32,6 +32,7 @@ class RolePool:
         self.restarts = 0
         self.generations = [0] * count
         self._identities: dict[int, tuple[int, Any]] = {}   # index -> (generation, identity) known
+        self._asking: dict[int, tuple[int, Any]] = {}       # index -> (generation, ref) asked, not yet answered
         self.placement_group = None
         if placement:
             from ray.util.placement_group import placement_group
@@ -71,18 +72,30 @@ class RolePool:
         except RayActorError:
             return None
 
-    def identities(self) -> dict[str, Any]:
+    def identities(self, wait: bool = True) -> dict[str, Any]:
         """{<role><i>: pid, node} of every process; waits for them to be constructed. A process is
         asked once: a busy one (an actor's queued calls wait on the learner, which waits on the
-        driver) would otherwise hold the driver up."""
-        refs = {i: h.identity.remote() for i, h in enumerate(self.handles)
-                if self._identities.get(i, (-1, None))[0] != self.generations[i]}
-        for i, ref in refs.items():
+        driver) would otherwise hold the driver up. ``wait=False`` (after a restart): a process
+        still starting is asked, not waited for (importing torch takes seconds, while the others'
+        calls wait for the driver); its entry is None until a later call finds the answer."""
+        for i, h in enumerate(self.handles):
+            known = self._identities.get(i, (-1, None))[0] == self.generations[i]
+            if not known and self._asking.get(i, (-1, None))[0] != self.generations[i]:
+                self._asking[i] = (self.generations[i], h.identity.remote())
+        for i, (generation, ref) in list(self._asking.items()):
+            if not wait and not ray.wait([ref], timeout=0)[0]:
+                continue
+            del self._asking[i]
             identity = _get_or_none(ref, self.timeout_s)
-            if identity is not None:
-                self._identities[i] = (self.generations[i], identity)
+            if identity is not None and generation == self.generations[i]:
+                self._identities[i] = (generation, identity)
         return {f"{self.role}{i}": (self._identities[i][1] if self._identities.get(i, (-1,))[0] == self.generations[i]
                                     else None) for i in range(self.count)}
+
+    @property
+    def starting(self) -> bool:
+        """Whether a process's identity was asked for and has not come back yet."""
+        return bool(self._asking)
 
     def state_dicts(self, with_replay: bool) -> list[dict[str, Any] | None]:
         """Every process's state; None for one that is dead or does not answer in time (a

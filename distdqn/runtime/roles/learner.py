@@ -123,4 +123,10 @@ class LearnerWorker(ReplayHost):
         self.learner.load_state_dict(state)
 
     def identity(self) -> dict[str, Any]:
-        return process_identity()
+        return process_identity()   # on the training thread: its CPUs are the ones it took
+
+    @ray.method(concurrency_group="weights")
+    def ping(self) -> bool:
+        """Answers at once, whatever the training thread is doing (the driver asks when an actor
+        dies: a train call can be waiting for the actors' data, which waits for the driver)."""
+        return True

@@ -79,3 +79,8 @@ class ReplayServer(ReplayHost):
 
     def identity(self) -> dict[str, Any]:
         return process_identity()
+
+    @ray.method(concurrency_group="replay")
+    def ping(self) -> bool:
+        """Answers at once, beside the replay's other calls (the driver asks when an actor dies)."""
+        return True
