@@ -175,6 +175,72 @@ def test_too_few_answers_abandon_the_round_and_say_so(tmp_path, ray_cluster):
     assert "fewer than federated.min_clients=4" in err
 
 
+def test_late_updates_join_the_next_aggregate_discounted_by_their_staleness():
+    """stale_weighted: a fresh update weighs n_k, one 3 rounds behind n_k / sqrt(4) (exponent 0.5)."""
+    from distdqn.topologies.federated import _aggregate
+
+    def message(value, num_samples, base_version):
+        m = good_message()
+        m.update, m.num_samples, m.base_version = {"w": np.array([value], np.float32)}, num_samples, base_version
+        return m
+    cfg = load_config(PRESET, ["federated.late_updates=stale_weighted", "federated.local_steps=10"])
+    fresh, stale = message(1.0, 100, 40), message(5.0, 100, 10)   # version 40: the stale one is 3 rounds behind
+    delta = _aggregate(cfg, 40, [fresh], [stale], 4, np.random.default_rng(0))
+    np.testing.assert_allclose(delta["w"], [(100 * 1.0 + 50 * 5.0) / 150], rtol=1e-6)
+    # without late ones, plain FedAvg over the fresh
+    np.testing.assert_allclose(_aggregate(cfg, 40, [fresh], [], 4, np.random.default_rng(0))["w"], [1.0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("late_updates", ["stale_weighted", "drop"])
+def test_a_late_clients_update_is_used_or_dropped_and_counted(tmp_path, ray_cluster, late_updates):
+    """Client 0 frozen for 3 s with a 1 s round deadline: it misses a round; its update arrives
+    late and is folded into a later aggregate (stale_weighted) or dropped, and counted either way."""
+    run_dir = tmp_path / "run"
+    args = [PRESET, "--seed", "3", "--run-dir", str(run_dir), "--address", ray_cluster, *QUIET,
+            "--set", "train.total_env_steps=10000", "--set", "federated.round_timeout_s=1.0",
+            "--set", f"federated.late_updates={late_updates}"]
+
+    def freeze(pid: int) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(3.0)
+        os.kill(pid, signal.SIGCONT)
+
+    returncode, err, _ = act_on_role_mid_run(args, "worker0", metrics_started(run_dir), freeze,
+                                             wait_s=120, finish_s=600)
+    assert returncode == 0, err[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["skipped"] >= 1 and summary["late_updates"] == late_updates
+    used, dropped = summary["late_used"], summary["late_dropped"]
+    assert (used >= 1 and dropped == 0) if late_updates == "stale_weighted" else (used == 0 and dropped >= 1), summary
+    counted = "late_used" if late_updates == "stale_weighted" else "late_dropped"
+    assert max(r.get(counted, 0) for r in read_metrics(run_dir)) >= 1   # in the metrics rows too
+
+
+@pytest.mark.slow
+def test_central_dp_reports_the_accountants_epsilon(tmp_path, ray_cluster):
+    """dp.mode central: epsilon in every row (growing with rounds), in the summary and on the
+    CLI's last line, equal to dp-accounting's for the rounds the run made."""
+    from dp_accounting import dp_event, rdp
+
+    from distdqn.core.privacy import RDP_ORDERS
+    run_dir = tmp_path / "run"
+    result = run_cli(["train", PRESET, "--seed", "0", "--run-dir", str(run_dir), "--address", ray_cluster, *QUIET,
+                      "--set", "train.total_env_steps=4000", "--set", "log.interval_env_steps=1000",
+                      "--set", "federated.dp.mode=central", "--set", "federated.dp.clip=1.0",
+                      "--set", "federated.dp.noise_multiplier=1.5", "--set", "federated.clients_per_round=0.5"],
+                     timeout=600, env=ray_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    accountant = rdp.RdpAccountant(list(RDP_ORDERS))
+    accountant.compose(dp_event.PoissonSampledDpEvent(0.5, dp_event.GaussianDpEvent(1.5)), summary["dp_rounds"])
+    assert summary["dp_epsilon"] == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
+    assert summary["dp_mode"] == "central" and summary["dp_delta"] == 1e-5
+    epsilons = [r["dp_epsilon"] for r in read_metrics(run_dir) if "dp_epsilon" in r]
+    assert len(epsilons) >= 2 and epsilons == sorted(epsilons) and epsilons[-1] <= summary["dp_epsilon"]
+    assert f"DP (central): epsilon {summary['dp_epsilon']:.2f}, delta 1e-05" in result.stdout.splitlines()[-1]
+
+
 @pytest.mark.slow
 def test_federated_resume_continues_the_global_model(tmp_path, ray_cluster):
     run_dir = tmp_path / "run"
