@@ -2,12 +2,13 @@
 wall-clock time to solve CartPole-v1, and the return the final global model reaches on each
 client's own variant.
 
-    python -m benchmarks.federated_scaling [--seeds 2] [--clients 2 4 8] [--dp-clip 1.0] [--dp-noise 0.01]
+    python -m benchmarks.federated_scaling [--seeds 2] [--clients 2 4 8] [--dp-mode local]
+        [--dp-clip 1.0] [--dp-noise 0.01]
 
 Every run is `distdqn train cartpole-federated` with ``workers.num_workers`` clients sharing the
 machine's cores; client i gets variant i mod 4 of the preset (pole length, pole mass, cart mass,
 gravity). Each run stops at its first solving evaluation on the default CartPole-v1 (10 greedy
-episodes, mean >= 475), or at the env-step budget.
+episodes, mean >= 475), or at the env-step budget. DP runs report the (epsilon, delta) spent.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--clients", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--dp-mode", choices=["central", "local"], default="local")
     parser.add_argument("--dp-clip", type=float, default=1.0)
     parser.add_argument("--dp-noise", type=float, default=0.01)
     parser.add_argument("--budget", type=int, default=200_000)
@@ -54,16 +56,17 @@ def main() -> None:
     print(header(f"Federated DQN on CartPole-v1 variants: 2-8 clients, with and without DP "
                  f"(stop when solved, budget {args.budget:,} env steps)"))
     print("| clients | DP (clip, noise multiplier) | seeds solved | rounds to solve | time to solve (s) | "
-          "env steps to solve | final return on default / on each client's variant (median over seeds) |")
-    print("|---|---|---|---|---|---|---|")
+          "env steps to solve | final return on default / on each client's variant (median over seeds) | "
+          "epsilon (delta 1e-5), median |")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for dp in (False, True):
             for k in args.clients:
                 extra = [*client_overrides(k), "--set", "eval.stop_when_solved=true",
                          "--set", f"train.total_env_steps={args.budget}"]
                 if dp:
-                    extra += ["--set", f"federated.dp_clip={args.dp_clip}",
-                              "--set", f"federated.dp_noise_multiplier={args.dp_noise}"]
+                    extra += ["--set", f"federated.dp.mode={args.dp_mode}", "--set", f"federated.dp.clip={args.dp_clip}",
+                              "--set", f"federated.dp.noise_multiplier={args.dp_noise}"]
                 runs = []
                 for seed in range(args.seeds):
                     run_dir = Path(tmp) / f"k{k}-dp{int(dp)}-s{seed}"
@@ -76,9 +79,13 @@ def main() -> None:
                             if values else "-")
                 per_variant = [statistics.median(r["client_eval_returns"][i] for r in runs) for i in range(k)]
                 default = statistics.median(r["final_eval_return_mean"] for r in runs)
-                print(f"| {k} | {f'{args.dp_clip:g}, {args.dp_noise:g}' if dp else 'off'} | {len(solved)}/{len(runs)} | "
+                epsilons = [r["dp_epsilon"] if r["dp_epsilon"] is not None else float("inf")
+                            for r in runs if "dp_epsilon" in r]
+                dp_label = f"{args.dp_mode} {args.dp_clip:g}, {args.dp_noise:g}" if dp else "off"
+                print(f"| {k} | {dp_label} | {len(solved)}/{len(runs)} | "
                       f"{med('rounds_to_solve')} | {med('time_to_solve_s')} | {med('env_steps_to_solve')} | "
-                      f"{default:.0f} / {', '.join(f'{v:.0f}' for v in per_variant)} |", flush=True)
+                      f"{default:.0f} / {', '.join(f'{v:.0f}' for v in per_variant)} | "
+                      f"{f'{statistics.median(epsilons):.3g}' if epsilons else '-'} |", flush=True)
 
 
 if __name__ == "__main__":
