@@ -3,6 +3,7 @@ survives an actor's death, stops cleanly when the learner dies, resumes."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import pytest
 
 from distdqn.metrics import read_metrics
-from tests.helpers import REPO, kill_role_mid_run, metrics_started, ray_env, run_cli
+from tests.helpers import REPO, kill_role_mid_run, ray_env, run_cli
 
 MANY_CPUS = len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else False
 
@@ -81,7 +82,7 @@ def test_a_killed_actor_costs_only_its_own_share(tmp_path, ray_cluster):
     rows = read_metrics(run_dir)
     killed_at = seen["rows"][-1]["wall_s"]   # the kill came right after this row was read
     around = [r for r in rows if killed_at - 10 <= r["wall_s"] <= killed_at + 10]
-    gaps = [(b["wall_s"] - a["wall_s"], a["env_steps"]) for a, b in zip(around, around[1:])]
+    gaps = [(b["wall_s"] - a["wall_s"], a["env_steps"]) for a, b in itertools.pairwise(around)]
     assert max(g for g, _ in gaps) <= 2.5, gaps
 
     def rate(rs):

@@ -130,8 +130,8 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                 job.progressed()
                 if variants and job.session.due_for_evaluation(c.env_steps):
                     client_returns = _evaluate_variants(job, server.weights(), variants)
-                stop = job.housekeeping(server.weights, state,
-                                        lambda: _round_row(job, messages, client_returns, accountant))
+                stop = job.housekeeping(server.weights, state, lambda m=messages, r=client_returns:
+                                        _round_row(job, m, r, accountant))
                 if job.session.solved_at is not None and c.rounds_to_solve is None:
                     c.rounds_to_solve = c.rounds
                 if stop:
