@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayError
 
 from distdqn.config import Config
 from distdqn.core.records import Experience, UpdateStats
@@ -203,8 +203,7 @@ class Conductor:
     def alive(self) -> dict[str, bool]:
         """Whether each essential role's process still answers (its ``ping``, which runs beside
         its work: an identity call would queue behind a train call that waits for the driver)."""
-        refs = {name: handle.ping.remote() for name, handle in self.essential.items()}
-        return {name: _get_or_none(ref) is not None for name, ref in refs.items()}
+        return {name: _answers(handle) for name, handle in self.essential.items()}
 
     def essential_failure(self, exc: BaseException) -> RunAborted:
         """The run cannot go on: name the essential role that is gone (or the failure)."""
@@ -314,6 +313,23 @@ def _get_or_none(ref: Any) -> Any:
         return ray.get(ref, timeout=30)
     except (RayActorError, GetTimeoutError):
         return None
+
+
+def _answers(handle: Any, timeout_s: float = 30.0) -> bool:
+    """Whether an actor answers its ``ping`` within ``timeout_s``. "Temporarily unavailable" (Ray
+    lost its connection, as can happen on an overloaded node) is asked again until the deadline;
+    only a dead actor or the deadline says no."""
+    deadline = time.perf_counter() + timeout_s
+    while True:
+        try:
+            ray.get(handle.ping.remote(), timeout=max(0.1, deadline - time.perf_counter()))
+            return True
+        except ActorUnavailableError:
+            if time.perf_counter() >= deadline:
+                return False
+            time.sleep(0.5)
+        except (RayActorError, GetTimeoutError):
+            return False
 
 
 def _first_line(exc: BaseException) -> str:
