@@ -310,7 +310,7 @@ class DPConfig(_Section):
     """z: the Gaussian noise's standard deviation is z * clip (on the sum: central; on each update:
     local). 0 clips only, and epsilon is infinite."""
     delta: float = Field(1e-5, gt=0.0, lt=1.0)
-    """delta of the reported (epsilon, delta); keep it below 1 / (number of clients)."""
+    """delta of the reported (epsilon, delta); below 1 / (number of clients)."""
 
 
 class FederatedConfig(_Section):
@@ -417,6 +417,9 @@ class Config(_Section):
             raise ValueError(f"federated.min_clients: must be <= workers.num_workers ({f.min_clients} > {n})")
         if f.dp.mode != "off" and f.dp.clip is None:
             raise ValueError(f"federated.dp.clip: needed by federated.dp.mode={f.dp.mode} (the noise is scaled by it)")
+        if f.dp.mode != "off" and f.dp.delta >= 1 / n:
+            raise ValueError(f"federated.dp.delta: must be below 1 / workers.num_workers = {1 / n:g} (got {f.dp.delta:g}; "
+                             f"at 1/n, publishing one client's data whole would meet it)")
         if f.dp.mode == "central" and f.aggregator != "fedavg":
             raise ValueError(f"federated.aggregator: federated.dp.mode=central noises a sum, so it needs fedavg "
                              f"(got {f.aggregator})")

@@ -79,6 +79,8 @@ def test_derived_learning_start_covers_a_batch():
     (["federated.dp.mode=global"], "federated.dp.mode: Input should be 'off', 'central' or 'local'"),
     (["federated.server_optimizer=sgd"], "federated.server_optimizer"),
     (["federated.dp.delta=1.5"], "federated.dp.delta"),
+    (["federated.dp.mode=local", "federated.dp.clip=1.0", "federated.dp.delta=0.5"],
+     "federated.dp.delta: must be below 1 / workers.num_workers = 0.5"),
     (["federated.dp_clip=1.0"], "federated.dp_clip: unknown key"),
     (["federated.poisoned_clients=[5]"], "federated.poisoned_clients"),
     (["topology=gossip"], "topology"),
