@@ -117,6 +117,15 @@ class LearnerConfig(_Section):
     """How an update is computed: ``autograd`` is plain PyTorch for any network; ``fused_mlp`` a
     hand-derived forward/backward for ReLU MLPs (same math, a few times fewer small ops);
     ``auto`` uses fused_mlp where it applies."""
+    model_parallel: int = Field(1, ge=1)
+    """Ranks (processes) the learner's network is split across, tensor-parallel: the linear layers
+    of the MLP (or of the CNN's fully connected part) in column- then row-split pairs, one
+    all-reduce per pair. To the rest of the run the ranks are one learner (``single``: local
+    processes; ``apex``: Ray actors on the learner's node). Every hidden size must divide by it.
+    Pays only for wide layers (docs/model_parallel.md); the data-parallel topologies refuse it."""
+    model_parallel_timeout_s: float = Field(60.0, gt=0.0)
+    """Longest wait for the learner's ranks to form their group and for any exchange between
+    them; a rank that dies or stalls ends the run with an error within about this long."""
 
 
 class ExplorationConfig(_Section):
@@ -364,6 +373,16 @@ class Config(_Section):
                 f"sync_ps.min_workers: must be <= workers.num_workers "
                 f"({self.sync_ps.min_workers} > {self.workers.num_workers})"
             )
+        p = self.learner.model_parallel
+        if p > 1 and self.topology not in ("single", "apex"):
+            raise ValueError(f"learner.model_parallel: {self.topology} does not split its learners across ranks "
+                             f"(only single and apex do); use 1")
+        if p > 1 and any(h % p for h in self.network.hidden_sizes):
+            raise ValueError(f"learner.model_parallel: {p} ranks must divide every hidden size "
+                             f"(network.hidden_sizes is {self.network.hidden_sizes})")
+        if p > 1 and self.learner.kernel == "fused_mlp":
+            raise ValueError("learner.model_parallel: the fused_mlp kernel does not split across ranks "
+                             "(use learner.kernel auto or autograd)")
         f, n = self.federated, self.workers.num_workers
         if f.clients and len(f.clients) != n:
             raise ValueError(f"federated.clients: one entry per client is needed ({len(f.clients)} given, "

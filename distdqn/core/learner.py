@@ -125,9 +125,14 @@ class DQNLearner:
         return loss.detach(), td_errors, q_taken.detach().mean()
 
     @torch.inference_mode()
+    def _grad_norm(self) -> torch.Tensor:
+        """The global gradient L2 norm (a learner split over ranks sums over them)."""
+        return torch.linalg.vector_norm(self.flat_grads)
+
+    @torch.inference_mode()
     def _clip(self) -> torch.Tensor:
         """Clip the global gradient norm in place (as ``clip_grad_norm_``); return the norm before."""
-        total = torch.linalg.vector_norm(self.flat_grads)
+        total = self._grad_norm()
         if self.cfg.max_grad_norm is not None:
             self.flat_grads.mul_((self.cfg.max_grad_norm / (total + 1e-6)).clamp_(max=1.0))
         return total
