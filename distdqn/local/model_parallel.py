@@ -3,16 +3,16 @@ rest of the system sees, the other ranks' loop, and ``single``'s ranks as local 
 apex's ranks are Ray actors (runtime/roles/model_parallel_rank.py) that run the same loop.
 
     rank 0: ModelParallelLearner (DQNLearner's calls)          rank r = 1 .. P-1: follow()
-      announce(command) ------ command group, no deadline ---->  next command (rank 0 may idle)
+      announce(command) ------ command group ----------------->  next command (no deadline: rank 0 may idle)
       the batch, the state --- data group -------------------->  ...
       ShardedLearner.step  <== all-reduces, data group ==>       ShardedLearner.step
                                (learner.model_parallel_timeout_s)
 
 Every rank runs the same ``ShardedLearner`` call on the same data (core/tensor_parallel.py); rank
 0 answers for all of them. The command group waits without a deadline, because rank 0 may idle
-(collecting, evaluating, writing a checkpoint) as long as it likes; everything a command then
-exchanges goes through the data group, whose operations fail within the timeout when a rank has
-died or stalled, and rank 0 ends the run with one line (``ModelParallelError``).
+(collecting, evaluating, writing a checkpoint) as long as it likes, while rank 0's announcement and
+everything a command then exchanges fail within the timeout when a rank has died or stalled: rank
+0 then ends the run with one line (``ModelParallelError``).
 
 ``single`` starts its P - 1 other ranks as local processes (``split_locally``, the spawn method):
 it is a one-process topology with no Ray, and the ranks need nothing from Ray (no object store,
@@ -102,11 +102,16 @@ class BatchCodec:
 class Channel:
     """Rank 0's commands and their data, as the other ranks receive them."""
 
-    def __init__(self, comm: Collective, commands: Any, codec: BatchCodec):
+    def __init__(self, comm: Collective, commands: Any, codec: BatchCodec, timeout_s: float):
         self.comm, self.commands, self.codec = comm, commands, codec
+        self.timeout = datetime.timedelta(seconds=timeout_s)
 
     def announce(self, command: int, argument: int = 0) -> None:
-        dist.broadcast(torch.tensor([command, argument], dtype=torch.int64), src=0, group=self.commands)
+        """Rank 0 waits for a rank that has stopped reading only as long as the data group's
+        timeout (the others wait for commands without one)."""
+        options = dist.BroadcastOptions()
+        options.rootRank, options.timeout = 0, self.timeout
+        self.commands.broadcast([torch.tensor([command, argument], dtype=torch.int64)], options).wait()
 
     def next_command(self) -> tuple[int, int]:
         header = torch.zeros(2, dtype=torch.int64)
@@ -161,6 +166,7 @@ class ModelParallelLearner:
         self.shard, self.channel = shard, channel
         self.cfg, self.device = shard.cfg, shard.device
         self.local_processes: list[multiprocessing.Process] = []   # single's other ranks
+        self.failed = False
 
     @property
     def updates(self) -> int:
@@ -179,6 +185,7 @@ class ModelParallelLearner:
             self.channel.announce(command, argument)
             return call()
         except RuntimeError as exc:   # gloo / nccl: a peer closed its connection, or the timeout passed
+            self.failed = True
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelParallelError(
                 f"learner.model_parallel: a rank of {self.comm.world_size} died or stalled during {what} "
@@ -209,10 +216,11 @@ class ModelParallelLearner:
 
     def close(self) -> None:
         """The other ranks leave (local ones end); the group is left."""
-        try:
-            self.channel.announce(STOP)
-        except RuntimeError:
-            pass
+        if not self.failed:
+            try:
+                self.channel.announce(STOP)
+            except RuntimeError:
+                pass
         leave_group()
         for process in self.local_processes:
             process.join(timeout=10)
@@ -230,7 +238,7 @@ def lead(full: DQNLearner, cfg: Config, info: EnvInfo, address: str, port: int) 
         raise ModelParallelError(f"learner.model_parallel: the learner's {cfg.learner.model_parallel} ranks did "
                                  f"not form their group ({str(exc).strip().splitlines()[0][:200]})") from None
     learner = ModelParallelLearner(build_shard(cfg, info, comm), Channel(comm, commands, BatchCodec(
-        info.obs_shape, info.obs_dtype)))
+        info.obs_shape, info.obs_dtype), cfg.learner.model_parallel_timeout_s))
     learner.load_state_dict(full.state_dict())
     return learner
 
@@ -240,7 +248,8 @@ def serve(cfg: Config, info: EnvInfo, address: str, port: int, rank: int) -> Non
     comm, commands = join_group(address, port, rank, cfg)
     try:
         shard = build_shard(cfg, info, comm)
-        follow(shard, Channel(comm, commands, BatchCodec(info.obs_shape, info.obs_dtype)))
+        follow(shard, Channel(comm, commands, BatchCodec(info.obs_shape, info.obs_dtype),
+                             cfg.learner.model_parallel_timeout_s))
     finally:
         leave_group()
 
