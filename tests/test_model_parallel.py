@@ -23,7 +23,7 @@ from distdqn.core.transitions import Batch
 from distdqn.envs import EnvInfo
 from distdqn.local import build
 from distdqn.local.model_parallel import ModelParallelError, split_locally
-from tests.helpers import run_cli
+from tests.helpers import kill_role_mid_run, metrics_started, ray_env, run_cli
 
 torch.set_num_threads(1)
 
@@ -87,10 +87,10 @@ def test_layout_cuts_and_joins_flat_buffers():
 
 
 @pytest.mark.parametrize("case", [
-    dict(hidden=(64, 64)),                                   # one pair, the head whole
-    dict(hidden=(32,), dueling=True, target_update="soft"),  # the dueling head closes the pair
-    dict(hidden=(32, 32, 32), loss="mse", double_dqn=False, max_grad_norm=0.5),  # two pairs, clipping
-    dict(hidden=(32,), kind="nature_cnn", atol=1e-4),        # the torso replicated, its gradient summed
+    {"hidden": (64, 64)},                                              # one pair, the head whole
+    {"hidden": (32,), "dueling": True, "target_update": "soft"},       # the dueling head closes the pair
+    {"hidden": (32, 32, 32), "loss": "mse", "double_dqn": False, "max_grad_norm": 0.5},  # two pairs, clipping
+    {"hidden": (32,), "kind": "nature_cnn", "atol": 1e-4},             # the torso replicated, its gradient summed
 ])
 def test_two_ranks_match_one_over_100_updates(case):
     case = dict(case)
@@ -167,9 +167,9 @@ def test_a_lost_rank_ends_the_learner_in_one_line(how):
 def test_data_parallel_topologies_refuse_it_in_one_line():
     result = run_cli(["train", "cartpole-allreduce", "--set", "learner.model_parallel=2"])
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [
+    assert result.stderr.strip().splitlines() == [(
         "error: learner.model_parallel: allreduce does not split its learners across ranks (only single and "
-        "apex do); use 1"]
+        "apex do); use 1")]
 
 
 @pytest.mark.slow
@@ -188,3 +188,29 @@ def test_single_with_two_ranks_learns_cartpole(tmp_path):
     # the checkpoint is the unsplit learner's: it loads where the learner is not split
     result = run_cli(["evaluate", str(run_dir / "checkpoints" / "final"), "--episodes", "10"], timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_apex_with_two_learner_ranks_trains_and_a_dead_rank_ends_it_in_one_line(tmp_path, ray_cluster):
+    """apex with ``learner.model_parallel=2``: rank 1 is an actor on the learner's node; the run
+    trains and saves an unsplit checkpoint; killing rank 1 mid-run ends a second run in one line."""
+    run_dir = tmp_path / "run"
+    result = run_cli(["train", "cartpole-apex", "--seed", "0", "--run-dir", str(run_dir), "--address", ray_cluster,
+                      "--set", "learner.model_parallel=2", "--set", "train.total_env_steps=4000",
+                      "--set", "log.progress=false"], timeout=600, env=ray_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["learner_updates"] > 0
+    processes = json.loads((run_dir / "processes.json").read_text())
+    assert processes["learner rank 1"]["node_id"] == processes["learner"]["node_id"]
+    assert processes["learner rank 1"]["pid"] != processes["learner"]["pid"]
+    assert run_cli(["evaluate", str(run_dir), "--episodes", "10"]).returncode == 0
+
+    run_dir = tmp_path / "killed"
+    args = ["cartpole-apex", "--seed", "1", "--run-dir", str(run_dir), "--address", ray_cluster,
+            "--set", "learner.model_parallel=2", "--set", "learner.model_parallel_timeout_s=20",
+            "--set", "log.progress=false", "--set", "train.total_env_steps=200000"]
+    returncode, err, _ = kill_role_mid_run(args, "learner rank 1", metrics_started(run_dir), wait_s=180, finish_s=120)
+    assert returncode == 2 and "Traceback" not in err, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "checkpoint is intact" in errors[0], err[-2000:]

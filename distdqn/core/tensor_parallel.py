@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -46,8 +46,9 @@ if TYPE_CHECKING:
 class Collective:
     """The ranks' process group as the layers use it; counts the time spent in all-reduces."""
 
-    def __init__(self, group: Any, rank: int, world_size: int, device: torch.device = torch.device("cpu")):
-        self.group, self.rank, self.world_size, self.device = group, rank, world_size, device
+    def __init__(self, group: Any, rank: int, world_size: int, device: torch.device | None = None):
+        self.group, self.rank, self.world_size = group, rank, world_size
+        self.device = device or torch.device("cpu")
         self.all_reduce_s = 0.0   # wall time in all-reduces (waiting for the slowest rank included)
 
     def __deepcopy__(self, memo: dict) -> Collective:
@@ -89,7 +90,7 @@ class _SumBackward(torch.autograd.Function):
 class ColumnParallelLinear(nn.Module):
     """This rank's rows of a linear layer's weight and bias: its slice of the output features."""
 
-    split_dims = {"weight": 0, "bias": 0}
+    split_dims: ClassVar[dict[str, int | None]] = {"weight": 0, "bias": 0}
 
     def __init__(self, full: nn.Linear, comm: Collective):
         super().__init__()
@@ -107,7 +108,7 @@ class RowParallelLinear(nn.Module):
     """This rank's columns of a linear layer's weight (its slice of the input features); the bias
     is replicated and added once, after the sum over ranks."""
 
-    split_dims = {"weight": 1, "bias": None}
+    split_dims: ClassVar[dict[str, int | None]] = {"weight": 1, "bias": None}
 
     def __init__(self, full: nn.Linear, comm: Collective):
         super().__init__()
