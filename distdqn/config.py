@@ -253,6 +253,11 @@ class SyncPSConfig(_Section):
     late update is dropped, and counted); the round goes on with those that answered."""
     min_workers: int = Field(1, ge=1)
     """Answers a round needs; with fewer it keeps waiting, up to ``workers.stall_timeout_s``."""
+    transport: Literal["auto", "shm", "ray"] = "auto"
+    """How weights and gradients travel between the server and the workers: ``shm`` through shared
+    memory (every worker on the driver's node, CPU learners: each worker runs its own loop),
+    ``ray`` as the arguments and answers of a Ray call per round (any cluster). ``auto``: shm
+    where it can, else ray."""
 
 
 class AsyncPSConfig(_Section):
@@ -269,6 +274,9 @@ class AsyncPSConfig(_Section):
     """Parameter form: local learner updates per push (a worker pulls fresh weights at every push)."""
     mixing_rate: float = Field(0.5, gt=0.0, le=1.0)
     """eta of the parameter form."""
+    transport: Literal["auto", "shm", "ray"] = "auto"
+    """As ``sync_ps.transport``: ``shm`` (every worker on the driver's node, CPU learners), ``ray``
+    (a Ray call per update, any cluster), ``auto`` (shm where it can)."""
 
 
 class AllReduceConfig(_Section):
