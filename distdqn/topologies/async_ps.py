@@ -14,6 +14,10 @@ worker straight back to work.
     parameter form:  theta <- theta + eta * (theta_i - theta)           k learner updates per model
 Staleness (server version minus the version the worker's update was computed from) is recorded
 for every arriving update; updates staler than ``async_ps.max_staleness`` are dropped.
+
+``async_ps.transport`` as in sync_ps: ``shm`` (workers on the driver's node run their own loops and
+push into their slots in shared memory; the server publishes after every update it applies) or
+``ray`` (a Ray call per update).
 """
 
 from __future__ import annotations

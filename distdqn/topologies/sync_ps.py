@@ -14,6 +14,13 @@ and updates once:
     model form:     theta <- theta + (1/N) sum_i (theta_i - theta)      k learner updates per round
 A worker that misses the deadline is left out of the round (counted); its late answer is dropped
 when it arrives, and it rejoins the next round. Workers that die are restarted.
+
+How the weights and updates travel (``sync_ps.transport``):
+    shm  every worker on the driver's node: each runs its own loop (ReplicaWorker.serve) and meets
+         the server in shared memory (runtime/server_channel.py): a round is one publication of
+         the weights and one push per worker, no Ray call; the driver hears the workers'
+         reports (episodes, metrics, busy and wait times) beside the rounds;
+    ray  a Ray call per worker per round, the weights as its argument (workers on any node).
 """
 
 from __future__ import annotations
