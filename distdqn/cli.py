@@ -209,15 +209,18 @@ def compare(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override for every config: key.path=value")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing report directory")] = False,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (distributed topologies)")] = None,
+    sweep: Annotated[str | None, typer.Option(
+        help="Run every config at each value of one key, e.g. workers.num_workers=1,2,4,8")] = None,
 ) -> None:
-    """Train every config with each seed, one run at a time, and report which is faster to solve."""
+    """Train every config with each seed, one run at a time, and report which is faster to solve;
+    with --sweep, also throughput and time to solve against the swept value (a table and a plot)."""
     import shlex
 
     from distdqn.compare import compare as run_compare
     from distdqn.compare import plan_comparison
 
     command = shlex.join(["distdqn", *sys.argv[1:]])
-    plan = plan_comparison(configs, seeds, first_seed, list(set_ or []), address, out, overwrite, command)
+    plan = plan_comparison(configs, seeds, first_seed, list(set_ or []), address, out, overwrite, command, sweep)
     for entry in plan.entries:
         _check_devices(entry.cfg)
     for cfg in [e.cfg for e in plan.entries if e.cfg.topology != "single"]:

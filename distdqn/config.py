@@ -51,6 +51,10 @@ class EnvConfig(_Section):
     """How sub-environments are stepped: ``native`` uses the id's own vectorized implementation
     (CartPole-v1 has one), ``sync`` steps them in turn in this process, ``async`` in subprocesses;
     ``auto`` picks native when the id has one and no kwargs are given, else sync."""
+    step_latency_ms: float = Field(0.0, ge=0.0)
+    """A wait added to every step of the vector env, without using the CPU (a sleep): it models
+    simulators in other processes or behind a network that answer a step this much later (all
+    sub-environments of the vector at once). For benchmarks of scaling past the cores; 0: none."""
 
 
 class NetworkConfig(_Section):

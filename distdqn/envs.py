@@ -8,6 +8,7 @@ preprocessing: 84x84 grayscale, frame skip 4, 4 stacked frames.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -101,7 +102,20 @@ def make_vector_env(cfg: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
         raise EnvironmentSpecError(f"env: cannot make {cfg.id!r}: {exc}") from None
     except TypeError as exc:  # unknown keyword in env.kwargs
         raise EnvironmentSpecError(f"env.kwargs: {cfg.id} rejects them: {exc}") from None
-    return env
+    return StepLatency(env, cfg.step_latency_ms / 1000) if cfg.step_latency_ms > 0 else env
+
+
+class StepLatency(gym.vector.VectorWrapper):
+    """Every step answers ``latency_s`` later, the CPU left free meanwhile (``env.step_latency_ms``):
+    a stand-in for simulators that run elsewhere, to measure how far acting scales past the cores."""
+
+    def __init__(self, env: gym.vector.VectorEnv, latency_s: float):
+        super().__init__(env)
+        self.latency_s = latency_s
+
+    def step(self, actions):
+        time.sleep(self.latency_s)
+        return self.env.step(actions)
 
 
 def env_info(cfg: EnvConfig) -> EnvInfo:
