@@ -53,6 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     common = [args.config, "--set", f"train.total_env_steps={args.steps}",
               "--set", f"eval.interval_env_steps={args.steps}", "--set", "eval.stop_when_solved=false",
+              "--set", f"log.interval_env_steps={max(args.steps // 15, 500)}",
               "--set", f"workers.num_workers={args.workers}", "--set", "train.torch_threads=1",
               *(x for kv in args.overrides for x in ("--set", kv))]
     setups = ["single", *(s for s in args.setups if s != "single")]
@@ -88,8 +89,9 @@ def _shares(runs: list[dict], workers: int) -> str:
     parts = []
     for key, label, per in (("worker_busy_s", "workers busy", workers), ("worker_wait_s", "workers wait", workers),
                             ("server_wait_s", "server waits", 1), ("rank0_exchange_wait_s", "rank 0 waits", 1)):
-        shares = [(last[key] - first[key]) / max((last["wall_s"] - first["wall_s"]) * per, 1e-9)
-                  for first, last in (r["steady_rows"] for r in runs) if key in first and key in last]
+        shares = [(last[key] - first[key]) / ((last["wall_s"] - first["wall_s"]) * per)
+                  for first, last in (r["steady_rows"] for r in runs)
+                  if key in first and key in last and last["wall_s"] > first["wall_s"]]
         if shares:
             parts.append(f"{label} {statistics.median(shares):.0%}")
     return ", ".join(parts) or "-"
