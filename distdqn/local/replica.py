@@ -111,10 +111,14 @@ class Replica:
         while not self._pending:
             if not allow_collect:
                 return None
-            self.sync_policy()
-            self.store(self.collect())
-            self._pending.extend(self.sample_owed())
+            self.collect_owed()
         return self._pending.pop(0)
+
+    def collect_owed(self) -> None:
+        """One collection with the newest weights; the batches it makes owed join the pending ones."""
+        self.sync_policy()
+        self.store(self.collect())
+        self._pending.extend(self.sample_owed())
 
     def gradient(self, allow_collect: bool = True) -> tuple[dict | None, dict[str, float]]:
         """The clipped gradient on the next batch (parameters unchanged), or (None, {})."""

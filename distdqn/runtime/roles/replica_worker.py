@@ -146,9 +146,15 @@ class ReplicaWorker:
         """Join the ranks' group: ``shm`` (ranks on one node: ``address`` names the shared-memory
         segment, which rank 0 creates before the others attach), else torch.distributed at
         ``address:port`` (``auto``: nccl on CUDA learners, else gloo)."""
+        learner, cfg = self.replica.learner, self.replica.cfg
+        self._buffer = torch.zeros(learner.flat_grads.numel() + 1, dtype=learner.flat_grads.dtype,
+                                   device=learner.flat_grads.device)   # the gradient and the collect flag
+        self._collect_next = False
+        per_collection = cfg.env.num_envs * cfg.train.steps_per_collect * cfg.train.replay_ratio
+        self._pending_cap = max(2, int(2 * per_collection))
         if backend == "shm":
-            size = self.replica.learner.flat_grads.numel()
-            self._exchange = SharedMemoryAllReduce(address, rank, world_size, size, rank == 0, timeout_s)
+            self._exchange = SharedMemoryAllReduce(address, rank, world_size, self._buffer.numel(), rank == 0,
+                                                   timeout_s)
             return backend
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() and self.replica.learner.device.type == "cuda" else "gloo"
@@ -158,19 +164,38 @@ class ReplicaWorker:
 
     def _allreduce_mean(self, grads: list[torch.Tensor]) -> None:
         """Average the clipped gradient over all ranks, in place (the learner's gradient is one
-        flat buffer: one all-reduce)."""
-        for g in grads:
-            if self._exchange is not None:
-                self._exchange.mean_(g.numpy())
-            else:
-                dist.all_reduce(g, op=dist.ReduceOp.SUM)
-                g /= dist.get_world_size()
+        flat buffer: one all-reduce). One more element rides along: 1 from a rank whose pending
+        batches are used up, so that every rank collects before the next update (``_aligned``)."""
+        (g,) = grads
+        buffer = self._buffer
+        buffer[:-1] = g
+        buffer[-1] = float(self.replica.pending == 0)
+        if self._exchange is not None:
+            self._exchange.mean_(buffer.numpy())
+        else:
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            buffer /= dist.get_world_size()
+        g.copy_(buffer[:-1])
+        self._collect_next = bool(buffer[-1] > 0)
+
+    def _aligned(self, num_updates: int) -> UpdateStats:
+        """``num_updates`` updates, every rank collecting at the same update: when any rank has used
+        up its batches, all collect (a rank far ahead in pending batches skips it). A rank collects
+        a varying number of env steps (reset steps are not counted) and so owes a varying number of
+        batches; left to collect when each runs out, the ranks' collections would drift apart and
+        every rank would wait out every other rank's collection in the exchange."""
+        stats = UpdateStats()
+        for _ in range(num_updates):
+            if self._collect_next and self.replica.pending < self._pending_cap:
+                self.replica.collect_owed()
+            stats.add(self.replica.learn(self.replica.next_batch(), self._allreduce_mean).metrics)
+        return stats
 
     def train_allreduce(self, num_updates: int, publish: bool) -> RankReport:
         """``num_updates`` synchronized updates: every rank calls this with the same count."""
         start = time.perf_counter()
         waited = self._exchange.wait_s if self._exchange is not None else 0.0
-        updates = self.replica.train(num_updates, reduce_grads=self._allreduce_mean)
+        updates = self._aligned(num_updates)
         learner = self.replica.learner
         weights = self.publish() if publish else None
         waited = self._exchange.wait_s - waited if self._exchange is not None else float("nan")
