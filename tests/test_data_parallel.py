@@ -103,6 +103,8 @@ def test_allreduce_replicas_are_identical_after_k_updates(tmp_path, ray_cluster,
     assert summary["learner_updates"] >= 300
     assert len(summary["replica_hashes"]) == 2 and summary["replicas_identical"]
     assert summary["backend"] == resolved
+    # every rank collects before the same updates (reset steps make their env-step counts differ)
+    assert summary["collections_in_step"] >= 0.9, summary["collections_in_step"]
     assert not list(Path("/dev/shm").glob("distdqn-*"))   # the shared segment is gone
 
 

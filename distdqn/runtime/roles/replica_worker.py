@@ -178,29 +178,34 @@ class ReplicaWorker:
         g.copy_(buffer[:-1])
         self._collect_next = bool(buffer[-1] > 0)
 
-    def _aligned(self, num_updates: int) -> UpdateStats:
+    def _aligned(self, num_updates: int) -> tuple[UpdateStats, list[int]]:
         """``num_updates`` updates, every rank collecting at the same update: when any rank has used
         up its batches, all collect (a rank far ahead in pending batches skips it). A rank collects
         a varying number of env steps (reset steps are not counted) and so owes a varying number of
         batches; left to collect when each runs out, the ranks' collections would drift apart and
-        every rank would wait out every other rank's collection in the exchange."""
-        stats = UpdateStats()
+        every rank would wait out every other rank's collection in the exchange. Returns the
+        updates' metrics and the learner updates before which this rank collected."""
+        stats, collected_at, replica = UpdateStats(), [], self.replica
         for _ in range(num_updates):
-            if self._collect_next and self.replica.pending < self._pending_cap:
-                self.replica.collect_owed()
-            stats.add(self.replica.learn(self.replica.next_batch(), self._allreduce_mean).metrics)
-        return stats
+            env_steps = replica.env_steps
+            if self._collect_next and replica.pending < self._pending_cap:
+                replica.collect_owed()
+            batch = replica.next_batch()
+            if replica.env_steps != env_steps:
+                collected_at.append(replica.learner.updates)
+            stats.add(replica.learn(batch, self._allreduce_mean).metrics)
+        return stats, collected_at
 
     def train_allreduce(self, num_updates: int, publish: bool) -> RankReport:
         """``num_updates`` synchronized updates: every rank calls this with the same count."""
         start = time.perf_counter()
         waited = self._exchange.wait_s if self._exchange is not None else 0.0
-        updates = self._aligned(num_updates)
+        updates, collected_at = self._aligned(num_updates)
         learner = self.replica.learner
         weights = self.publish() if publish else None
         waited = self._exchange.wait_s - waited if self._exchange is not None else float("nan")
         return RankReport(updates, learner.updates, time.perf_counter() - start, self.replica.report(), weights,
-                          waited)
+                          waited, collected_at)
 
     def publish(self) -> Weights:
         """This replica's current weights, put into the object store."""
