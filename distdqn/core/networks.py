@@ -100,8 +100,8 @@ def build_q_network(kind: str, obs_shape: Sequence[int], num_actions: int,
                              f"(Atari's [4, 84, 84]); the observations are {shape}")
         return NatureCNN(shape, num_actions, hidden_sizes, dueling)
     if kind == "minatar_cnn":
-        if len(shape) != 3 or min(shape[:2]) < 3:
-            raise ValueError(f"network.kind: minatar_cnn needs channels-last boards [H, W, C] "
+        if len(shape) != 3 or shape[0] != shape[1] or shape[0] < 3:
+            raise ValueError(f"network.kind: minatar_cnn needs square channels-last boards [H, H, C] "
                              f"(MinAtar's [10, 10, C]); the observations are {shape}")
         return MinAtarCNN(shape, num_actions, hidden_sizes, dueling)
     raise ValueError(f"network.kind: unknown kind {kind!r}")
