@@ -76,7 +76,7 @@ def test_observations_are_four_stacked_84x84_grayscale_frames_four_emulator_fram
 def test_noop_reset_starts_episodes_after_up_to_30_noops():
     frames = []
     for noop_max in (0, 30):
-        env = make_vector_env(atari(f"env.atari.noop_max={noop_max}"), 16)
+        env = make_vector_env(atari(f"env.atari.noop_max={noop_max}"), 8)
         _, info = env.reset(seed=0)
         frames.append(info["episode_frame_number"])
         env.close()
