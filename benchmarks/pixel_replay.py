@@ -63,6 +63,10 @@ def main() -> None:
     cfg = load_config(None, ["env.id=ALE/Breakout-v5"])
     env = make_vector_env(cfg.env, args.envs)
     actor = Actor(env, RandomQ(int(env.single_action_space.n)), n_step=3, gamma=0.99, seed=0)
+    warm = make_replay(True, 1000, OBS_SHAPE, np.uint8, seed=0, storage="frames")
+    for _ in range(8):                      # the env's, the actor's and NumPy's first allocations
+        warm.add(actor.collect(32, 0.0).transitions)
+    del warm
     replays = {}
     for prioritized in (False, True):
         before = resident_bytes()
