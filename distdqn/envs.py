@@ -86,16 +86,16 @@ def atari_vector_env(cfg: EnvConfig, num_envs: int, evaluation: bool = False) ->
     if cfg.attributes:
         raise EnvironmentSpecError(f"env.attributes: {cfg.id} takes none")
     a = cfg.atari
-    options = dict(
-        noop_max=a.noop_max, frameskip=a.frame_skip, maxpool=True, grayscale=True,
-        img_height=a.screen_size, img_width=a.screen_size, stack_num=a.frame_stack,
-        repeat_action_probability=a.repeat_action_probability, use_fire_reset=a.fire_reset,
-        max_num_frames_per_episode=a.max_episode_frames,
+    options = {
+        "noop_max": a.noop_max, "frameskip": a.frame_skip, "maxpool": True, "grayscale": True,
+        "img_height": a.screen_size, "img_width": a.screen_size, "stack_num": a.frame_stack,
+        "repeat_action_probability": a.repeat_action_probability, "use_fire_reset": a.fire_reset,
+        "max_num_frames_per_episode": a.max_episode_frames,
         # life_loss_info: terminated on a lost life while the game goes on (Nature DQN);
         # episodic_life would reset the whole game at each lost life
-        episodic_life=False, life_loss_info=a.terminal_on_life_loss and not evaluation,
-        reward_clipping=a.clip_rewards and not evaluation,
-    )
+        "episodic_life": False, "life_loss_info": a.terminal_on_life_loss and not evaluation,
+        "reward_clipping": a.clip_rewards and not evaluation,
+    }
     clash = sorted(set(cfg.kwargs) & set(options))
     if clash:
         raise EnvironmentSpecError(f"env.kwargs: {', '.join(clash)} are set by env.atari")

@@ -12,10 +12,10 @@ import pytest
 
 pytest.importorskip("ale_py")
 
-from distdqn.config import load_config  # noqa: E402
-from distdqn.core.actor import Actor  # noqa: E402
-from distdqn.core.replay import make_replay  # noqa: E402
-from distdqn.envs import make_vector_env  # noqa: E402
+from distdqn.config import load_config
+from distdqn.core.actor import Actor
+from distdqn.core.replay import make_replay
+from distdqn.envs import make_vector_env
 
 CAPACITY = 500
 OBS_SHAPE = (4, 84, 84)
@@ -52,8 +52,8 @@ def stored(replay) -> dict[str, np.ndarray]:
 
 def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
     assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    for key, value in a.items():
+        np.testing.assert_array_equal(value, b[key], err_msg=key)
 
 
 def test_the_stream_has_episode_ends_of_every_kind(rollouts):

@@ -4,6 +4,8 @@ one-line errors for pixel input that cannot work."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 
 from distdqn.config import load_config
 from distdqn.envs import env_info, make_vector_env
-from tests.helpers import run_cli
+from tests.helpers import REPO, run_cli
 from tests.test_cli_errors import assert_user_error
 
 ale_py = pytest.importorskip("ale_py")
@@ -89,14 +91,14 @@ def play(env, actions_of_step, steps: int):
     rewards, lives_at_end = [], []
     env.reset(seed=0)
     for t in range(steps):
-        _, reward, terminated, truncated, info = env.step(actions_of_step(t))
+        _, reward, terminated, _, info = env.step(actions_of_step(t))
         rewards.append(reward)
         lives_at_end.extend(info["lives"][terminated].tolist())
     return np.concatenate(rewards), lives_at_end
 
 
 def test_life_loss_ends_training_episodes_only_and_the_game_goes_on():
-    fire = lambda t: np.full(2, FIRE)  # noqa: E731
+    fire = lambda t: np.full(2, FIRE)
     _, training = play(make_vector_env(atari(), 2), fire, 150)
     _, evaluation = play(make_vector_env(atari(), 2, evaluation=True), fire, 150)
     assert training and max(training) > 0      # terminated with lives left: a lost life
@@ -105,7 +107,7 @@ def test_life_loss_ends_training_episodes_only_and_the_game_goes_on():
 
 def test_rewards_are_clipped_for_training_only():
     rng = np.random.default_rng(0)
-    random = lambda t: rng.integers(0, 6, size=4)  # noqa: E731
+    random = lambda t: rng.integers(0, 6, size=4)
     training, _ = play(make_vector_env(atari(game="SpaceInvaders"), 4), random, 200)
     evaluation, _ = play(make_vector_env(atari(game="SpaceInvaders"), 4, evaluation=True), random, 200)
     assert set(np.unique(training)) <= {0.0, 1.0} and training.sum() > 0
@@ -167,11 +169,9 @@ def test_a_pixel_id_without_its_package_names_the_extra(tmp_path, env_id, extra,
     # the package hidden from the interpreter (sys.modules entry None: importing it fails)
     script = (f"import sys; sys.modules[{package!r}] = None; from distdqn.cli import main; "
               f"sys.argv = ['distdqn', 'train', '--set', 'env.id={env_id}', '--run-dir', {str(tmp_path / 'r')!r}]; main()")
-    import subprocess
-    import sys
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                            cwd=str(tmp_path.parent), env={"PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1]),
-                                                           "PATH": "/usr/bin:/bin", "PYTHONWARNINGS": "ignore"})
+                            cwd=str(tmp_path), env=env, check=False)
     assert_user_error(result, "env.id", env_id, extra)
 
 
