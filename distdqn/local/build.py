@@ -37,7 +37,7 @@ def build_policy(cfg: Config, info: EnvInfo, weights):
 def build_replay(cfg: Config, info: EnvInfo, seed: int) -> ReplayBuffer:
     r = cfg.replay
     return make_replay(r.prioritized, r.capacity, info.obs_shape, info.obs_dtype, seed, r.alpha,
-                       r.priority_eps)
+                       r.priority_eps, r.storage)
 
 
 def build_actor(cfg: Config, info: EnvInfo, weights, seed: int, num_envs: int | None = None) -> Actor:

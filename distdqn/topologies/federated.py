@@ -53,7 +53,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         # ---- build: the server's model here; clients (each with its own env variant) on the cluster ----
         server, pool = job.start_server(resume, FederatedClient)   # resumed: the global model only
         shapes = {k: v.shape for k, v in server.weights().items()}
-        variants = [make_vector_env(cfg.for_client(i).env, cfg.eval.num_envs) for i in range(len(f.clients))]
+        variants = [make_vector_env(cfg.for_client(i).env, cfg.eval.num_envs, evaluation=True) for i in range(len(f.clients))]
         client_returns: list[float] = []
         rng = np.random.default_rng(cfg.seed + 17)
         per_round = max(1, round(f.clients_per_round * pool.count))
