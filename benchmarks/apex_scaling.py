@@ -54,6 +54,7 @@ def train(args: list[str], run_dir: Path) -> dict:
     first, last = steady[0], steady[-1]
     busy = last.get("learner_busy_s", 0.0) - first.get("learner_busy_s", 0.0)
     summary["learner_busy_share"] = busy / max(last["wall_s"] - first["wall_s"], 1e-9)
+    summary["steady_rows"] = (first, last)
     return summary
 
 

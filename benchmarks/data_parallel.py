@@ -2,7 +2,7 @@
 during training (issue 13's measure).
 
     python -m benchmarks.data_parallel [--config cartpole] [--seeds 3] [--steps 30000] [--workers 2]
-                                       [--setups single allreduce-shm allreduce-gloo sync_ps async_ps]
+                                       [--setups single allreduce-shm sync_ps sync_ps-ray async_ps ...]
                                        [--set key=value ...]
 
 Every run is a `distdqn train` process, one at a time, seed by seed with every setup in turn (this
@@ -29,10 +29,17 @@ SETUPS = {
     "single": [],
     "allreduce-shm": ["--set", "topology=allreduce", "--set", "allreduce.backend=shm"],
     "allreduce-gloo": ["--set", "topology=allreduce", "--set", "allreduce.backend=gloo"],
-    "sync_ps": ["--set", "topology=sync_ps"],
-    "sync_ps-model": ["--set", "topology=sync_ps", "--set", "sync_ps.mode=model"],
-    "async_ps": ["--set", "topology=async_ps"],
+    "sync_ps": ["--set", "topology=sync_ps", "--set", "sync_ps.transport=shm"],
+    "sync_ps-ray": ["--set", "topology=sync_ps", "--set", "sync_ps.transport=ray"],
+    "sync_ps-model": ["--set", "topology=sync_ps", "--set", "sync_ps.mode=model", "--set", "sync_ps.transport=shm"],
+    "sync_ps-model-ray": ["--set", "topology=sync_ps", "--set", "sync_ps.mode=model", "--set", "sync_ps.transport=ray"],
+    "async_ps": ["--set", "topology=async_ps", "--set", "async_ps.transport=shm"],
+    "async_ps-ray": ["--set", "topology=async_ps", "--set", "async_ps.transport=ray"],
+    "async_ps-parameter": ["--set", "topology=async_ps", "--set", "async_ps.mode=parameter",
+                           "--set", "async_ps.transport=shm"],
 }
+DEFAULT_SETUPS = ["single", "allreduce-shm", "allreduce-gloo", "sync_ps", "sync_ps-ray", "sync_ps-model",
+                  "async_ps", "async_ps-ray"]
 
 
 def main() -> None:
@@ -41,19 +48,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=30_000, help="train.total_env_steps")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--setups", nargs="+", default=DEFAULT_SETUPS, choices=list(SETUPS))
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value, for every run")
     args = parser.parse_args()
     common = [args.config, "--set", f"train.total_env_steps={args.steps}",
               "--set", f"eval.interval_env_steps={args.steps}", "--set", "eval.stop_when_solved=false",
+              "--set", f"log.interval_env_steps={max(args.steps // 15, 500)}",
               "--set", f"workers.num_workers={args.workers}", "--set", "train.torch_threads=1",
               *(x for kv in args.overrides for x in ("--set", kv))]
     setups = ["single", *(s for s in args.setups if s != "single")]
     print(header(f"Data-parallel topologies beside single ({args.config}, {args.workers} workers, "
                  f"{args.steps} env steps, {', '.join(args.overrides) or 'no overrides'})"))
-    print("| setup | steady env steps/s (x single) | steady updates/s | outside the steady rate (s) | run wall (s) "
-          "| final eval |")
-    print("|---|---|---|---|---|---|")
+    print("| setup | steady env steps/s (x single) | steady updates/s | where the time goes (steady) "
+          "| outside the steady rate (s) | run wall (s) | final eval |")
+    print("|---|---|---|---|---|---|---|")
     runs: dict[str, list[dict]] = {name: [] for name in setups}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
@@ -69,9 +77,24 @@ def main() -> None:
                                    for r, s in zip(done, runs["single"], strict=True))
         print(f"| {name} | {statistics.median(r['steady_env_steps_per_s'] for r in done):,.0f} ({paired:.2f}x) | "
               f"{statistics.median(r['steady_updates_per_s'] for r in done):,.0f} | "
+              f"{_shares(done, args.workers)} | "
               f"{statistics.median(r['outside_s'] for r in done):.1f} | "
               f"{statistics.median(r['wall_s'] for r in done):.1f} | "
               f"{statistics.median(r['final_eval_return_mean'] for r in done):.0f} |", flush=True)
+
+
+def _shares(runs: list[dict], workers: int) -> str:
+    """The roles' busy and wait shares of the steady window (medians over seeds), from the metrics'
+    cumulative seconds: each worker's (shm parameter servers), the server's, rank 0's exchange wait."""
+    parts = []
+    for key, label, per in (("worker_busy_s", "workers busy", workers), ("worker_wait_s", "workers wait", workers),
+                            ("server_wait_s", "server waits", 1), ("rank0_exchange_wait_s", "rank 0 waits", 1)):
+        shares = [(last[key] - first[key]) / ((last["wall_s"] - first["wall_s"]) * per)
+                  for first, last in (r["steady_rows"] for r in runs)
+                  if key in first and key in last and last["wall_s"] > first["wall_s"]]
+        if shares:
+            parts.append(f"{label} {statistics.median(shares):.0%}")
+    return ", ".join(parts) or "-"
 
 
 if __name__ == "__main__":

@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import ray
 import torch
 
 from benchmarks.common import header
 from distdqn.config import load_config
-from distdqn.core import aggregate
 from distdqn.envs import env_info
 from distdqn.local import build
 from distdqn.local.replica import Replica
@@ -67,7 +67,7 @@ def rounds(pool: RolePool, server: ParameterServer, n: int, inline: bool) -> dic
         t2 = time.perf_counter()
         outs = ray.get(refs, timeout=60)
         t3 = time.perf_counter()
-        mean = aggregate.mean_of([o.grads for o in outs])
+        mean = np.mean([o.grads for o in outs], axis=0)
         t4 = time.perf_counter()
         server.apply_gradient(mean)
         t5 = time.perf_counter()

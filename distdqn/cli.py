@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from distdqn.errors import CheckpointError, UserError
+from distdqn.errors import CheckpointError, ConfigError, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep Q-Networks, trained fast on one machine and in parallel on Ray.")
@@ -24,7 +24,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 # Fields that must agree between a checkpoint and the config it is resumed or evaluated with.
 _MUST_MATCH = ("topology", "env.id", "env.kwargs", "env.num_envs", "network.kind",
                "network.hidden_sizes", "network.dueling", "replay.capacity", "replay.prioritized",
-               "workers.num_workers")
+               "replay.storage", "workers.num_workers")
 
 
 def _field(cfg_dict: dict, path: str):
@@ -49,6 +49,15 @@ def _check_devices(cfg) -> None:
         if not torch.cuda.is_available():
             raise ConfigError("learner.device: cuda was asked for but no CUDA device is available "
                               "(use auto or cpu)")
+
+
+def _check_network(cfg, info) -> None:
+    """The network can take the environment's observations (checked before any process starts)."""
+    from distdqn.local.build import build_network
+    try:
+        build_network(cfg, info)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_client_envs(cfg) -> None:
@@ -128,6 +137,7 @@ def train(
     info = env_info(cfg.env)
     _check_client_envs(cfg)
     _check_devices(cfg)
+    _check_network(cfg, info)
     if cfg.topology != "single":  # fail on an unreachable cluster before anything is written
         from distdqn.runtime.cluster import check_reachable
         check_reachable(cfg.cluster.address, min(cfg.cluster.connect_timeout_s, 10.0))
@@ -191,7 +201,7 @@ def evaluate(
                               f"({str(exc).splitlines()[0]})") from None
     weights = {k: v.detach().cpu().numpy() for k, v in network.state_dict().items()}
     torch.set_num_threads(1)
-    env = make_vector_env(cfg.env, min(num_envs, episodes))
+    env = make_vector_env(cfg.env, min(num_envs, episodes), evaluation=True)
     returns = run_evaluation(build_policy(cfg, info, weights), env, episodes, 0.0, seed)
     env.close()
     typer.echo(f"{cfg.env.id}: mean {np.mean(returns):.2f} std {np.std(returns):.2f} over {len(returns)} episodes")
@@ -218,15 +228,18 @@ def compare(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override for every config: key.path=value")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing report directory")] = False,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (distributed topologies)")] = None,
+    sweep: Annotated[str | None, typer.Option(
+        help="Run every config at each value of one key, e.g. workers.num_workers=1,2,4,8")] = None,
 ) -> None:
-    """Train every config with each seed, one run at a time, and report which is faster to solve."""
+    """Train every config with each seed, one run at a time, and report which is faster to solve;
+    with --sweep, also throughput and time to solve against the swept value (a table and a plot)."""
     import shlex
 
     from distdqn.compare import compare as run_compare
     from distdqn.compare import plan_comparison
 
     command = shlex.join(["distdqn", *sys.argv[1:]])
-    plan = plan_comparison(configs, seeds, first_seed, list(set_ or []), address, out, overwrite, command)
+    plan = plan_comparison(configs, seeds, first_seed, list(set_ or []), address, out, overwrite, command, sweep)
     for entry in plan.entries:
         _check_devices(entry.cfg)
     for cfg in [e.cfg for e in plan.entries if e.cfg.topology != "single"]:

@@ -9,6 +9,8 @@ seed 1, ...) so that a machine that slows down over time does not favour one con
       results.json               every run's figures and the per-config aggregates
       return_vs_env_steps.png    evaluation return per config: faint line per seed, bold median
       return_vs_wall_s.png
+      sweep.png                  with --sweep KEY=V1,V2,...: throughput and time to solve against
+                                 the swept value, one line per config (how many workers?)
       runs/<label>-s<seed>/      each run's directory, as `distdqn train` writes it
       runs/<label>-s<seed>.log   its stdout and stderr
 
@@ -51,6 +53,37 @@ class ConfigEntry:
     """As given: a YAML file's path or a preset's name."""
     label: str
     cfg: Config
+    overrides: list[str] = field(default_factory=list)
+    """This entry's own ``--set``s (the swept key's value)."""
+    base: str = ""
+    """The config's label before the sweep (the label, without a sweep)."""
+    sweep_value: str | None = None
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """``--sweep KEY=V1,V2,...``: every config is run at each value of one key."""
+
+    key: str
+    values: list[str]
+
+    @classmethod
+    def parse(cls, text: str) -> Sweep:
+        key, _, values = text.partition("=")
+        items = [v.strip() for v in values.split(",") if v.strip()]
+        if not key.strip() or not items:
+            raise UserError(f"--sweep: expected KEY=V1,V2,... such as workers.num_workers=1,2,4 (got {text!r})")
+        return cls(key.strip(), items)
+
+    @property
+    def leaf(self) -> str:
+        return self.key.rsplit(".", 1)[-1]
+
+    def numeric(self) -> list[float] | None:
+        try:
+            return [float(v) for v in self.values]
+        except ValueError:
+            return None
 
 
 @dataclass
@@ -62,6 +95,7 @@ class Plan:
     overrides: list[str]
     address: str | None
     command: str
+    sweep: Sweep | None = None
 
     @property
     def env_id(self) -> str:
@@ -72,7 +106,7 @@ class Plan:
         return len(self.entries) * len(self.seeds)
 
     def run_name(self, entry: ConfigEntry, seed: int) -> str:
-        return f"{entry.label}-s{seed}"
+        return f"{entry.label.replace(' ', '_')}-s{seed}"
 
 
 def config_labels(configs: list[str], topologies: list[str]) -> list[str]:
@@ -97,9 +131,9 @@ def config_labels(configs: list[str], topologies: list[str]) -> list[str]:
 
 def plan_comparison(configs: list[str], seeds: int, first_seed: int, overrides: list[str],
                     address: str | None, out_dir: Path | None, overwrite: bool,
-                    command: str) -> Plan:
-    """Load every config with the overrides, check they pose the same task and that the output
-    directory may be written; raise UserError otherwise."""
+                    command: str, sweep: str | None = None) -> Plan:
+    """Load every config with the overrides (at every value of the ``sweep``), check they pose the
+    same task and that the output directory may be written; raise UserError otherwise."""
     from distdqn.envs import env_info
 
     if not configs:
@@ -119,9 +153,15 @@ def plan_comparison(configs: list[str], seeds: int, first_seed: int, overrides: 
         raise UserError(f"--out: {out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise UserError(f"--out: {out_dir} already exists and is not empty; pass --overwrite to replace it")
-    entries = [ConfigEntry(c, label, cfg) for c, label, cfg in zip(configs, labels, cfgs)]
+    entries = [ConfigEntry(c, label, cfg, base=label) for c, label, cfg in zip(configs, labels, cfgs)]
+    swept = Sweep.parse(sweep) if sweep is not None else None
+    if swept is not None:   # each config at each value; a value the config refuses fails here
+        entries = [ConfigEntry(e.config, f"{e.label} {swept.leaf}={v}",
+                               load_config(e.config, [*overrides, f"{swept.key}={v}"]),
+                               [f"{swept.key}={v}"], e.label, v)
+                   for e in entries for v in swept.values]
     return Plan(entries, list(range(first_seed, first_seed + seeds)), out_dir, overwrite,
-                list(overrides), address, command)
+                list(overrides), address, command, swept)
 
 
 # ============================================================================================
@@ -165,7 +205,7 @@ class RunOutcome:
 def train_argv(plan: Plan, entry: ConfigEntry, seed: int, run_dir: Path) -> list[str]:
     argv = [sys.executable, "-m", "distdqn.cli", "train", entry.config, "--seed", str(seed),
             "--run-dir", str(run_dir), "--set", "log.progress=false"]
-    for assignment in plan.overrides:
+    for assignment in [*plan.overrides, *entry.overrides]:
         argv += ["--set", assignment]
     if plan.address is not None:
         argv += ["--address", plan.address]
@@ -351,6 +391,33 @@ def runs_table(runs: list[RunOutcome]) -> str:
     return "\n".join(lines)
 
 
+def sweep_table(plan: Plan, aggregates: dict[str, LabelAggregate]) -> str:
+    """Per config, a row per swept value: env steps/s, its speed-up over the first value and (for
+    numbers) the parallel efficiency, speed-up / (value / first value); solved, time to solve."""
+    sweep, numeric = plan.sweep, plan.sweep.numeric()
+    header = ["config", sweep.key, "env steps/s", f"speed-up vs {sweep.values[0]}"]
+    header += ["parallel efficiency"] if numeric else []
+    header += ["runs solved", "time to solve (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for base in dict.fromkeys(e.base for e in plan.entries):
+        group = [e for e in plan.entries if e.base == base]
+        first = aggregates.get(group[0].label)
+        for k, entry in enumerate(group):
+            agg = aggregates.get(entry.label)
+            if agg is None:
+                continue
+            speedup = (agg.env_steps_per_s.median / first.env_steps_per_s.median
+                       if agg.env_steps_per_s and first and first.env_steps_per_s else None)
+            row = [base, entry.sweep_value, spread_cell(agg.env_steps_per_s, ",.0f"),
+                   "–" if speedup is None else f"{speedup:.2f}x"]
+            if numeric:
+                scale = numeric[k] / numeric[0] if numeric[0] else None
+                row.append("–" if speedup is None or not scale else f"{speedup / scale:.0%}")
+            row += [f"{agg.solved}/{agg.runs}", spread_cell(agg.time_to_solve_s, ".2f")]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def thresholds(runs: list[RunOutcome]) -> list[float]:
     return sorted({float(r.summary["solve_threshold"]) for r in runs if r.completed})
 
@@ -372,6 +439,9 @@ def report_markdown(plan: Plan, runs: list[RunOutcome], aggregates: dict[str, La
         f"its wall-clock time as its summary.json gives it (environment creation, Ray start-up and "
         f"evaluations included; Python's start-up not). {solve}")
     parts = [f"# distdqn compare: {plan.env_id}", "", intro, "", markdown_table(aggregates), ""]
+    if plan.sweep is not None:
+        parts += [f"## Against `{plan.sweep.key}`", "", sweep_table(plan, aggregates), "",
+                  "![throughput and time to solve against the swept value](sweep.png)", ""]
     if len(runs) < plan.total_runs:
         parts += [f"**Interrupted** after {len(runs)} of {plan.total_runs} runs: the figures cover them only.",
                   ""]
@@ -405,7 +475,9 @@ def results_json(plan: Plan, runs: list[RunOutcome], aggregates: dict[str, Label
         "seeds": plan.seeds,
         "overrides": plan.overrides,
         "configs": [{"label": e.label, "path": e.config, "topology": e.cfg.topology,
-                     "total_env_steps": e.cfg.train.total_env_steps} for e in plan.entries],
+                     "total_env_steps": e.cfg.train.total_env_steps, "sweep_value": e.sweep_value}
+                    for e in plan.entries],
+        "sweep": asdict(plan.sweep) if plan.sweep is not None else None,
         "reference_label": reference_label(runs),
         "runs": [r.to_dict() for r in runs],
         "aggregates": {label: {**asdict(a), "failed": a.failed} for label, a in aggregates.items()},
@@ -532,6 +604,40 @@ def plot_returns(plan: Plan, runs: list[RunOutcome]) -> None:
         plt.close(fig)
 
 
+def plot_sweep(plan: Plan, aggregates: dict[str, LabelAggregate]) -> None:
+    """sweep.png: env steps/s and time to solve (median, min-max bars) against the swept value."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    numeric = plan.sweep.numeric()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for i, base in enumerate(dict.fromkeys(e.base for e in plan.entries)):
+        group = [(k, e) for k, e in enumerate(plan.entries) if e.base == base]
+        for ax, key in ((axes[0], "env_steps_per_s"), (axes[1], "time_to_solve_s")):
+            points = [(numeric[k % len(numeric)] if numeric else e.sweep_value, getattr(aggregates[e.label], key))
+                      for k, e in group if e.label in aggregates and getattr(aggregates[e.label], key)]
+            if not points:
+                continue
+            xs, spreads = zip(*points)
+            ys = [s.median for s in spreads]
+            errors = [[y - s.min for y, s in zip(ys, spreads)], [s.max - y for y, s in zip(ys, spreads)]]
+            ax.errorbar(xs, ys, yerr=errors, color=f"C{i % 10}", marker="o", capsize=3, label=base)
+    axes[0].set_ylabel("env steps/s (median, min-max over seeds)")
+    axes[1].set_ylabel("time to solve, s (solving seeds)")
+    for ax in axes:
+        ax.set_xlabel(plan.sweep.key)
+        ax.grid(alpha=0.3)
+        if numeric:
+            ax.set_xticks(sorted(set(numeric)))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=9)
+    fig.suptitle(f"{plan.env_id}: against {plan.sweep.key}")
+    fig.tight_layout()
+    fig.savefig(plan.out_dir / "sweep.png", dpi=110)
+    plt.close(fig)
+
+
 # ============================================================================================
 # The whole comparison.
 
@@ -547,6 +653,8 @@ def compare(plan: Plan) -> list[RunOutcome]:
     (plan.out_dir / "results.json").write_text(
         json.dumps(results_json(plan, runs, aggregates, provenance), indent=1))
     plot_returns(plan, runs)
+    if plan.sweep is not None:
+        plot_sweep(plan, aggregates)
     print(f"wrote {plan.out_dir / 'report.md'}", file=sys.stderr, flush=True)
     if interrupted:
         raise KeyboardInterrupt

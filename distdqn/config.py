@@ -33,9 +33,39 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
 
+class AtariConfig(_Section):
+    """How ``ALE/<Game>-v5`` ids are stepped and preprocessed: one preprocessing, ale-py's C++
+    ``AtariVectorEnv``, for training and evaluation alike. The defaults are the Nature DQN
+    conventions (Mnih et al. 2015) with v5's sticky actions (Machado et al. 2018)."""
+
+    noop_max: int = Field(30, ge=0)
+    """Each episode starts with a uniform number in [0, noop_max] of no-op actions."""
+    frame_skip: int = Field(4, ge=1)
+    """Emulator frames per env step (the action repeated); each observation is the pixel-wise max
+    of the last two of them (flicker removal)."""
+    screen_size: int = Field(84, ge=8)
+    """Frames are converted to grayscale and resized to screen_size x screen_size."""
+    frame_stack: int = Field(4, ge=1)
+    """Observations are the last frame_stack frames, [frame_stack, screen_size, screen_size] uint8."""
+    terminal_on_life_loss: bool = True
+    """Training only: a lost life ends the transition's bootstrapping (``terminated``) while the
+    game goes on. Evaluation always scores whole games."""
+    clip_rewards: bool = True
+    """Training only: rewards clipped to [-1, 1]. Evaluation returns are unclipped game scores."""
+    max_episode_frames: int = Field(108_000, ge=1)
+    """Emulator frames after which an episode is truncated (108,000 = 30 minutes at 60 Hz)."""
+    repeat_action_probability: float = Field(0.25, ge=0.0, le=1.0)
+    """Sticky actions: each emulator frame repeats the previous action with this probability.
+    0.25 is v5's default (Machado et al. 2018); the Nature setting is 0."""
+    fire_reset: bool = False
+    """Press FIRE after each reset, in games that need it to start (off in the Nature setting)."""
+
+
 class EnvConfig(_Section):
     id: str = "CartPole-v1"
-    """Any registered Gymnasium id with a discrete action space (CartPole-v1, LunarLander-v3, ...)."""
+    """Any registered Gymnasium id with a discrete action space (CartPole-v1, LunarLander-v3, ...),
+    ``ALE/<Game>-v5`` (Atari, ``pip install 'distdqn[atari]'``) or ``MinAtar/<Game>-v1``
+    (``pip install 'distdqn[minatar]'``)."""
     num_envs: int = Field(8, ge=1)
     """Sub-environments stepped together as one vector env, per actor process."""
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -50,12 +80,22 @@ class EnvConfig(_Section):
     vectorization: Literal["auto", "native", "sync", "async"] = "auto"
     """How sub-environments are stepped: ``native`` uses the id's own vectorized implementation
     (CartPole-v1 has one), ``sync`` steps them in turn in this process, ``async`` in subprocesses;
-    ``auto`` picks native when the id has one and no kwargs are given, else sync."""
+    ``auto`` picks native when the id has one and no kwargs are given, else sync. ``ALE/`` ids are
+    always stepped by ale-py's C++ ``AtariVectorEnv`` (auto or native)."""
+    atari: AtariConfig = Field(default_factory=AtariConfig)
+    """Preprocessing of ``ALE/`` ids (ignored for other ids)."""
+    step_latency_ms: float = Field(0.0, ge=0.0)
+    """A wait added to every step of the vector env, without using the CPU (a sleep): it models
+    simulators in other processes or behind a network that answer a step this much later (all
+    sub-environments of the vector at once). For benchmarks of scaling past the cores; 0: none."""
 
 
 class NetworkConfig(_Section):
-    kind: Literal["mlp", "nature_cnn"] = "mlp"
-    """``mlp`` for vector observations, ``nature_cnn`` for stacked image frames (Mnih et al. 2015)."""
+    kind: Literal["mlp", "nature_cnn", "minatar_cnn"] = "mlp"
+    """``mlp`` for vector observations; ``nature_cnn`` for stacked [C, 84, 84] frames (Mnih et al.
+    2015: conv 32 8x8/4, 64 4x4/2, 64 3x3/1, then hidden_sizes, [512] in the paper);
+    ``minatar_cnn`` for MinAtar's channels-last [10, 10, C] boards (Young and Tian 2019: conv 16
+    3x3/1, then hidden_sizes, [128] in the paper)."""
     hidden_sizes: list[int] = Field(default_factory=lambda: [128, 128])
     """Widths of the hidden layers of the MLP (or of the CNN's fully connected part)."""
     dueling: bool = False
@@ -86,6 +126,11 @@ class ReplayConfig(_Section):
     """Added to |TD error| so that no transition has priority zero."""
     n_step: int = Field(3, ge=1)
     """Steps summed into each stored transition's return (n-step Q-learning)."""
+    storage: Literal["auto", "full", "frames"] = "auto"
+    """How observations are stored: ``full`` keeps each transition's obs and next_obs arrays;
+    ``frames`` keeps each distinct frame of stacked uint8 observations [C, H, W] once and rebuilds
+    the stacks when a batch is sampled (about 1/8 of the memory for 4-frame stacks); ``auto``:
+    frames for uint8 observations with 3 dimensions, else full."""
 
 
 class LearnerConfig(_Section):
@@ -117,6 +162,15 @@ class LearnerConfig(_Section):
     """How an update is computed: ``autograd`` is plain PyTorch for any network; ``fused_mlp`` a
     hand-derived forward/backward for ReLU MLPs (same math, a few times fewer small ops);
     ``auto`` uses fused_mlp where it applies."""
+    model_parallel: int = Field(1, ge=1)
+    """Ranks (processes) the learner's network is split across, tensor-parallel: the linear layers
+    of the MLP (or of the CNN's fully connected part) in column- then row-split pairs, one
+    all-reduce per pair. To the rest of the run the ranks are one learner (``single``: local
+    processes; ``apex``: Ray actors on the learner's node). Every hidden size must divide by it.
+    Pays only for wide layers (docs/model_parallel.md); the data-parallel topologies refuse it."""
+    model_parallel_timeout_s: float = Field(60.0, gt=0.0)
+    """Longest wait for the learner's ranks to form their group and for any exchange between
+    them; a rank that dies or stalls ends the run with an error within about this long."""
 
 
 class ExplorationConfig(_Section):
@@ -253,6 +307,11 @@ class SyncPSConfig(_Section):
     late update is dropped, and counted); the round goes on with those that answered."""
     min_workers: int = Field(1, ge=1)
     """Answers a round needs; with fewer it keeps waiting, up to ``workers.stall_timeout_s``."""
+    transport: Literal["auto", "shm", "ray"] = "auto"
+    """How weights and gradients travel between the server and the workers: ``shm`` through shared
+    memory (every worker on the driver's node, CPU learners: each worker runs its own loop),
+    ``ray`` as the arguments and answers of a Ray call per round (any cluster). ``auto``: shm
+    where it can, else ray."""
 
 
 class AsyncPSConfig(_Section):
@@ -269,6 +328,9 @@ class AsyncPSConfig(_Section):
     """Parameter form: local learner updates per push (a worker pulls fresh weights at every push)."""
     mixing_rate: float = Field(0.5, gt=0.0, le=1.0)
     """eta of the parameter form."""
+    transport: Literal["auto", "shm", "ray"] = "auto"
+    """As ``sync_ps.transport``: ``shm`` (every worker on the driver's node, CPU learners), ``ray``
+    (a Ray call per update, any cluster), ``auto`` (shm where it can)."""
 
 
 class AllReduceConfig(_Section):
@@ -409,6 +471,16 @@ class Config(_Section):
                 f"sync_ps.min_workers: must be <= workers.num_workers "
                 f"({self.sync_ps.min_workers} > {self.workers.num_workers})"
             )
+        p = self.learner.model_parallel
+        if p > 1 and self.topology not in ("single", "apex"):
+            raise ValueError(f"learner.model_parallel: {self.topology} does not split its learners across ranks "
+                             f"(only single and apex do); use 1")
+        if p > 1 and any(h % p for h in self.network.hidden_sizes):
+            raise ValueError(f"learner.model_parallel: {p} ranks must divide every hidden size "
+                             f"(network.hidden_sizes is {self.network.hidden_sizes})")
+        if p > 1 and self.learner.kernel == "fused_mlp":
+            raise ValueError("learner.model_parallel: the fused_mlp kernel does not split across ranks "
+                             "(use learner.kernel auto or autograd)")
         f, n = self.federated, self.workers.num_workers
         if f.clients and len(f.clients) != n:
             raise ValueError(f"federated.clients: one entry per client is needed ({len(f.clients)} given, "

@@ -2,12 +2,23 @@
 
 CartPole-v1 has a natively vectorized implementation in Gymnasium (all sub-envs stepped by one set
 of NumPy operations); ``auto`` uses it. Other ids are stepped in turn (``sync``) or in subprocesses
-(``async``). Atari ids (``ALE/...``, with ``pip install distdqn[atari]``) get the standard
-preprocessing: 84x84 grayscale, frame skip 4, 4 stacked frames.
+(``async``).
+
+Atari ids (``ALE/<Game>-v5``, ``pip install 'distdqn[atari]'``) have one preprocessing, ale-py's
+C++ ``AtariVectorEnv`` (threads of its own), set by ``env.atari`` (noop reset, frame skip with a
+max over the last two frames, grayscale resize, frame stack, sticky actions, the frame cap). Life
+loss as a terminal and reward clipping apply to training envs only: an evaluation env
+(``evaluation=True``) plays whole games and returns the game's score. The C++ path gives the same
+observations as Gymnasium's ``AtariPreprocessing`` + ``FrameStackObservation`` for the same seed
+and actions (``tests/test_pixels_envs.py``), several times faster.
+
+MinAtar ids (``MinAtar/<Game>-v1``, ``pip install 'distdqn[minatar]'``) are registered on first
+use; their observations are [10, 10, C] boolean boards, channels last.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,13 +43,20 @@ class EnvInfo:
 
 
 def _spec(env_id: str) -> gym.envs.registration.EnvSpec:
-    if env_id.startswith("ALE/"):
+    if _is_atari(env_id):
         try:
             import ale_py
             gym.register_envs(ale_py)
         except ImportError:
             raise EnvironmentSpecError(
                 f"env.id: {env_id} needs the Atari extra (pip install 'distdqn[atari]')") from None
+    elif env_id.startswith("MinAtar/") and env_id not in gym.registry:
+        try:
+            import minatar.gym
+        except ImportError:
+            raise EnvironmentSpecError(
+                f"env.id: {env_id} needs the MinAtar extra (pip install 'distdqn[minatar]')") from None
+        minatar.gym.register_envs()
     try:
         return gym.spec(env_id)
     except gym.error.Error as exc:
@@ -53,11 +71,40 @@ def _single_env(cfg: EnvConfig) -> gym.Env:
     kwargs = dict(cfg.kwargs)
     if cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
-    if _is_atari(cfg.id):
-        env = gym.make(cfg.id, frameskip=1, **kwargs)
-        env = gym.wrappers.AtariPreprocessing(env, frame_skip=4, screen_size=84, grayscale_obs=True)
-        return gym.wrappers.FrameStackObservation(env, 4)
     return _set_attributes(gym.make(cfg.id, **kwargs), cfg.attributes, cfg.id)
+
+
+def atari_vector_env(cfg: EnvConfig, num_envs: int, evaluation: bool = False) -> gym.vector.VectorEnv:
+    """ale-py's C++ vector env for an ``ALE/<Game>-v5`` id, preprocessed as ``cfg.atari`` says."""
+    from ale_py.vector_env import AtariVectorEnv
+
+    if cfg.vectorization in ("sync", "async"):
+        raise EnvironmentSpecError(f"env.vectorization: {cfg.id} is stepped by ale-py's AtariVectorEnv "
+                                   f"(auto or native), not {cfg.vectorization}")
+    if cfg.max_episode_steps is not None:
+        raise EnvironmentSpecError(f"env.max_episode_steps: {cfg.id} is capped by "
+                                   "env.atari.max_episode_frames instead")
+    if cfg.attributes:
+        raise EnvironmentSpecError(f"env.attributes: {cfg.id} takes none")
+    a = cfg.atari
+    options = {
+        "noop_max": a.noop_max, "frameskip": a.frame_skip, "maxpool": True, "grayscale": True,
+        "img_height": a.screen_size, "img_width": a.screen_size, "stack_num": a.frame_stack,
+        "repeat_action_probability": a.repeat_action_probability, "use_fire_reset": a.fire_reset,
+        "max_num_frames_per_episode": a.max_episode_frames,
+        # life_loss_info: terminated on a lost life while the game goes on (Nature DQN);
+        # episodic_life would reset the whole game at each lost life
+        "episodic_life": False, "life_loss_info": a.terminal_on_life_loss and not evaluation,
+        "reward_clipping": a.clip_rewards and not evaluation,
+    }
+    clash = sorted(set(cfg.kwargs) & set(options))
+    if clash:
+        raise EnvironmentSpecError(f"env.kwargs: {', '.join(clash)} are set by env.atari")
+    game = _spec(cfg.id).kwargs["game"]
+    try:
+        return AtariVectorEnv(game, num_envs, **options, **cfg.kwargs)
+    except TypeError as exc:  # unknown keyword in env.kwargs
+        raise EnvironmentSpecError(f"env.kwargs: {cfg.id} rejects them: {exc}") from None
 
 
 def _set_attributes(env, attributes: dict[str, float], env_id: str):
@@ -83,8 +130,14 @@ def _mode(cfg: EnvConfig) -> str:
     return "native" if spec.vector_entry_point is not None and not cfg.kwargs else "sync"
 
 
-def make_vector_env(cfg: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
-    """A vector env of ``num_envs`` copies of ``cfg.id`` (seeded by the caller's first reset)."""
+def make_vector_env(cfg: EnvConfig, num_envs: int, evaluation: bool = False) -> gym.vector.VectorEnv:
+    """A vector env of ``num_envs`` copies of ``cfg.id`` (seeded by the caller's first reset).
+    ``evaluation``: scored as the game is (Atari: whole games, unclipped rewards)."""
+    env = atari_vector_env(cfg, num_envs, evaluation) if _is_atari(cfg.id) else _gymnasium_vector_env(cfg, num_envs)
+    return StepLatency(env, cfg.step_latency_ms / 1000) if cfg.step_latency_ms > 0 else env
+
+
+def _gymnasium_vector_env(cfg: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
     mode = _mode(cfg)
     try:
         if mode == "native":
@@ -104,9 +157,28 @@ def make_vector_env(cfg: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
     return env
 
 
+class StepLatency(gym.vector.VectorWrapper):
+    """Every step answers ``latency_s`` later, the CPU left free meanwhile (``env.step_latency_ms``):
+    a stand-in for simulators that run elsewhere, to measure how far acting scales past the cores."""
+
+    def __init__(self, env: gym.vector.VectorEnv, latency_s: float):
+        super().__init__(env)
+        self.latency_s = latency_s
+
+    def step(self, actions):
+        time.sleep(self.latency_s)
+        return self.env.step(actions)
+
+
 def env_info(cfg: EnvConfig) -> EnvInfo:
     """Check that DQN can learn ``cfg.id`` (discrete actions, array observations) and describe it."""
     spec = _spec(cfg.id)
+    if _is_atari(cfg.id):
+        env = atari_vector_env(cfg, 1)
+        action_space, obs_space = env.single_action_space, env.single_observation_space
+        env.close()
+        return EnvInfo(cfg.id, tuple(obs_space.shape), np.dtype(obs_space.dtype), int(action_space.n),
+                       spec.reward_threshold)
     try:
         env = _single_env(cfg)
     except gym.error.DependencyNotInstalled as exc:

@@ -285,3 +285,60 @@ def test_git_commit_outside_a_checkout_and_dirty_inside(tmp_path):
     assert git_commit(tmp_path) == head.stdout.strip()
     (tmp_path / "b.txt").write_text("b")
     assert git_commit(tmp_path) == head.stdout.strip() + "+dirty"
+
+
+# A stand-in for `distdqn train` in a sweep (argv: value seed run_dir): throughput doubles from
+# 1 to 2 workers and stays there at 4 (efficiency 100%, 100%, 50%).
+FAKE_SWEEP_TRAIN = """
+import json, pathlib, sys
+value, seed, run_dir = int(sys.argv[1]), int(sys.argv[2]), pathlib.Path(sys.argv[3])
+run_dir.mkdir(parents=True)
+wall = 40.0 / min(value, 2)
+rows = [{"env_steps": s, "wall_s": wall * s / 4000, "eval_return_mean": s / 10, "eval_env_steps": s}
+        for s in (1000, 2000, 3000, 4000)]
+run_dir.joinpath("metrics.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in rows))
+run_dir.joinpath("summary.json").write_text(json.dumps({
+    "solved": True, "solve_threshold": 300.0, "time_to_solve_s": wall * 0.75, "env_steps_to_solve": 3000,
+    "final_eval_return_mean": 400.0, "wall_s": wall, "env_steps": 4000, "learner_updates": 2000}))
+"""
+
+
+def test_sweep_reports_throughput_speed_up_and_efficiency_against_the_value(tmp_path, monkeypatch):
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_SWEEP_TRAIN)
+    seen, real_argv = [], distdqn.compare.train_argv
+
+    def argv(plan, entry, seed, run_dir):
+        seen.append(real_argv(plan, entry, seed, run_dir))   # what `distdqn train` would have been given
+        return [sys.executable, str(fake), entry.sweep_value, str(seed), str(run_dir)]
+
+    monkeypatch.setattr(distdqn.compare, "train_argv", argv)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["compare", "cartpole-allreduce", "--seeds", "1", "--out", str(out),
+                                      "--sweep", "workers.num_workers=1,2,4"])
+    assert result.exit_code == 0, result.output
+    # each run gets its value of the swept key as a --set
+    values = [a[a.index("--set", a.index("log.progress=false")) + 1] for a in seen]
+    assert values == ["workers.num_workers=1", "workers.num_workers=2", "workers.num_workers=4"]
+    report = (out / "report.md").read_text()
+    assert "## Against `workers.num_workers`" in report
+    assert "| allreduce | 1 | 100 [100–100] | 1.00x | 100% | 1/1 | 30.00 [30.00–30.00] |" in report
+    assert "| allreduce | 2 | 200 [200–200] | 2.00x | 100% | 1/1 | 15.00 [15.00–15.00] |" in report
+    assert "| allreduce | 4 | 200 [200–200] | 2.00x | 50% | 1/1 | 15.00 [15.00–15.00] |" in report
+    assert (out / "sweep.png").read_bytes()[:8] == PNG
+    results = json.loads((out / "results.json").read_text())
+    assert results["sweep"] == {"key": "workers.num_workers", "values": ["1", "2", "4"]}
+    assert [c["sweep_value"] for c in results["configs"]] == ["1", "2", "4"]
+    assert (out / "runs" / "allreduce_num_workers=4-s0" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize(("sweep", "fragments"), [
+    ("workers.num_workers", ["--sweep", "KEY=V1,V2"]),
+    ("workers.num_workers=1,0", ["workers.num_workers"]),
+    ("workers.num_wrkers=1,2", ["workers.num_wrkers"]),
+])
+def test_a_bad_sweep_is_one_line_and_writes_nothing(tmp_path, sweep, fragments):
+    out = tmp_path / "report"
+    assert_user_error(run_cli(["compare", "cartpole-allreduce", "--seeds", "1", "--out", str(out),
+                               "--sweep", sweep]), *fragments)
+    assert not out.exists()

@@ -114,3 +114,19 @@ def test_env_attributes_change_the_physics_and_unknown_ones_are_errors():
     assert env.length == 1.0 and env.polemass_length == pytest.approx(0.2) and env.total_mass == pytest.approx(1.2)
     with pytest.raises(EnvironmentSpecError, match="env.attributes.lenght"):
         env_info(EnvConfig(attributes={"lenght": 1.0}))
+
+
+def test_step_latency_waits_without_using_the_cpu():
+    """env.step_latency_ms: every vector step answers that much later, the process asleep meanwhile."""
+    import time
+
+    from distdqn.config import EnvConfig
+    from distdqn.envs import make_vector_env
+    env = make_vector_env(EnvConfig(step_latency_ms=10.0), 4)
+    env.reset(seed=0)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(30):
+        env.step(env.action_space.sample())
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    assert wall >= 0.3 and cpu < 0.5 * wall
+    env.close()

@@ -44,6 +44,8 @@ def test_topology_solves_cartpole(tmp_path, ray_cluster, topology):
     assert max(r["eval_return_mean"] for r in solving) >= 475
     if topology == "allreduce":
         assert summary["replicas_identical"] and len(set(summary["replica_hashes"])) == 1
+    else:   # workers on the driver's node: the shared-memory transport
+        assert summary["transport"] == "shm"
     if topology == "async_ps":
         assert sum(summary["staleness_histogram"].values()) > 0
         # ... and as TensorBoard histograms, one per metrics row
@@ -73,6 +75,25 @@ def test_sync_ps_with_one_worker_is_single_update_for_update(tmp_path, ray_clust
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.parametrize("topology", ["sync_ps", "async_ps"])
+@pytest.mark.parametrize("transport", ["shm", "ray"])
+def test_parameter_servers_over_shared_memory_and_ray_calls(tmp_path, ray_cluster, topology, transport):
+    """Both ways a server and its workers exchange (their own loops over shared memory; a Ray
+    call per update) learn; shm reports the roles' busy and wait times and leaves no segment."""
+    run_dir = tmp_path / "run"
+    summary = train(run_dir, ray_cluster, f"cartpole-{topology}", "--seed", "1",
+                    "--set", "train.total_env_steps=4000", "--set", f"{topology}.transport={transport}",
+                    "--set", "log.interval_env_steps=1000")
+    assert summary["transport"] == transport and summary["env_steps"] >= 4000
+    assert summary["learner_updates"] >= 250, summary
+    rows = read_metrics(run_dir)
+    assert rows[-1]["loss"] > 0
+    if transport == "shm":
+        busy = [r for r in rows if "worker_busy_s" in r]
+        assert busy and busy[-1]["worker_busy_s"] > 0 and busy[-1]["server_wait_s"] >= 0
+    assert not list(Path("/dev/shm").glob("distdqn-*"))
+
+
 @pytest.mark.parametrize(("backend", "resolved"), [("gloo", "gloo"), ("auto", "shm")])
 def test_allreduce_replicas_are_identical_after_k_updates(tmp_path, ray_cluster, backend, resolved):
     """Ranks on one node average through shared memory by default (auto), or with gloo."""
@@ -82,14 +103,17 @@ def test_allreduce_replicas_are_identical_after_k_updates(tmp_path, ray_cluster,
     assert summary["learner_updates"] >= 300
     assert len(summary["replica_hashes"]) == 2 and summary["replicas_identical"]
     assert summary["backend"] == resolved
+    # every rank collects before the same updates (reset steps make their env-step counts differ)
+    assert summary["collections_in_step"] >= 0.9, summary["collections_in_step"]
     assert not list(Path("/dev/shm").glob("distdqn-*"))   # the shared segment is gone
 
 
 @pytest.mark.slow
-def test_async_ps_restarts_a_killed_worker_and_finishes(tmp_path, ray_cluster):
+@pytest.mark.parametrize("transport", ["shm", "ray"])
+def test_async_ps_restarts_a_killed_worker_and_finishes(tmp_path, ray_cluster, transport):
     run_dir = tmp_path / "run"
     args = ["cartpole-async_ps", "--seed", "2", "--run-dir", str(run_dir), "--address", ray_cluster,
-            *QUIET, "--set", "train.total_env_steps=12000"]
+            *QUIET, "--set", "train.total_env_steps=12000", "--set", f"async_ps.transport={transport}"]
     returncode, err, victim = kill_role_mid_run(args, "worker0", metrics_started(run_dir), wait_s=120, finish_s=600)
     assert returncode == 0, err[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())

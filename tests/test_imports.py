@@ -53,7 +53,8 @@ def test_messages_are_ray_free():
 
 def test_one_file_per_process_role():
     roles = {p.stem: p.read_text() for p in modules_under("runtime/roles") if p.stem != "__init__"}
-    assert set(roles) == {"experience_actor", "learner", "replay_server", "replica_worker", "federated_client"}
+    assert set(roles) == {"experience_actor", "learner", "replay_server", "replica_worker", "federated_client",
+                           "model_parallel_rank"}
     for name, text in roles.items():
         assert text.count("@ray.remote") == 1, name
 

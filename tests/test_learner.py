@@ -129,6 +129,40 @@ def test_compute_grads_then_apply_grads_equals_step(kernel, max_grad_norm):
     assert a.updates == b.updates == 7
 
 
+@pytest.mark.parametrize("kernel", ["fused_mlp", "autograd"])
+def test_flat_gradient_and_flat_weights_are_the_dict_forms(kernel):
+    """The shared-memory server channel's forms: gradient() + apply_flat_grads() is step(), and
+    flat weights set from another learner (online and target) act as set_weights does, the fused
+    kernel included (the target is copied into its parameters, never rebound)."""
+    a = make_learner(kernel=kernel, target_update_period=3)
+    rng = np.random.default_rng(3)
+    for _ in range(5):   # a's target now differs from its online network
+        a.step(random_batch(rng))
+    c = copy.deepcopy(a)
+    for _ in range(3):   # 8 updates in all: the target is from update 6
+        batch = random_batch(rng)
+        result_a, result_c = a.step(batch), c.gradient(batch)
+        c.apply_flat_grads(c.flat_grads.numpy().copy())
+        np.testing.assert_array_equal(result_a.priorities, result_c.priorities)
+        assert_params_close(params(a), params(c))
+        assert_params_close(params(a, "target"), params(c, "target"))
+
+    online, target = a.get_flat_weights()
+    assert not np.array_equal(online, target)
+    b = make_learner(seed=1, kernel=kernel)
+    b.set_flat_weights(online, target)
+    assert_params_close(params(a), params(b))
+    assert_params_close(params(a, "target"), params(b, "target"))
+    batch = random_batch(rng)
+    np.testing.assert_array_equal(b.gradient(batch).priorities, a.gradient(batch).priorities)   # same target used
+    online_then, target_then = params(a), params(b, "target")
+    a.step(batch)
+    b.set_flat_weights(None, a.get_flat_weights()[0])   # the target alone
+    assert_params_close(params(b, "target"), params(a))
+    assert_params_close(params(b), online_then)
+    assert not all(torch.equal(v, target_then[k]) for k, v in params(b, "target").items())
+
+
 def test_grad_norm_metric_is_the_norm_before_clipping():
     rng = np.random.default_rng(12)
     batch = random_batch(rng)

@@ -5,8 +5,11 @@
                                                                   averaged across replicas first (all-reduce)
     compute_grads(batch) -> (grads, StepResult)                   gradient only (parameter servers):
     apply_grads(grads)                                            the optimizer step with a given gradient
+    gradient(batch) / apply_flat_grads(vector)                    the same pair on flat vectors (the
+                                                                  shared-memory server channel)
     advance(num_updates)                                          count updates made elsewhere (model averaging)
     get_weights() / set_weights(weights, target)                  dict of NumPy arrays, for broadcast
+    get_flat_weights() / set_flat_weights(online, target)         the same as two flat vectors
     state_dict() / load_state_dict(state)                         online, target, optimizer, counter
 
 Gradients are clipped where they are computed (per worker), so one worker's ``compute_grads`` ->
@@ -125,9 +128,14 @@ class DQNLearner:
         return loss.detach(), td_errors, q_taken.detach().mean()
 
     @torch.inference_mode()
+    def _grad_norm(self) -> torch.Tensor:
+        """The global gradient L2 norm (a learner split over ranks sums over them)."""
+        return torch.linalg.vector_norm(self.flat_grads)
+
+    @torch.inference_mode()
     def _clip(self) -> torch.Tensor:
         """Clip the global gradient norm in place (as ``clip_grad_norm_``); return the norm before."""
-        total = torch.linalg.vector_norm(self.flat_grads)
+        total = self._grad_norm()
         if self.cfg.max_grad_norm is not None:
             self.flat_grads.mul_((self.cfg.max_grad_norm / (total + 1e-6)).clamp_(max=1.0))
         return total
@@ -152,18 +160,31 @@ class DQNLearner:
         self._optimizer_step()
         return self._result(loss, td_errors, q_mean, grad_norm)
 
-    def compute_grads(self, batch: Batch) -> tuple[dict[str, np.ndarray], StepResult]:
-        """The clipped gradient on ``batch`` as NumPy arrays (parameters unchanged)."""
+    def gradient(self, batch: Batch) -> StepResult:
+        """The clipped gradient on ``batch``, left in ``flat_grads`` (parameters unchanged)."""
         loss, td_errors, q_mean = self._gradients(batch)
         grad_norm = self._clip()
-        grads = {name: p.grad.detach().cpu().numpy().copy() for name, p in self.online.named_parameters()}
-        return grads, self._result(loss, td_errors, q_mean, grad_norm)
+        return self._result(loss, td_errors, q_mean, grad_norm)
+
+    def compute_grads(self, batch: Batch) -> tuple[dict[str, np.ndarray], StepResult]:
+        """The clipped gradient on ``batch`` as NumPy arrays (parameters unchanged)."""
+        result = self.gradient(batch)
+        return self.grads(), result
+
+    def grads(self) -> dict[str, np.ndarray]:
+        """The gradient now in ``flat_grads``, per parameter (copies)."""
+        return {name: p.grad.detach().cpu().numpy().copy() for name, p in self.online.named_parameters()}
 
     def apply_grads(self, grads: Mapping[str, np.ndarray]) -> None:
         """One optimizer step with the given gradient (for example a mean over workers)."""
         with torch.no_grad():
             for name, p in self.online.named_parameters():
                 p.grad.copy_(torch.as_tensor(grads[name]))
+        self._optimizer_step()
+
+    def apply_flat_grads(self, grads: np.ndarray) -> None:
+        """``apply_grads`` with the gradient as one flat vector (the layout of ``flat_grads``)."""
+        self.flat_grads.copy_(torch.from_numpy(grads))
         self._optimizer_step()
 
     def advance(self, num_updates: int) -> None:
@@ -196,6 +217,23 @@ class DQNLearner:
             if target is not None:
                 for k, v in self.target.state_dict().items():
                     v.copy_(torch.as_tensor(target[k]))
+
+    def get_flat_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """The online and target parameters, each as one flat vector (the layout of ``flat_params``)."""
+        with torch.no_grad():
+            return (self.flat_params.detach().cpu().numpy().copy(),
+                    torch.nn.utils.parameters_to_vector(self.target.parameters()).cpu().numpy())
+
+    def set_flat_weights(self, online: np.ndarray | None, target: np.ndarray | None = None) -> None:
+        """``set_weights`` from flat vectors (``get_flat_weights``' layout); None leaves that network."""
+        with torch.no_grad():
+            if online is not None:
+                self.flat_params.copy_(torch.from_numpy(online))
+            if target is not None:   # copied into the parameters (vector_to_parameters would rebind them)
+                vector, offset = torch.from_numpy(target), 0
+                for p in self.target.parameters():
+                    p.copy_(vector[offset:offset + p.numel()].view_as(p))
+                    offset += p.numel()
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot (copies, not the live tensors)."""

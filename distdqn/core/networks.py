@@ -1,4 +1,4 @@
-"""Q-network builders: MLP, Nature CNN, and a dueling head.
+"""Q-network builders: MLP, Nature CNN, MinAtar CNN, and a dueling head.
 
 Every Q-network maps a batch of observations [B, *obs_shape] to action values [B, num_actions].
 """
@@ -69,13 +69,39 @@ class NatureCNN(nn.Module):
         return self.mlp(self.torso(x))
 
 
+class MinAtarCNN(nn.Module):
+    """The network of the MinAtar paper (Young and Tian 2019): one convolution of 16 3x3 filters,
+    stride 1, then fully connected layers ([128] in the paper), for MinAtar's channels-last
+    [B, 10, 10, C] boards (boolean or float); they are permuted to [B, C, 10, 10] here."""
+
+    def __init__(self, obs_shape: Sequence[int], num_actions: int, hidden_sizes: Sequence[int],
+                 dueling: bool = False):
+        super().__init__()
+        height, width, channels = obs_shape
+        self.torso = nn.Sequential(nn.Conv2d(channels, 16, 3, stride=1), nn.ReLU(), nn.Flatten())
+        flat = 16 * (height - 2) * (width - 2)
+        self.mlp = MLPQNetwork(flat, num_actions, hidden_sizes, dueling)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.torso(obs.permute(0, 3, 1, 2).float()))
+
+
 def build_q_network(kind: str, obs_shape: Sequence[int], num_actions: int,
                     hidden_sizes: Sequence[int], dueling: bool = False) -> nn.Module:
-    """Build the Q-network named by ``kind`` (``mlp`` or ``nature_cnn``)."""
+    """Build the Q-network named by ``kind`` (``mlp``, ``nature_cnn`` or ``minatar_cnn``).
+
+    A shape the kind cannot take is a ValueError naming ``network.kind``."""
+    shape = tuple(obs_shape)
     if kind == "mlp":
-        return MLPQNetwork(int(np.prod(obs_shape)), num_actions, hidden_sizes, dueling)
+        return MLPQNetwork(int(np.prod(shape)), num_actions, hidden_sizes, dueling)
     if kind == "nature_cnn":
-        if len(obs_shape) != 3:
-            raise ValueError(f"nature_cnn needs [C, H, W] observations, got shape {tuple(obs_shape)}")
-        return NatureCNN(obs_shape, num_actions, hidden_sizes, dueling)
-    raise ValueError(f"unknown network kind {kind!r}")
+        if len(shape) != 3 or min(shape[1:]) < 36:
+            raise ValueError(f"network.kind: nature_cnn needs stacked frames [C, H, W] with H, W >= 36 "
+                             f"(Atari's [4, 84, 84]); the observations are {shape}")
+        return NatureCNN(shape, num_actions, hidden_sizes, dueling)
+    if kind == "minatar_cnn":
+        if len(shape) != 3 or shape[0] != shape[1] or shape[0] < 3:
+            raise ValueError(f"network.kind: minatar_cnn needs square channels-last boards [H, H, C] "
+                             f"(MinAtar's [10, 10, C]); the observations are {shape}")
+        return MinAtarCNN(shape, num_actions, hidden_sizes, dueling)
+    raise ValueError(f"network.kind: unknown kind {kind!r}")

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from distdqn.core.frames import FrameStorage, FullStorage
 from distdqn.core.transitions import Batch, Transitions
 
 
@@ -95,15 +96,27 @@ class SumTree:
         self._prefix = None
 
 
-class ReplayBuffer:
-    """Uniform replay over a preallocated ring of ``capacity`` transitions."""
+def resolve_storage(storage: str, obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> str:
+    """``auto``: ``frames`` for stacked uint8 frames [C, H, W], else ``full``."""
+    if storage != "auto":
+        return storage
+    return "frames" if np.dtype(obs_dtype) == np.uint8 and len(obs_shape) == 3 else "full"
 
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: np.dtype, seed: int = 0):
+
+class ReplayBuffer:
+    """Uniform replay over a preallocated ring of ``capacity`` transitions.
+
+    ``storage``: ``full`` keeps obs and next_obs as written; ``frames`` keeps each distinct frame
+    of stacked observations once (``core/frames.py``); ``auto`` picks frames for [C, H, W] uint8."""
+
+    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: np.dtype, seed: int = 0,
+                 storage: str = "auto"):
         self.capacity = capacity
         self.obs_shape = tuple(obs_shape)
         self.obs_dtype = np.dtype(obs_dtype)
-        self._obs = np.zeros((capacity, *obs_shape), dtype=obs_dtype)
-        self._next_obs = np.zeros((capacity, *obs_shape), dtype=obs_dtype)
+        self.storage = resolve_storage(storage, self.obs_shape, self.obs_dtype)
+        self._observations = (FrameStorage(capacity, self.obs_shape, self.obs_dtype, seed)
+                              if self.storage == "frames" else FullStorage(capacity, self.obs_shape, self.obs_dtype))
         self._action = np.zeros(capacity, dtype=np.int64)
         self._reward = np.zeros(capacity, dtype=np.float32)
         self._terminated = np.zeros(capacity, dtype=bool)
@@ -123,8 +136,7 @@ class ReplayBuffer:
             return np.zeros(0, dtype=np.int64)
         keep = slice(max(0, n - self.capacity), n)   # a batch larger than the ring keeps its newest part
         positions = (self._next + np.arange(n, dtype=np.int64)[keep] - keep.start) % self.capacity
-        self._obs[positions] = transitions.obs[keep]
-        self._next_obs[positions] = transitions.next_obs[keep]
+        self._observations.write(positions, transitions.obs[keep], transitions.next_obs[keep])
         self._action[positions] = transitions.action[keep]
         self._reward[positions] = transitions.reward[keep]
         self._terminated[positions] = transitions.terminated[keep]
@@ -139,9 +151,10 @@ class ReplayBuffer:
         pass
 
     def _gather(self, indices: np.ndarray, weights: np.ndarray) -> Batch:
+        obs, next_obs = self._observations.read(indices)
         return Batch(
-            obs=self._obs[indices], action=self._action[indices], reward=self._reward[indices],
-            next_obs=self._next_obs[indices], terminated=self._terminated[indices],
+            obs=obs, action=self._action[indices], reward=self._reward[indices],
+            next_obs=next_obs, terminated=self._terminated[indices],
             discount=self._discount[indices], indices=indices, weights=weights,
         )
 
@@ -173,7 +186,7 @@ class ReplayBuffer:
     def state_dict(self) -> dict[str, Any]:
         n = self._size
         return {
-            "obs": self._obs[:n].copy(), "next_obs": self._next_obs[:n].copy(),
+            **self._observations.state_dict(n),
             "action": self._action[:n].copy(), "reward": self._reward[:n].copy(),
             "terminated": self._terminated[:n].copy(), "discount": self._discount[:n].copy(),
             "next": self._next, "size": self._size, "total_added": self.total_added,
@@ -183,10 +196,9 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state["capacity"]) != self.capacity:
             raise ValueError(f"replay capacity {state['capacity']} != {self.capacity}")
-        if tuple(state["obs"].shape[1:]) != self.obs_shape:
-            raise ValueError(f"replay observation shape {state['obs'].shape[1:]} != {self.obs_shape}")
         n = int(state["size"])
-        for name in ("obs", "next_obs", "action", "reward", "terminated", "discount"):
+        self._observations.load_state_dict(state, n)
+        for name in ("action", "reward", "terminated", "discount"):
             getattr(self, f"_{name}")[:n] = state[name]
         self._next, self._size = int(state["next"]), n
         self.total_added = int(state["total_added"])
@@ -202,8 +214,8 @@ class PrioritizedReplay(ReplayBuffer):
     """
 
     def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: np.dtype, seed: int = 0,
-                 alpha: float = 0.6, priority_eps: float = 1e-6):
-        super().__init__(capacity, obs_shape, obs_dtype, seed)
+                 alpha: float = 0.6, priority_eps: float = 1e-6, storage: str = "auto"):
+        super().__init__(capacity, obs_shape, obs_dtype, seed, storage)
         self.alpha = alpha
         self.priority_eps = priority_eps
         self._sums = SumTree(capacity, np.add, 0.0)
@@ -254,7 +266,8 @@ class PrioritizedReplay(ReplayBuffer):
 
 
 def make_replay(prioritized: bool, capacity: int, obs_shape: tuple[int, ...], obs_dtype: np.dtype,
-                seed: int, alpha: float = 0.6, priority_eps: float = 1e-6) -> ReplayBuffer:
+                seed: int, alpha: float = 0.6, priority_eps: float = 1e-6,
+                storage: str = "auto") -> ReplayBuffer:
     if prioritized:
-        return PrioritizedReplay(capacity, obs_shape, obs_dtype, seed, alpha, priority_eps)
-    return ReplayBuffer(capacity, obs_shape, obs_dtype, seed)
+        return PrioritizedReplay(capacity, obs_shape, obs_dtype, seed, alpha, priority_eps, storage)
+    return ReplayBuffer(capacity, obs_shape, obs_dtype, seed, storage)

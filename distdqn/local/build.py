@@ -20,9 +20,13 @@ def build_network(cfg: Config, info: EnvInfo) -> torch.nn.Module:
                            cfg.network.hidden_sizes, cfg.network.dueling)
 
 
+def planned_updates(cfg: Config) -> int:
+    """The run's planned learner updates (a decaying learning rate reaches ``lr_end`` there)."""
+    return int(cfg.train.total_env_steps * cfg.train.replay_ratio)
+
+
 def build_learner(cfg: Config, info: EnvInfo) -> DQNLearner:
-    planned_updates = int(cfg.train.total_env_steps * cfg.train.replay_ratio)
-    return DQNLearner(build_network(cfg, info), cfg.learner, lr_decay_updates=planned_updates)
+    return DQNLearner(build_network(cfg, info), cfg.learner, lr_decay_updates=planned_updates(cfg))
 
 
 def build_policy(cfg: Config, info: EnvInfo, weights):
@@ -33,7 +37,7 @@ def build_policy(cfg: Config, info: EnvInfo, weights):
 def build_replay(cfg: Config, info: EnvInfo, seed: int) -> ReplayBuffer:
     r = cfg.replay
     return make_replay(r.prioritized, r.capacity, info.obs_shape, info.obs_dtype, seed, r.alpha,
-                       r.priority_eps)
+                       r.priority_eps, r.storage)
 
 
 def build_actor(cfg: Config, info: EnvInfo, weights, seed: int, num_envs: int | None = None) -> Actor:

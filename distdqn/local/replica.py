@@ -111,19 +111,29 @@ class Replica:
         while not self._pending:
             if not allow_collect:
                 return None
-            self.sync_policy()
-            self.store(self.collect())
-            self._pending.extend(self.sample_owed())
+            self.collect_owed()
         return self._pending.pop(0)
+
+    def collect_owed(self) -> None:
+        """One collection with the newest weights; the batches it makes owed join the pending ones."""
+        self.sync_policy()
+        self.store(self.collect())
+        self._pending.extend(self.sample_owed())
 
     def gradient(self, allow_collect: bool = True) -> tuple[dict | None, dict[str, float]]:
         """The clipped gradient on the next batch (parameters unchanged), or (None, {})."""
+        result = self.flat_gradient(allow_collect)
+        return (None, {}) if result is None else (self.learner.grads(), result.metrics)
+
+    def flat_gradient(self, allow_collect: bool = True) -> StepResult | None:
+        """The clipped gradient on the next batch, left in ``learner.flat_grads`` (no copy): its
+        result, or None if no batch is owed and collecting is not allowed."""
         batch = self.next_batch(allow_collect)
         if batch is None:
-            return None, {}
-        grads, result = self.learner.compute_grads(batch)
+            return None
+        result = self.learner.gradient(batch)
         self.replay.update_priorities(batch.indices, result.priorities)
-        return grads, result.metrics
+        return result
 
     def train(self, num_updates: int, reduce_grads=None, allow_collect: bool = True) -> UpdateStats:
         """Up to ``num_updates`` local learner updates on the next batches owed."""

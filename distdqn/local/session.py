@@ -85,7 +85,7 @@ class RunSession:
         self.threshold = cfg.eval.solve_threshold if cfg.eval.solve_threshold is not None else info.reward_threshold
         if self.threshold is None:
             self.threshold = math.inf   # an id without a reward_threshold is never "solved"
-        self.eval_envs = make_vector_env(cfg.env, cfg.eval.num_envs)
+        self.eval_envs = make_vector_env(cfg.env, cfg.eval.num_envs, evaluation=True)
         self.evaluations = 0
         self.last_eval: dict[str, Any] | None = None
         self.solved_at: dict[str, Any] | None = None

@@ -82,9 +82,10 @@ class LearnerReport:
 
 @dataclass
 class GradientReport:
-    """A data-parallel worker's gradient on one batch (``grads`` None: no batch was owed)."""
+    """A data-parallel worker's gradient on one batch, one flat vector in the learner's layout
+    (``grads`` None: no batch was owed)."""
 
-    grads: dict[str, np.ndarray] | None
+    grads: np.ndarray | None
     version: int                    # the server version it was computed at
     updates: UpdateStats
     experience: Experience
@@ -92,12 +93,25 @@ class GradientReport:
 
 @dataclass
 class ModelReport:
-    """A data-parallel worker's model after ``updates.count`` local updates from ``version``."""
+    """A data-parallel worker's model after ``updates.count`` local updates from ``version``, one
+    flat vector in the learner's layout."""
 
-    weights: dict[str, np.ndarray] | None
+    weights: np.ndarray | None
     version: int
     updates: UpdateStats
     experience: Experience
+
+
+@dataclass
+class ServeReport:
+    """A data-parallel worker's stretch of its own loop on the shared-memory server channel
+    (parameter servers with ``transport: shm``): the pushes themselves travel in shared memory."""
+
+    updates: UpdateStats
+    experience: Experience
+    pushes: int
+    busy_s: float                   # collecting, sampling, computing gradients or local updates
+    wait_s: float                   # waiting for new weights (a round) or for its slot
 
 
 @dataclass
@@ -110,6 +124,7 @@ class RankReport:
     experience: Experience
     weights: Weights | None = None   # rank 0 publishes its weights with each call
     exchange_wait_s: float = float("nan")   # of busy_s, waiting for the other ranks (shm backend)
+    collected_at: list[int] = field(default_factory=list)   # the updates before which it collected
 
 
 # ---- what a federated client may send ----

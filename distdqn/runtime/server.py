@@ -8,14 +8,20 @@ conducts the workers' calls; all the arithmetic is in ``core`` (the learner, ``c
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import ray
 
 from distdqn.core import aggregate
 from distdqn.core.learner import DQNLearner
+from distdqn.core.records import Experience
+from distdqn.errors import ConfigError
 from distdqn.runtime.messages import Weights
+from distdqn.runtime.server_channel import ServerChannel
 
 # Weights are put into the object store once per version and every worker reads them from there:
 # put once, read by all, which is what a large network needs. For a network as small as CartPole's
@@ -39,16 +45,18 @@ class ParameterServer:
         return self.learner.get_weights()
 
     # ---- the two kinds of update a server applies ----
-    def apply_gradient(self, grads: Mapping[str, np.ndarray]) -> None:
-        """theta <- optimizer step with ``grads`` (a mean over workers, or one worker's)."""
-        self.learner.apply_grads(grads)
+    def apply_gradient(self, grads: np.ndarray) -> None:
+        """theta <- optimizer step with ``grads`` (a mean over workers, or one worker's), one flat
+        vector in the learner's layout (``flat_grads``)."""
+        self.learner.apply_flat_grads(grads)
 
-    def move_toward(self, models: list[Mapping[str, np.ndarray]], rate: float, num_updates: int) -> None:
-        """theta <- theta + rate * (mean_i(theta_i) - theta): model averaging (rate 1, the sync form),
-        or one worker's model mixed in (rate eta, the async parameter form). Counts ``num_updates``
-        updates, with the target updates they make."""
-        theta = self.learner.get_weights()
-        self.apply_delta(aggregate.difference(aggregate.mean_of(models), theta), num_updates, rate)
+    def move_toward(self, model: np.ndarray, rate: float, num_updates: int) -> None:
+        """theta <- theta + rate * (model - theta), ``model`` a flat vector: model averaging (the
+        mean of the workers' models, rate 1: the sync form), or one worker's model mixed in (rate
+        eta, the async parameter form). Counts ``num_updates`` updates, with the target updates they make."""
+        theta = self.learner.flat_params.numpy()
+        theta += rate * (model - theta)
+        self.learner.advance(num_updates)
 
     def apply_delta(self, delta: Mapping[str, np.ndarray], num_updates: int, rate: float = 1.0) -> None:
         """theta <- theta + rate * delta (an aggregate of workers' updates), counting ``num_updates``."""
@@ -72,3 +80,153 @@ class ParameterServer:
     def forget(self, worker: int) -> None:
         """``worker`` was replaced: it holds nothing yet."""
         self._held.pop(worker, None)
+
+
+class WorkerLoops:
+    """The server's side of ``transport: shm`` (sync_ps, async_ps with every worker on the driver's
+    node): the workers run loops of their own (``ReplicaWorker.serve``) and exchange weights and
+    pushes with the server through a ServerChannel; the driver keeps ``depth`` serve calls queued
+    on each worker only to hear their reports (experience, update metrics, busy and wait times)
+    and to notice a worker that dies. ``sync``: rounds, each push from the newest publication."""
+
+    def __init__(self, job: Any, server: ParameterServer, sync: bool, mode: str, local_steps: int,
+                 pull_period: int, chunk_s: float = 0.1, depth: int = 2):
+        self.job, self.server, self.pool = job, server, job.pool
+        self.call_args = (sync, mode, local_steps, pull_period, chunk_s, job.stall_timeout_s)
+        self.depth = depth
+        self.name = f"distdqn-ps-{uuid.uuid4().hex[:16]}"
+        size = server.learner.flat_params.numel()
+        self.channel = ServerChannel(self.name, self.pool.count, size, create=True)
+        self.rows = np.empty((self.pool.count, size), dtype=np.float32)   # pushes taken, one row each
+        self.env_steps_base = job.counters.env_steps
+        self.calls: dict[Any, tuple[int, int]] = {}   # serve call -> (worker, its generation)
+        self.closing = False
+        self.late: set[int] = set()   # sync: workers that missed a round and have not pushed since
+        self.busy = {"worker_busy_s": 0.0, "worker_wait_s": 0.0, "server_wait_s": 0.0}
+        self._next_poll = 0.0
+        ray.get([h.attach.remote(self.name) for h in self.pool.handles], timeout=job.stall_timeout_s)
+        self.publish()
+        for i in range(self.pool.count):
+            self._queue(i)
+
+    def _queue(self, i: int) -> None:
+        current = (i, self.pool.generations[i])
+        while not self.closing and sum(call == current for call in self.calls.values()) < self.depth:
+            self.calls[self.pool.handles[i].serve.remote(*self.call_args)] = current
+
+    @property
+    def env_steps(self) -> int:
+        """The run's env steps now (the channel's count, ahead of the reports)."""
+        return self.env_steps_base + self.channel.env_steps()
+
+    def publish(self) -> None:
+        learner = self.server.learner
+        online, target = learner.get_flat_weights()
+        self.channel.publish(online, target, learner.updates, learner.target_version)
+
+    def poll(self, force: bool = False) -> None:
+        """Count the run's env steps (the channel's count: a worker that dies loses no pushed step);
+        every 5 ms (or ``force``), absorb the workers' finished serve calls (episodes, update
+        metrics, times) and replace any that died."""
+        self.job.counters.env_steps = self.env_steps
+        now = time.perf_counter()
+        if not force and now < self._next_poll:
+            return
+        self._next_poll = now + 0.005
+        ready, _ = ray.wait(list(self.calls), num_returns=len(self.calls), timeout=0)
+        for ref in ready:
+            i, generation = self.calls.pop(ref)
+            if generation != self.pool.generations[i]:
+                continue
+            report = self.pool.result(ref)
+            if report is None:   # the worker died: a new one takes its slot
+                self.job.replace(i)
+                self.channel.drop(i)
+                self.pool.handles[i].attach.remote(self.name)
+                self.late.add(i)   # not waited for until its first push
+            else:
+                self.job.absorb(Experience(0, report.experience.episodes))   # env steps: counted above
+                self.job.add_updates(report.updates)
+                self.busy["worker_busy_s"] += report.busy_s
+                self.busy["worker_wait_s"] += report.wait_s
+                self.job.progressed()
+            self._queue(i)
+
+    def gather_round(self, timeout_s: float, min_workers: int) -> tuple[list[int], int]:
+        """This round's pushes (publication ``channel.published``) into ``rows``: waits up to
+        ``timeout_s`` for every worker that is not late, then for at least ``min_workers``. A
+        worker that misses the round is late, and not waited for, until its late push arrives
+        (dropped: it was made on older weights). Returns the learner updates in each push taken,
+        and how many workers missed the round."""
+        round_, counts, taken = self.channel.published, [], set()
+        pending = set(range(self.pool.count)) - self.late
+        start = time.perf_counter()
+        while True:
+            for i in range(self.pool.count):
+                if i in taken or not self.channel.ready(i):
+                    continue
+                if self.channel.round_of(i) != round_:
+                    self.channel.drop(i)
+                    self.late.discard(i)
+                    continue
+                counts.append(self.channel.take(i, self.rows[len(counts)])[1])
+                taken.add(i)
+                pending.discard(i)
+                self.late.discard(i)
+            enough = len(counts) >= min(min_workers, self.pool.count)
+            if counts and (not pending or (enough and time.perf_counter() - start > timeout_s)):
+                break
+            self._idle()
+        self.late |= pending
+        return counts, len(pending)
+
+    def next_push(self) -> tuple[int, int]:
+        """The first push to arrive (async), taken into ``rows[0]``: (version it was computed from,
+        learner updates in it)."""
+        order = np.arange(self.pool.count)
+        while True:
+            for i in order:
+                if self.channel.ready(i):
+                    return self.channel.take(i, self.rows[0])
+            order = np.roll(order, 1)   # no worker goes first every time
+            self._idle()
+
+    def _idle(self) -> None:
+        """Nothing to take yet: hear reports, check the stall deadline, leave the core a moment."""
+        start = time.perf_counter()
+        self.poll()
+        self.job.check_stall()
+        time.sleep(2e-5)
+        self.busy["server_wait_s"] += time.perf_counter() - start
+
+    def close(self, drain: bool = True) -> None:
+        """Stop the workers' loops; ``drain``: absorb their last reports (the run ends normally;
+        otherwise it is ending on an error). The segment is removed either way."""
+        self.channel.stop()
+        self.closing = True
+        try:
+            if drain:
+                refs = list(self.calls)
+                ray.wait(refs, num_returns=len(refs), timeout=self.job.stall_timeout_s)
+                self.poll(force=True)
+                ray.get([h.leave_group.remote() for h in self.pool.handles], timeout=self.job.stall_timeout_s)
+        finally:
+            for ref in self.calls:
+                ray.cancel(ref, force=False)
+            self.calls.clear()
+            self.channel.close()
+
+
+def resolve_transport(cfg: Any, field: str, pool: Any) -> str:
+    """``<field>.transport`` with ``auto`` resolved: shm when every worker is on the driver's node
+    and learns on CPUs, else ray; an explicit shm that cannot be is a config error."""
+    transport = getattr(cfg, field).transport
+    nodes = {p["node_id"] for p in pool.identities().values() if p}
+    local = nodes == {ray.get_runtime_context().get_node_id()}
+    cpu = cfg.workers.gpus == 0 and cfg.learner.device != "cuda"
+    if transport == "shm" and not (local and cpu):
+        raise ConfigError(f"{field}.transport: shm needs every worker on the driver's node with CPU learners; "
+                          f"the workers are on {len(nodes)} node(s){'' if cpu else ', with GPUs'} (use ray or auto)")
+    if transport == "auto":
+        return "shm" if local and cpu else "ray"
+    return transport

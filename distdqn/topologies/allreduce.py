@@ -67,7 +67,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                 rounds.fill()
                 rounds.take()
                 if job.housekeeping(lambda: _rank0_weights(ranks, r.collective_timeout_s), state, lambda: {
-                        "learner_busy_s": rounds.busy_s,
+                        "learner_busy_s": rounds.busy_s, "collections_in_step": rounds.collections_in_step,
                         **({"rank0_exchange_wait_s": rounds.waited_s} if backend == "shm" else {})}):
                     break
             rounds.drain()
@@ -78,7 +78,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             job.session.note(f"replicas differ at the end: {hashes}")
         final_state, weights = state(), _rank0_weights(ranks, r.collective_timeout_s)
         ray.get([h.leave_group.remote() for h in ranks], timeout=r.collective_timeout_s)
-        return job.finish(weights, final_state, backend=backend,
+        return job.finish(weights, final_state, backend=backend, collections_in_step=rounds.collections_in_step,
                           replica_hashes=hashes, replicas_identical=len(set(hashes)) == 1)
     except RayError as exc:
         raise job.aborted(exc) from None
@@ -97,6 +97,7 @@ class _Rounds:
         self.timeout_s, self.depth = timeout_s, depth
         self.queued: deque[list] = deque()
         self.busy_s, self.waited_s = 0.0, 0.0   # rank 0's time in rounds, and waiting for the others
+        self.collections = [0, 0]               # collection points shared by every rank, and in all
 
     def fill(self) -> None:
         while len(self.queued) < self.depth:
@@ -112,6 +113,14 @@ class _Rounds:
         self.busy_s += max(report.busy_s for report in reports)
         if reports[0].exchange_wait_s == reports[0].exchange_wait_s:   # not NaN (shm)
             self.waited_s += reports[0].exchange_wait_s
+        points = [set(report.collected_at) for report in reports]
+        self.collections[0] += len(set.intersection(*points))
+        self.collections[1] += len(set.union(*points))
+
+    @property
+    def collections_in_step(self) -> float:
+        """The share of collection points at which every rank collected (1: the ranks act in step)."""
+        return self.collections[0] / self.collections[1] if self.collections[1] else 1.0
 
     def drain(self) -> None:
         while self.queued:

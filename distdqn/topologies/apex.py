@@ -15,6 +15,9 @@ Experience Replay", ICLR).
     apex.weight_sync_period updates; its training thread has cores of its own on its node
     (apex.isolate_learner): the run's other processes and threads there keep off them.
 
+    With learner.model_parallel = P > 1 the learner is P processes on its node (ModelParallelRank
+    1 .. P-1 beside it, tensor-parallel: local/model_parallel.py); to everything else it is one.
+
     The driver (this function) only conducts: it keeps apex.calls_in_flight calls queued for every
     actor and for the learner, evaluates on a thread, logs, checkpoints, and replaces actors that
     die. Each of the num_actors * num_envs sub-environments explores with its own fixed
@@ -38,6 +41,7 @@ from distdqn.runtime.conductor import CallsInFlight, Conductor
 from distdqn.runtime.messages import RunCounters, RunState
 from distdqn.runtime.roles.experience_actor import ExperienceActor, blocks_per_insert
 from distdqn.runtime.roles.learner import LearnerWorker
+from distdqn.runtime.roles.model_parallel_rank import split_learner
 from distdqn.runtime.roles.replay_server import ReplayServer
 from distdqn.runtime.weights import fetch
 
@@ -45,8 +49,10 @@ from distdqn.runtime.weights import fetch
 def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None = None) -> RunResult:
     a = cfg.apex
     replay_cpus = a.replay_cpus if a.replay_host == "process" else 0.0
-    job = Conductor(cfg, run_dir, info, RunCounters(), replay_cpus + a.learner_cpus + a.num_actors * a.actor_cpus,
-                    a.learner_gpus, f"apex (replay {replay_cpus:g} + learner {a.learner_cpus:g} + "
+    ranks = cfg.learner.model_parallel   # the learner's processes (each with learner_cpus, learner_gpus)
+    job = Conductor(cfg, run_dir, info, RunCounters(),
+                    replay_cpus + ranks * a.learner_cpus + a.num_actors * a.actor_cpus, ranks * a.learner_gpus,
+                    f"apex (replay {replay_cpus:g} + learner {ranks} x {a.learner_cpus:g} + "
                     f"{a.num_actors} actors x {a.actor_cpus:g} CPUs)", a.stall_timeout_s)
     try:
         # ---- build: the replay (the learner's process, or its own), the learner, actors (spread) ----
@@ -56,7 +62,9 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             cfg, info, server, cfg.seed + 2)
         replay = server or learner
         job.essential = {"learner": learner, "replay": replay}
-        isolation = learner.isolate.remote(int(np.ceil(a.learner_cpus))) if a.isolate_learner else None
+        isolation = learner.isolate.remote(int(np.ceil(a.learner_cpus)) * ranks) if a.isolate_learner else None
+        if ranks > 1:   # learner.model_parallel: the learner's other ranks, on its node, on its cores
+            job.essential.update(split_learner(cfg, info, learner, isolation, a.stall_timeout_s))
         if server is not None:
             server.keep_off.remote(isolation)
         epsilons = per_actor_epsilons(a.num_actors * cfg.env.num_envs, a.base_epsilon, a.epsilon_alpha)
@@ -114,8 +122,9 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         actors.shutdown()
         weights = ray.get(learner.weights.remote(), timeout=a.stall_timeout_s)
         nodes = [p["node_id"] for name, p in job.identities.items() if name.startswith("actor") and p]
-        return job.finish(fetch(weights.box), _state(job, learner, replay),
-                          actor_nodes={n: nodes.count(n) for n in set(nodes)})
+        final_state = _state(job, learner, replay)
+        ray.get(learner.release_ranks.remote(), timeout=a.stall_timeout_s)
+        return job.finish(fetch(weights.box), final_state, actor_nodes={n: nodes.count(n) for n in set(nodes)})
     finally:
         job.close()
 

@@ -73,7 +73,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             f.dp.mode, f.dp.noise_multiplier, f.clients_per_round, f.dp.delta, pool.count,
             c.dp_rounds, c.dp_client_rounds)
         shapes = {k: v.shape for k, v in server.weights().items()}
-        variants = [make_vector_env(cfg.for_client(i).env, cfg.eval.num_envs) for i in range(len(f.clients))]
+        variants = [make_vector_env(cfg.for_client(i).env, cfg.eval.num_envs, evaluation=True) for i in range(len(f.clients))]
         client_returns: list[float] = []
         rng = np.random.default_rng(cfg.seed + 17)
         dp_rng = np.random.default_rng(cfg.seed + 23)

@@ -11,7 +11,8 @@
     +------------------------------------------------------------------------------+
 
 The pieces are one ``Replica`` (local/replica.py), the same that every data-parallel worker owns.
-No Ray.
+No Ray. With ``learner.model_parallel`` = P > 1 the learner is split over this process and P - 1
+local processes (local/model_parallel.py); the loop does not change.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from distdqn.config import Config
 from distdqn.core.records import Episodes, UpdateStats
 from distdqn.envs import EnvInfo
+from distdqn.local import model_parallel
 from distdqn.local.replica import Replica
 from distdqn.local.session import (
     RunResult,
@@ -42,8 +44,11 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     torch.set_num_threads(torch_threads(cfg))
     session = RunSession(cfg, run_dir, info)
 
-    # ---- build: one Replica (vector env + Actor, replay, learner, schedules) ----
+    # ---- build: one Replica (vector env + Actor, replay, learner, schedules); with
+    #      learner.model_parallel = P > 1 its learner becomes rank 0 of P, the others local processes ----
     replica = Replica(cfg, info, index=0, num_replicas=1, seed=cfg.seed)
+    if cfg.learner.model_parallel > 1:
+        replica.learner = model_parallel.split_locally(replica.learner, cfg, info, torch_threads(cfg))
 
     # ---- resume: restore every component from the checkpoint ----
     if resume is not None:
@@ -90,4 +95,6 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     result = session.finish(replica.actor.policy, replica.env_steps, replica.learner.updates,
                             checkpoint().components(), interrupted)
     replica.close()
+    if cfg.learner.model_parallel > 1:
+        replica.learner.close()   # the learner's other ranks end
     return result

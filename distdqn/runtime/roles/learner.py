@@ -21,7 +21,7 @@ from distdqn.config import Config
 from distdqn.core.records import UpdateStats
 from distdqn.core.transitions import Batch
 from distdqn.envs import EnvInfo
-from distdqn.local import build
+from distdqn.local import build, model_parallel
 from distdqn.runtime.messages import LearnerReport, Weights
 from distdqn.runtime.process import Isolation, claim_cores, process_identity, set_worker_threads
 from distdqn.runtime.roles.replay_server import (
@@ -38,7 +38,7 @@ class LearnerWorker(ReplayHost):
     def __init__(self, cfg: Config, info: EnvInfo, replay: Any, seed: int):
         set_worker_threads(cfg.apex.learner_cpus)
         torch.manual_seed(seed)
-        self.cfg = cfg
+        self.cfg, self.info = cfg, info
         self.learner = build.build_learner(cfg, info)
         self.gated = gated_replay(cfg, info, seed - 1) if replay is None else None   # hosted here
         self.replay = replay
@@ -52,6 +52,21 @@ class LearnerWorker(ReplayHost):
         """The last ``num_cpus`` CPUs of this node for the thread that trains (this call runs on
         it); None: none to spare."""
         return claim_cores(num_cpus)
+
+    # ---- learner.model_parallel > 1: this process is rank 0 of the learner's ranks ----
+    def rendezvous_port(self) -> int:
+        """A free port on this node for the ranks' rendezvous (their TCP store lives here)."""
+        return model_parallel.free_port()
+
+    def lead_ranks(self, port: int) -> None:
+        """Form the group with the other ranks (joining at ``port`` meanwhile) and hand them their
+        parts of the learner: from now on every call to the learner is made by all ranks."""
+        self.learner = model_parallel.lead(self.learner, self.cfg, self.info, "127.0.0.1", port)
+
+    def release_ranks(self) -> None:
+        """The other ranks end their call (the learner's last use: after the final state)."""
+        if isinstance(self.learner, model_parallel.ModelParallelLearner):
+            self.learner.close()
 
     # ---- the weights channel ----
     @ray.method(concurrency_group="weights")
