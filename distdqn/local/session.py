@@ -95,6 +95,7 @@ class RunSession:
         self.stats = TrainingStats(self.start)
         self.writer: MetricsWriter | None = None
         self._last_logged_env_steps = -1
+        self._eval_logged = True   # the last evaluation is in a metrics row
         self.notes: list[str] = []
         self._restored_stats: tuple[int, list] | None = None
         self.extra_summary = extra_summary or {}
@@ -122,6 +123,7 @@ class RunSession:
     def _record_evaluation(self, returns: np.ndarray, env_steps: int, wall_s: float) -> dict[str, Any]:
         self.last_eval = {"eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
                           "eval_episodes": len(returns), "eval_env_steps": env_steps}
+        self._eval_logged = False
         if self.solved_at is None and len(returns) >= 10 and returns.mean() >= self.threshold:
             self.solved_at = {"time_to_solve_s": wall_s, "env_steps_to_solve": env_steps}
         return self.last_eval
@@ -206,6 +208,7 @@ class RunSession:
         row = self.stats.row(env_steps, learner_updates, **extra)
         if self.last_eval is not None:
             row.update(self.last_eval)
+            self._eval_logged = True
         row["solved"] = self.solved_at is not None
         self.writer.write(row)
         self._last_logged_env_steps = env_steps
@@ -249,6 +252,8 @@ class RunSession:
                interrupted: bool = False, **extra_summary: Any) -> RunResult:
         """Final evaluation, final checkpoint, last metrics row and summary.json."""
         self.poll_evaluation(wait=True)
+        if self.last_eval is not None and not self._eval_logged:   # (a thread's, the solving one) before the final
+            self.log(env_steps, learner_updates)
         if self.last_eval is None or self.last_eval["eval_env_steps"] != env_steps:
             self.evaluate(policy, env_steps)
             self.log(env_steps, learner_updates)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping
+from multiprocessing import shared_memory
 from typing import Any
 
 import numpy as np
@@ -218,15 +219,25 @@ class WorkerLoops:
 
 
 def resolve_transport(cfg: Any, field: str, pool: Any) -> str:
-    """``<field>.transport`` with ``auto`` resolved: shm when every worker is on the driver's node
-    and learns on CPUs, else ray; an explicit shm that cannot be is a config error."""
+    """``<field>.transport`` with ``auto`` resolved: shm when every worker shares this machine's
+    shared memory (the driver makes a segment, every worker opens it: Ray nodes on one host do,
+    containers or hosts apart do not) and learns on CPUs, else ray; an explicit shm that cannot
+    be is a config error."""
     transport = getattr(cfg, field).transport
-    nodes = {p["node_id"] for p in pool.identities().values() if p}
-    local = nodes == {ray.get_runtime_context().get_node_id()}
     cpu = cfg.workers.gpus == 0 and cfg.learner.device != "cuda"
-    if transport == "shm" and not (local and cpu):
-        raise ConfigError(f"{field}.transport: shm needs every worker on the driver's node with CPU learners; "
-                          f"the workers are on {len(nodes)} node(s){'' if cpu else ', with GPUs'} (use ray or auto)")
-    if transport == "auto":
-        return "shm" if local and cpu else "ray"
-    return transport
+    if transport == "ray" or not cpu:
+        if transport == "shm":
+            raise ConfigError(f"{field}.transport: shm needs CPU learners (workers.gpus is 0, learner.device "
+                              f"not cuda); use ray or auto")
+        return "ray"
+    probe = shared_memory.SharedMemory(name=f"distdqn-probe-{uuid.uuid4().hex[:16]}", create=True, size=8)
+    try:
+        shared = all(ray.get([h.opens_shared_memory.remote(probe.name) for h in pool.handles],
+                             timeout=pool.timeout_s))
+    finally:
+        probe.close()
+        probe.unlink()
+    if transport == "shm" and not shared:
+        raise ConfigError(f"{field}.transport: shm needs every worker on the driver's machine (its shared "
+                          f"memory); some are elsewhere (use ray or auto)")
+    return "shm" if shared else "ray"

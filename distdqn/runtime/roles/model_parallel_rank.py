@@ -37,6 +37,11 @@ class ModelParallelRank:
     def identity(self) -> dict[str, Any]:
         return process_identity(learner_rank=self.rank)
 
+    @ray.method(concurrency_group="control")
+    def ping(self) -> bool:
+        """Answers at once, beside ``serve`` (the driver asks its essential roles when one fails)."""
+        return True
+
 
 def split_learner(cfg: Config, info: EnvInfo, learner: Any, isolation: Any, timeout_s: float) -> dict[str, Any]:
     """Start the learner's ranks 1 .. P-1 on its node and form their group with it (rank 0 then

@@ -10,6 +10,7 @@ import datetime
 import hashlib
 import socket
 import time
+from multiprocessing import resource_tracker, shared_memory
 from typing import Any
 
 import numpy as np
@@ -69,6 +70,17 @@ class ReplicaWorker:
         self.replica.set_weights(online, target)
 
     # ---- parameter servers on this node: the worker's own loop over shared memory ----
+    def opens_shared_memory(self, name: str) -> bool:
+        """Whether this process can open the driver's shared-memory segment ``name`` (it is on the
+        driver's machine, sharing its /dev/shm)."""
+        try:
+            segment = shared_memory.SharedMemory(name=name)
+        except FileNotFoundError:
+            return False
+        resource_tracker.unregister(segment._name, "shared_memory")   # the driver removes it
+        segment.close()
+        return True
+
     def attach(self, name: str) -> None:
         """Attach to the server's channel ``name`` (runtime/server_channel.py)."""
         learner = self.replica.learner
