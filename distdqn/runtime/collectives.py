@@ -30,9 +30,7 @@ class SharedMemoryAllReduce:
         self.rank, self.world_size, self.size, self.timeout_s = rank, world_size, size, timeout_s
         header = world_size * _PAD * 8
         nbytes = header + 2 * world_size * size * 4
-        self._shm = shared_memory.SharedMemory(name=name, create=create, size=nbytes if create else 0)
-        if not create:   # Python < 3.13 would unlink an attached segment when this process exits
-            resource_tracker.unregister(self._shm._name, "shared_memory")
+        self._shm = open_segment(name, nbytes, create)
         self.created = create
         self._steps = np.ndarray((world_size, _PAD), dtype=np.int64, buffer=self._shm.buf)
         self._slots = np.ndarray((2, world_size, size), dtype=np.float32, buffer=self._shm.buf, offset=header)
@@ -60,12 +58,25 @@ class SharedMemoryAllReduce:
     def close(self) -> None:
         """Detach; the creator also removes the segment."""
         del self._steps, self._slots
-        self._shm.close()
-        if self.created:
-            try:
-                self._shm.unlink()
-            except FileNotFoundError:
-                pass
+        close_segment(self._shm, self.created)
+
+
+def open_segment(name: str, size: int, create: bool) -> shared_memory.SharedMemory:
+    """Make (``create``) or attach to the shared-memory segment ``name``, of ``size`` bytes."""
+    segment = shared_memory.SharedMemory(name=name, create=create, size=size if create else 0)
+    if not create:   # Python < 3.13 would unlink an attached segment when this process exits
+        resource_tracker.unregister(segment._name, "shared_memory")
+    return segment
+
+
+def close_segment(segment: shared_memory.SharedMemory, created: bool) -> None:
+    """Detach; the creator also removes the segment."""
+    segment.close()
+    if created:
+        try:
+            segment.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def unlink(name: str) -> None:

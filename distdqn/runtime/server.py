@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from multiprocessing import shared_memory
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import ray
@@ -199,6 +199,12 @@ class WorkerLoops:
         self.job.check_stall()
         time.sleep(2e-5)
         self.busy["server_wait_s"] += time.perf_counter() - start
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self.close(drain=exc_type is None)
 
     def close(self, drain: bool = True) -> None:
         """Stop the workers' loops; ``drain``: absorb their last reports (the run ends normally;

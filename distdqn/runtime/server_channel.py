@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import os
 import time
-from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
+
+from distdqn.runtime.collectives import close_segment, open_segment
 
 _PAD = 8                                            # int64 fields one cache line apart
 BEGUN, PUBLISHED, COLLECT, STOP = range(4)          # server fields
@@ -61,9 +62,7 @@ class ServerChannel:
         segment, workers attach to it."""
         self.num_workers, self.num_params, self.created = num_workers, num_params, create
         sizes = [4 * _PAD * 8, 2 * _PAD * 8, num_workers * _PAD * 8, 2 * 2 * num_params * 4, num_workers * num_params * 4]
-        self._shm = shared_memory.SharedMemory(name=name, create=create, size=sum(sizes) if create else 0)
-        if not create:   # Python < 3.13 would unlink an attached segment when this process exits
-            resource_tracker.unregister(self._shm._name, "shared_memory")
+        self._shm = open_segment(name, sum(sizes), create)
         offsets = np.cumsum([0] + sizes)
         buf = self._shm.buf
         self._ctl = np.ndarray((4, _PAD), np.int64, buf, offsets[0])
@@ -164,9 +163,4 @@ class ServerChannel:
     def close(self) -> None:
         """Detach; the creator also removes the segment."""
         del self._ctl, self._meta, self._workers, self._weights, self._slots
-        self._shm.close()
-        if self.created:
-            try:
-                self._shm.unlink()
-            except FileNotFoundError:
-                pass
+        close_segment(self._shm, self.created)

@@ -91,8 +91,7 @@ def _updates_in_shared_memory(job: Conductor, server: ParameterServer, apply: Ca
     """Each worker runs its own loop and pushes into its slot; the server applies each push as it
     comes and publishes the new weights at once."""
     a = job.cfg.async_ps
-    loops = WorkerLoops(job, server, False, a.mode, a.local_steps, a.pull_period if a.mode == "gradient" else 1)
-    try:
+    with WorkerLoops(job, server, False, a.mode, a.local_steps, a.pull_period if a.mode == "gradient" else 1) as loops:
         while loops.env_steps < job.cfg.train.total_env_steps:
             based_on, count = loops.next_push()
             if count and apply(based_on, count, loops.rows[0]):
@@ -101,10 +100,6 @@ def _updates_in_shared_memory(job: Conductor, server: ParameterServer, apply: Ca
             loops.poll()
             if job.housekeeping(server.weights, state, lambda: {**log_extra(), **loops.busy}, on_thread=True):
                 break
-    except BaseException:
-        loops.close(drain=False)
-        raise
-    loops.close()
     return {}
 
 

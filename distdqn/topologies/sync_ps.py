@@ -117,8 +117,7 @@ def _rounds_in_shared_memory(job: Conductor, server: ParameterServer, state: Cal
     """Each round one publication of the weights, and a push from every worker (its own loop);
     the driver hears the workers' reports beside the rounds."""
     cfg, s = job.cfg, job.cfg.sync_ps
-    loops = WorkerLoops(job, server, True, s.mode, s.local_steps, 1)
-    try:
+    with WorkerLoops(job, server, True, s.mode, s.local_steps, 1) as loops:
         while True:
             budget_spent = loops.env_steps >= cfg.train.total_env_steps
             loops.channel.allow_collect(not budget_spent)
@@ -142,10 +141,6 @@ def _rounds_in_shared_memory(job: Conductor, server: ParameterServer, state: Cal
                     "rounds": job.counters.rounds, "left_out": job.counters.left_out,
                     "workers_per_round": len(counts), **loops.busy}, on_thread=True):
                 break
-    except BaseException:
-        loops.close(drain=False)
-        raise
-    loops.close()
     return {}
 
 
