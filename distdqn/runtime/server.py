@@ -103,6 +103,7 @@ class WorkerLoops:
         self.calls: dict[Any, tuple[int, int]] = {}   # serve call -> (worker, its generation)
         self.closing = False
         self.late: set[int] = set()   # sync: workers that missed a round and have not pushed since
+        self._target: tuple[int, np.ndarray | None] = (-1, None)   # (version, flat target) last flattened
         self.busy = {"worker_busy_s": 0.0, "worker_wait_s": 0.0, "server_wait_s": 0.0}
         self._next_poll = 0.0
         ray.get([h.attach.remote(self.name) for h in self.pool.handles], timeout=job.stall_timeout_s)
@@ -121,9 +122,12 @@ class WorkerLoops:
         return self.env_steps_base + self.channel.env_steps()
 
     def publish(self) -> None:
+        """The server's weights into the channel: the online parameters straight from the learner's
+        flat buffer (one copy, into the segment); the target flattened only when it changed."""
         learner = self.server.learner
-        online, target = learner.get_flat_weights()
-        self.channel.publish(online, target, learner.updates, learner.target_version)
+        if self._target[0] != learner.target_version:
+            self._target = (learner.target_version, learner.get_flat_weights()[1])
+        self.channel.publish(learner.flat_params.numpy(), self._target[1], learner.updates, learner.target_version)
 
     def poll(self, force: bool = False) -> None:
         """Count the run's env steps (the channel's count: a worker that dies loses no pushed step);
