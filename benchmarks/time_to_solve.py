@@ -1,11 +1,14 @@
 """Time to solve: `distdqn train` over several seeds, as a user runs it.
 
     python -m benchmarks.time_to_solve [--config cartpole] [--seeds 5] [--set k=v ...]
+                                       [--milestone RETURN@SECONDS ...]
 
 Each seed is a separate `distdqn train` process; the figures come from its summary.json:
 time_to_solve_s (wall clock from the start of the run to the first 10-episode greedy evaluation
 with mean >= the threshold, 475 for CartPole-v1) and final_eval_return_mean (the evaluation at the end of the whole budget: did it
-stay solved?). Prints a Markdown table and the median.
+stay solved?). Prints a Markdown table and the median. Each ``--milestone 10@180`` adds a column:
+the wall clock of the first metrics row whose evaluation reached 10, and whether that was within
+180 s (a row's wall_s is when it was written, just after its evaluation).
 """
 
 from __future__ import annotations
@@ -34,7 +37,27 @@ def run_seed(config: str | None, seed: int, overrides: list[str], root: Path) ->
     summary = json.loads((run_dir / "summary.json").read_text())
     evals = [r["eval_return_mean"] for r in read_metrics(run_dir) if r.get("eval_return_mean") is not None]
     summary["best_eval"] = max(evals)
+    summary["evals"] = [(r["wall_s"], r["eval_return_mean"]) for r in read_metrics(run_dir)
+                        if r.get("eval_return_mean") is not None]
     return summary
+
+
+def parse_milestone(text: str) -> tuple[float, float]:
+    ret, _, secs = text.partition("@")
+    try:
+        return float(ret), float(secs)
+    except ValueError:
+        raise SystemExit(f"--milestone {text!r}: expected RETURN@SECONDS, e.g. 10@180") from None
+
+
+def reached(evals: list[tuple[float, float]], target: float) -> float | None:
+    """Wall clock of the first evaluation at or above ``target``; None if none was."""
+    return next((wall for wall, ret in evals if ret >= target), None)
+
+
+def milestone_cell(evals: list[tuple[float, float]], target: float, deadline: float) -> str:
+    wall = reached(evals, target)
+    return "-" if wall is None else f"{wall:.0f} s ({'met' if wall <= deadline else 'late'})"
 
 
 def main() -> None:
@@ -44,13 +67,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--milestone", action="append", default=[], type=parse_milestone,
+                        help="RETURN@SECONDS: when an evaluation first reached RETURN, and whether within SECONDS")
     args = parser.parse_args()
     rows = []
     print(header(f"Time to solve: {args.config or 'default config (CartPole-v1)'}"
                  + (f" with {' '.join(args.overrides)}" if args.overrides else "")))
+    marks = "".join(f" reached {r:g} (within {d:g} s) |" for r, d in args.milestone)
     print("| seed | solved | time to solve (s) | env steps to solve | best eval | final eval | "
-          "run wall (s) | env steps | updates |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"run wall (s) | env steps | updates |{marks}")
+    print("|---|---|---|---|---|---|---|---|---|" + "---|" * len(args.milestone))
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             s = run_seed(args.config, seed, args.overrides, Path(tmp))
@@ -58,13 +84,17 @@ def main() -> None:
             t = f"{s['time_to_solve_s']:.2f}" if s["solved"] else "-"
             print(f"| {seed} | {s['solved']} | {t} | {s['env_steps_to_solve'] or '-'} | "
                   f"{s['best_eval']:.1f} | {s['final_eval_return_mean']:.1f} | {s['wall_s']:.1f} | "
-                  f"{s['env_steps']} | {s['learner_updates']} |", flush=True)
+                  f"{s['env_steps']} | {s['learner_updates']} |"
+                  + "".join(f" {milestone_cell(s['evals'], r, d)} |" for r, d in args.milestone), flush=True)
     threshold = rows[0]["solve_threshold"]
     times = [s["time_to_solve_s"] for s in rows if s["solved"]]
     stayed = sum(s["final_eval_return_mean"] >= threshold for s in rows)
     median = statistics.median(times) if len(times) == len(rows) else float("inf")
     print(f"\nsolved {len(times)}/{len(rows)}; median time to solve {median:.2f} s; "
           f"final eval >= {threshold:g} in {stayed}/{len(rows)}")
+    for r, d in args.milestone:
+        met = sum((w := reached(s["evals"], r)) is not None and w <= d for s in rows)
+        print(f"reached {r:g} within {d:g} s in {met}/{len(rows)}")
 
 
 if __name__ == "__main__":

@@ -184,6 +184,10 @@ class ExplorationConfig(_Section):
 class TrainConfig(_Section):
     total_env_steps: int = Field(40_000, ge=1)
     """Environment steps (summed over sub-environments) after which training stops."""
+    max_wall_s: float | None = Field(None, gt=0)
+    """Wall-clock budget in seconds (a resumed run counts its earlier time): training stops at the
+    first check past it, or at ``total_env_steps``, whichever comes first; then the final
+    evaluation and checkpoint as usual. None: no time limit."""
     learning_starts: int = Field(500, ge=0)
     """Environment steps collected before the first learner update."""
     replay_ratio: float = Field(0.5, gt=0.0)

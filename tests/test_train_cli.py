@@ -110,6 +110,23 @@ def test_resume_continues_as_if_never_stopped(tmp_path):
     assert steps == sorted(steps) and steps[-1] == summary_b["env_steps"]
 
 
+def test_a_wall_clock_budget_ends_the_run_early_and_says_so(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(["train", "--run-dir", str(run_dir), *SHORT_RUN, "--set", "train.total_env_steps=10000000",
+                      "--set", "train.max_wall_s=4"])
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stop_reason"] == "max_wall_s"
+    assert 4 <= summary["wall_s"] < 30
+    assert 0 < summary["env_steps"] < 10_000_000
+    assert (run_dir / "checkpoints" / "final" / "manifest.json").is_file()   # the usual end: final evaluation and checkpoint
+    assert read_metrics(run_dir)[-1]["env_steps"] == summary["env_steps"]
+
+    done = tmp_path / "done"
+    assert run_cli(["train", "--run-dir", str(done), *SHORT_RUN]).returncode == 0
+    assert json.loads((done / "summary.json").read_text())["stop_reason"] == "total_env_steps"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_default_command_solves_cartpole(tmp_path, seed):

@@ -102,6 +102,7 @@ class RunSession:
         self._eval_thread: threading.Thread | None = None
         self._eval_box: dict[str, Any] = {}
         self._eval_env_steps = 0
+        self.stop_reason: str | None = None
 
     # ---- lifecycle ----
     def open(self, env_steps: int = 0, learner_updates: int = 0) -> None:
@@ -141,7 +142,16 @@ class RunSession:
         if env_steps >= self.next_eval:
             self._advance_eval(env_steps)
             self.evaluate(policy, env_steps)
-        return self.cfg.eval.stop_when_solved and self.solved_at is not None
+        return self.should_stop()
+
+    def should_stop(self) -> bool:
+        """True when the run ends before its env-step budget: solved (with ``eval.stop_when_solved``)
+        or past ``train.max_wall_s`` of wall clock (resumed time included)."""
+        if self.cfg.eval.stop_when_solved and self.solved_at is not None:
+            self.stop_reason = "solved"
+        elif self.cfg.train.max_wall_s is not None and self.wall_s() >= self.cfg.train.max_wall_s:
+            self.stop_reason = "max_wall_s"
+        return self.stop_reason is not None
 
     # ---- evaluation on a thread: a driver that conducts (apex) keeps its roles fed meanwhile ----
     @property
@@ -174,7 +184,7 @@ class RunSession:
             if "error" in box:
                 raise box["error"]
             self._record_evaluation(box["returns"], self._eval_env_steps, box["wall_s"])
-        return self.cfg.eval.stop_when_solved and self.solved_at is not None
+        return self.should_stop()
 
     def due_for_evaluation(self, env_steps: int) -> bool:
         return env_steps >= self.next_eval
@@ -275,6 +285,7 @@ class RunSession:
             "learner_updates": learner_updates,
             "episodes": self.stats.episodes,
             "interrupted": interrupted,
+            "stop_reason": "interrupted" if interrupted else self.stop_reason or "total_env_steps",
             "notes": self.notes,
             **self.extra_summary,
             **extra_summary,
