@@ -34,7 +34,7 @@ from distdqn.runtime.cluster import connect, require_resources
 from distdqn.runtime.messages import RunCounters, RunState
 from distdqn.runtime.pool import RolePool
 from distdqn.runtime.process import keep_driver_off, process_identity
-from distdqn.runtime.server import ParameterServer
+from distdqn.runtime.server import ParameterServer, resolve_transport
 
 
 class RunAborted(UserError):
@@ -94,6 +94,13 @@ class Conductor:
         self.restore(resume)
         self.open(self.server.weights())
         return self.server, pool
+
+    def start_replica_server(self, resume: dict[str, Any] | None,
+                             worker_class: Any) -> tuple[ParameterServer, RolePool, str]:
+        """sync_ps and async_ps: the server (it keeps the target network) and its replica workers
+        (``start_server``), and the transport between them (``<topology>.transport``, auto resolved)."""
+        server, pool = self.start_server(resume, worker_class, False)
+        return server, pool, resolve_transport(self.cfg, self.cfg.topology, pool)
 
     def keep_off(self, isolation_ref: Any) -> None:
         """The driver (and the Ray instance it started) keeps off the cores apex's learner took."""

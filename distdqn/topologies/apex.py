@@ -48,31 +48,10 @@ from distdqn.runtime.weights import fetch
 
 def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None = None) -> RunResult:
     a = cfg.apex
-    replay_cpus = a.replay_cpus if a.replay_host == "process" else 0.0
-    ranks = cfg.learner.model_parallel   # the learner's processes (each with learner_cpus, learner_gpus)
-    job = Conductor(cfg, run_dir, info, RunCounters(),
-                    replay_cpus + ranks * a.learner_cpus + a.num_actors * a.actor_cpus, ranks * a.learner_gpus,
-                    f"apex (replay {replay_cpus:g} + learner {ranks} x {a.learner_cpus:g} + "
-                    f"{a.num_actors} actors x {a.actor_cpus:g} CPUs)", a.stall_timeout_s)
+    job = _conductor(cfg, run_dir, info)
     try:
         # ---- build: the replay (the learner's process, or its own), the learner, actors (spread) ----
-        server = (ReplayServer.options(num_cpus=replay_cpus).remote(cfg, info, cfg.seed + 1)
-                  if a.replay_host == "process" else None)
-        learner = LearnerWorker.options(num_cpus=a.learner_cpus, num_gpus=a.learner_gpus).remote(
-            cfg, info, server, cfg.seed + 2)
-        replay = server or learner
-        job.essential = {"learner": learner, "replay": replay}
-        isolation = learner.isolate.remote(int(np.ceil(a.learner_cpus)) * ranks) if a.isolate_learner else None
-        if ranks > 1:   # learner.model_parallel: the learner's other ranks, on its node, on its cores
-            job.essential.update(split_learner(cfg, info, learner, isolation, a.stall_timeout_s))
-        if server is not None:
-            server.keep_off.remote(isolation)
-        epsilons = per_actor_epsilons(a.num_actors * cfg.env.num_envs, a.base_epsilon, a.epsilon_alpha)
-        actors = job.start_pool("actor", ExperienceActor, a.num_actors, cfg.seed + 1000, lambda i, seed: (
-            cfg, info, replay, learner, epsilons.reshape(a.num_actors, -1)[i], seed, isolation),
-            {"num_cpus": a.actor_cpus})
-        if isolation is not None:
-            job.keep_off(isolation)
+        learner, replay, actors = _build(cfg, info, job)
 
         # ---- resume: learner and replay from the checkpoint (actors start fresh episodes) ----
         state = job.restore(resume)
@@ -87,7 +66,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         calls, lags, busy = CallsInFlight(), np.zeros(a.num_actors), {"learner_busy_s": 0.0, "learner_step_s": 0.0}
         for _ in range(a.calls_in_flight):
             for i in range(a.num_actors):
-                calls.add(actors.handles[i].collect.remote(blocks_per_call), "actor", i, actors.generations[i])
+                _collect(calls, actors, i, blocks_per_call)
             calls.add(learner.train.remote(a.updates_per_call, job.counters.env_steps), "learner")
         with job.conducting():
             while job.counters.env_steps < cfg.train.total_env_steps:
@@ -97,11 +76,11 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                     if report is None:   # the actor died: a new one takes its place, the run goes on
                         job.replace(i)
                         for _ in range(a.calls_in_flight - 1):
-                            calls.add(actors.handles[i].collect.remote(blocks_per_call), "actor", i, actors.generations[i])
+                            _collect(calls, actors, i, blocks_per_call)
                     else:
                         job.absorb(report.experience)
                         lags[i] = report.weight_lag if report.weight_lag is not None else lags[i]
-                    calls.add(actors.handles[i].collect.remote(blocks_per_call), "actor", i, actors.generations[i])
+                    _collect(calls, actors, i, blocks_per_call)
                 elif role == "learner":
                     report = _learner_report(job, ref)
                     job.counters.learner_updates = report.learner_updates
@@ -127,6 +106,49 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         return job.finish(fetch(weights.box), final_state, actor_nodes={n: nodes.count(n) for n in set(nodes)})
     finally:
         job.close()
+
+
+def _conductor(cfg: Config, run_dir: Path, info: EnvInfo) -> Conductor:
+    """The run's conductor, with the cluster resources of the replay, the learner's ranks and the actors."""
+    a = cfg.apex
+    replay_cpus = a.replay_cpus if a.replay_host == "process" else 0.0
+    ranks = cfg.learner.model_parallel   # the learner's processes (each with learner_cpus, learner_gpus)
+    return Conductor(cfg, run_dir, info, RunCounters(),
+                     replay_cpus + ranks * a.learner_cpus + a.num_actors * a.actor_cpus, ranks * a.learner_gpus,
+                     f"apex (replay {replay_cpus:g} + learner {ranks} x {a.learner_cpus:g} + "
+                     f"{a.num_actors} actors x {a.actor_cpus:g} CPUs)", a.stall_timeout_s)
+
+
+def _collect(calls: CallsInFlight, actors: Any, i: int, blocks: int) -> None:
+    """Queue one more collect call on actor ``i`` (tagged with its generation: a replaced actor's
+    answers are told apart)."""
+    calls.add(actors.handles[i].collect.remote(blocks), "actor", i, actors.generations[i])
+
+
+def _build(cfg: Config, info: EnvInfo, job: Conductor) -> tuple[Any, Any, Any]:
+    """The replay (in the learner's process, or a ReplayServer of its own), the learner (with its
+    model-parallel ranks) and the actors' pool; the learner's training thread gets cores of its own."""
+    a = cfg.apex
+    replay_cpus = a.replay_cpus if a.replay_host == "process" else 0.0
+    ranks = cfg.learner.model_parallel
+    server = (ReplayServer.options(num_cpus=replay_cpus).remote(cfg, info, cfg.seed + 1)
+              if a.replay_host == "process" else None)
+    learner = LearnerWorker.options(num_cpus=a.learner_cpus, num_gpus=a.learner_gpus).remote(
+        cfg, info, server, cfg.seed + 2)
+    replay = server or learner
+    job.essential = {"learner": learner, "replay": replay}
+    isolation = learner.isolate.remote(int(np.ceil(a.learner_cpus)) * ranks) if a.isolate_learner else None
+    if ranks > 1:   # learner.model_parallel: the learner's other ranks, on its node, on its cores
+        job.essential.update(split_learner(cfg, info, learner, isolation, a.stall_timeout_s))
+    if server is not None:
+        server.keep_off.remote(isolation)
+    epsilons = per_actor_epsilons(a.num_actors * cfg.env.num_envs, a.base_epsilon, a.epsilon_alpha)
+    actors = job.start_pool("actor", ExperienceActor, a.num_actors, cfg.seed + 1000, lambda i, seed: (
+        cfg, info, replay, learner, epsilons.reshape(a.num_actors, -1)[i], seed, isolation),
+        {"num_cpus": a.actor_cpus})
+    if isolation is not None:
+        job.keep_off(isolation)
+    return learner, replay, actors
 
 
 def _actor_report(job: Conductor, ref: Any) -> Any:

@@ -36,7 +36,7 @@ from distdqn.local.session import RunResult
 from distdqn.runtime.conductor import CallsInFlight, Conductor, worker_conductor
 from distdqn.runtime.messages import RunCounters, RunState
 from distdqn.runtime.roles.replica_worker import ReplicaWorker
-from distdqn.runtime.server import ParameterServer, WorkerLoops, resolve_transport
+from distdqn.runtime.server import ParameterServer, WorkerLoops
 
 
 @dataclass
@@ -50,8 +50,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     job = worker_conductor(cfg, run_dir, info, AsyncCounters())
     try:
         # ---- build: the server's learner here, the workers on the cluster (restored when resuming) ----
-        server, pool = job.start_server(resume, ReplicaWorker, False)   # the server keeps the target network
-        transport = resolve_transport(cfg, "async_ps", pool)
+        server, pool, transport = job.start_replica_server(resume, ReplicaWorker)
         staleness = StalenessHistogram(a.max_staleness, job.counters.staleness_counts or None)
 
         def state() -> RunState:

@@ -42,7 +42,9 @@ from distdqn.envs import EnvInfo, make_vector_env
 from distdqn.local.session import RunResult
 from distdqn.runtime.conductor import Conductor, worker_conductor
 from distdqn.runtime.messages import ClientMessage, RunCounters, RunState, check_message
+from distdqn.runtime.pool import RolePool
 from distdqn.runtime.roles.federated_client import FederatedClient
+from distdqn.runtime.server import ParameterServer
 
 
 @dataclass
@@ -64,74 +66,30 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     try:
         # ---- build: the server's model and step here; clients (each its env variant) on the cluster ----
         server, pool = job.start_server(resume, FederatedClient)   # resumed: the global model only
-        optimizer = ServerOptimizer(f.server_optimizer, f.server_learning_rate, f.server_beta1,
-                                    f.server_beta2, f.server_tau)
-        if resume is not None and resume.get("server_optimizer") is not None:
-            optimizer.load_state_dict(resume["server_optimizer"])
-        c = job.counters
-        accountant = None if f.dp.mode == "off" else privacy.PrivacyAccountant(
-            f.dp.mode, f.dp.noise_multiplier, f.clients_per_round, f.dp.delta, pool.count,
-            c.dp_rounds, c.dp_client_rounds)
-        shapes = {k: v.shape for k, v in server.weights().items()}
+        rounds = Rounds(job, server, pool, resume)
         variants = [make_vector_env(cfg.for_client(i).env, cfg.eval.num_envs, evaluation=True) for i in range(len(f.clients))]
         client_returns: list[float] = []
-        rng = np.random.default_rng(cfg.seed + 17)
-        dp_rng = np.random.default_rng(cfg.seed + 23)
-        late: dict[Any, int] = {}              # calls that missed their round -> client
-        waiting: list[ClientMessage] = []      # late updates for the next aggregate (stale_weighted)
-
-        def take_late(message: Any) -> None:
-            _absorb(job, message)
-            if f.late_updates == "stale_weighted" and check_message(message, shapes) is None:
-                waiting.append(message)
-            elif isinstance(message, ClientMessage):
-                c.late_dropped += 1
-
-        def state() -> RunState:
-            return RunState(server.learner.state_dict(), c, server_optimizer=optimizer.state_dict())
+        c = job.counters
 
         # ---- loop: sample clients -> local training on their own data -> aggregate -> server step ----
         with job.conducting():
             while c.env_steps < cfg.train.total_env_steps:
-                idle = [i for i in range(pool.count) if i not in late.values()]
-                if not idle:   # every client is still busy with an earlier round
+                sampled = rounds.sample()
+                if sampled is None:   # every client is still busy with an earlier round
                     job.check_stall()
-                    job.collect_late(late, take_late, wait_s=1.0)
+                    job.collect_late(rounds.late, rounds.take_late, wait_s=1.0)
                     continue
-                sampled = _sample(rng, idle, pool.count, f.clients_per_round, f.dp.mode == "central")
-                c.rounds += 1
-                if accountant is not None:   # counted when sampled: an upper bound on what is released
-                    accountant.record_round(sampled)
-                    c.dp_rounds, c.dp_client_rounds = accountant.rounds, list(accountant.participations)
                 if not sampled:   # central DP's Poisson sampling drew no client: nothing is released
                     continue
-                calls = {pool.handles[i].train_round.remote(server.weights_for(i), f.local_steps): i
-                         for i in sampled}
-                ready, missed = ray.wait(list(calls), num_returns=len(calls), timeout=f.round_timeout_s)
-                late.update({ref: calls[ref] for ref in missed})
-                c.skipped += len(missed)
-                job.collect_late(late, take_late)
-                messages = _accepted(job, pool, calls, ready, shapes)
-
-                # ---- aggregate, then the server's step ----
-                stale, waiting[:] = list(waiting), []
-                if len(messages) + len(stale) < f.min_clients:
-                    c.rounds_abandoned += 1
-                    c.late_dropped += len(stale)
-                    job.session.note(f"round {c.rounds}: {len(messages)} of {len(calls)} sampled "
-                                     f"clients answered, fewer than federated.min_clients={f.min_clients}; "
-                                     f"the global model is unchanged")
+                messages = rounds.train(sampled)
+                if not rounds.step(messages, len(sampled)):   # too few answers: the round is abandoned
                     job.check_stall()
                     continue
-                delta = _aggregate(cfg, server.version, messages, stale, pool.count, dp_rng)
-                c.late_used += len(stale)
-                server.apply_delta(optimizer.step(delta), f.local_steps)
-                c.learner_updates = server.version
                 job.progressed()
                 if variants and job.session.due_for_evaluation(c.env_steps):
                     client_returns = _evaluate_variants(job, server.weights(), variants)
-                stop = job.housekeeping(server.weights, state, lambda m=messages, r=client_returns:
-                                        _round_row(job, m, r, accountant))
+                stop = job.housekeeping(server.weights, rounds.state, lambda m=messages, r=client_returns:
+                                        _round_row(job, m, r, rounds.accountant))
                 if job.session.solved_at is not None and c.rounds_to_solve is None:
                     c.rounds_to_solve = c.rounds
                 if stop:
@@ -139,11 +97,87 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
 
         # ---- tear down: the global model on every variant, final evaluation, checkpoint, summary ----
         client_returns = _evaluate_variants(job, server.weights(), variants, close=True)
-        return job.finish(server.weights(), state(), late, aggregator=f.aggregator,
+        return job.finish(server.weights(), rounds.state(), rounds.late, aggregator=f.aggregator,
                           server_optimizer=f.server_optimizer, late_updates=f.late_updates,
-                          client_eval_returns=client_returns, **_privacy_summary(cfg, accountant))
+                          client_eval_returns=client_returns, **_privacy_summary(cfg, rounds.accountant))
     finally:
         job.close()
+
+
+class Rounds:
+    """The server's side of the rounds: which clients train, their calls and late answers, the
+    aggregate and the server's step, and the privacy accountant."""
+
+    def __init__(self, job: Conductor, server: ParameterServer, pool: RolePool, resume: dict[str, Any] | None):
+        cfg, f, c = job.cfg, job.cfg.federated, job.counters
+        self.job, self.server, self.pool, self.f = job, server, pool, f
+        self.optimizer = ServerOptimizer(f.server_optimizer, f.server_learning_rate, f.server_beta1,
+                                         f.server_beta2, f.server_tau)
+        if resume is not None and resume.get("server_optimizer") is not None:
+            self.optimizer.load_state_dict(resume["server_optimizer"])
+        self.accountant = None if f.dp.mode == "off" else privacy.PrivacyAccountant(
+            f.dp.mode, f.dp.noise_multiplier, f.clients_per_round, f.dp.delta, pool.count,
+            c.dp_rounds, c.dp_client_rounds)
+        self.shapes = {k: v.shape for k, v in server.weights().items()}
+        self.rng = np.random.default_rng(cfg.seed + 17)
+        self.dp_rng = np.random.default_rng(cfg.seed + 23)
+        self.late: dict[Any, int] = {}              # calls that missed their round -> client
+        self.waiting: list[ClientMessage] = []      # late updates for the next aggregate (stale_weighted)
+
+    def sample(self) -> list[int] | None:
+        """The next round's clients (counted as a round, and by the accountant: an upper bound on
+        what is released); None when every client is still busy with an earlier round."""
+        f, c = self.f, self.job.counters
+        idle = [i for i in range(self.pool.count) if i not in self.late.values()]
+        if not idle:
+            return None
+        sampled = _sample(self.rng, idle, self.pool.count, f.clients_per_round, f.dp.mode == "central")
+        c.rounds += 1
+        if self.accountant is not None:
+            self.accountant.record_round(sampled)
+            c.dp_rounds, c.dp_client_rounds = self.accountant.rounds, list(self.accountant.participations)
+        return sampled
+
+    def train(self, sampled: list[int]) -> list[ClientMessage]:
+        """The sampled clients' local training from the global weights: the well-formed updates
+        that came back within ``federated.round_timeout_s``; the others are late."""
+        calls = {self.pool.handles[i].train_round.remote(self.server.weights_for(i), self.f.local_steps): i
+                 for i in sampled}
+        ready, missed = ray.wait(list(calls), num_returns=len(calls), timeout=self.f.round_timeout_s)
+        self.late.update({ref: calls[ref] for ref in missed})
+        self.job.counters.skipped += len(missed)
+        self.job.collect_late(self.late, self.take_late)
+        return _accepted(self.job, self.pool, calls, ready, self.shapes)
+
+    def take_late(self, message: Any) -> None:
+        """A late answer: its steps and episodes count; its update waits for the next aggregate
+        (stale_weighted) or is dropped."""
+        _absorb(self.job, message)
+        if self.f.late_updates == "stale_weighted" and check_message(message, self.shapes) is None:
+            self.waiting.append(message)
+        elif isinstance(message, ClientMessage):
+            self.job.counters.late_dropped += 1
+
+    def step(self, messages: list[ClientMessage], asked: int) -> bool:
+        """Aggregate the round's updates (and the late ones waiting) and take the server's step;
+        False when fewer than ``federated.min_clients`` answered (the global model is unchanged)."""
+        f, c = self.f, self.job.counters
+        stale, self.waiting = self.waiting, []
+        if len(messages) + len(stale) < f.min_clients:
+            c.rounds_abandoned += 1
+            c.late_dropped += len(stale)
+            self.job.session.note(f"round {c.rounds}: {len(messages)} of {asked} sampled clients answered, "
+                                  f"fewer than federated.min_clients={f.min_clients}; the global model is unchanged")
+            return False
+        delta = _aggregate(self.job.cfg, self.server.version, messages, stale, self.pool.count, self.dp_rng)
+        c.late_used += len(stale)
+        self.server.apply_delta(self.optimizer.step(delta), f.local_steps)
+        c.learner_updates = self.server.version
+        return True
+
+    def state(self) -> RunState:
+        return RunState(self.server.learner.state_dict(), self.job.counters,
+                        server_optimizer=self.optimizer.state_dict())
 
 
 def _sample(rng: np.random.Generator, idle: list[int], num_clients: int, rate: float, poisson: bool) -> list[int]:

@@ -39,7 +39,7 @@ from distdqn.local.session import RunResult
 from distdqn.runtime.conductor import Conductor, worker_conductor
 from distdqn.runtime.messages import RunCounters, RunState, Weights
 from distdqn.runtime.roles.replica_worker import ReplicaWorker
-from distdqn.runtime.server import ParameterServer, WorkerLoops, resolve_transport
+from distdqn.runtime.server import ParameterServer, WorkerLoops
 
 
 @dataclass
@@ -54,8 +54,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     job = worker_conductor(cfg, run_dir, info, SyncCounters())
     try:
         # ---- build: the server's learner here, the workers on the cluster (restored when resuming) ----
-        server, pool = job.start_server(resume, ReplicaWorker, False)   # the server keeps the target network
-        transport = resolve_transport(cfg, "sync_ps", pool)
+        server, pool, transport = job.start_replica_server(resume, ReplicaWorker)
 
         def state() -> RunState:
             return RunState(server.learner.state_dict(), job.counters, job.replicas())
