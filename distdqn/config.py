@@ -90,23 +90,35 @@ class EnvConfig(_Section):
     sub-environments of the vector at once). For benchmarks of scaling past the cores; 0: none."""
 
 
+HIDDEN_SIZES = {"mlp": [128, 128], "nature_cnn": [512], "minatar_cnn": [128]}
+"""Each network kind's hidden layers when ``network.hidden_sizes`` is not set: the MLP's default,
+the Nature DQN's head (Mnih et al. 2015), the MinAtar paper's (Young and Tian 2019)."""
+
+
 class NetworkConfig(_Section):
     kind: Literal["mlp", "nature_cnn", "minatar_cnn"] = "mlp"
     """``mlp`` for vector observations; ``nature_cnn`` for stacked [C, 84, 84] frames (Mnih et al.
     2015: conv 32 8x8/4, 64 4x4/2, 64 3x3/1, then hidden_sizes, [512] in the paper);
     ``minatar_cnn`` for MinAtar's channels-last [10, 10, C] boards (Young and Tian 2019: conv 16
     3x3/1, then hidden_sizes, [128] in the paper)."""
-    hidden_sizes: list[int] = Field(default_factory=lambda: [128, 128])
-    """Widths of the hidden layers of the MLP (or of the CNN's fully connected part)."""
+    hidden_sizes: list[int] | None = None
+    """Widths of the hidden layers of the MLP (or of the CNN's fully connected part); None: the
+    kind's usual ones (``HIDDEN_SIZES``: mlp [128, 128], nature_cnn [512], minatar_cnn [128])."""
     dueling: bool = False
     """Dueling head Q = V + A - mean(A) (Wang et al. 2016)."""
 
     @field_validator("hidden_sizes")
     @classmethod
-    def _check_sizes(cls, sizes: list[int]) -> list[int]:
-        if not sizes or any(h < 1 for h in sizes):
+    def _check_sizes(cls, sizes: list[int] | None) -> list[int] | None:
+        if sizes is not None and (not sizes or any(h < 1 for h in sizes)):
             raise ValueError(f"must be a non-empty list of positive integers (got {sizes})")
         return sizes
+
+    @model_validator(mode="after")
+    def _kind_sizes(self) -> NetworkConfig:
+        if self.hidden_sizes is None:   # written into config.yaml resolved, as every default
+            object.__setattr__(self, "hidden_sizes", list(HIDDEN_SIZES[self.kind]))
+        return self
 
 
 class ReplayConfig(_Section):

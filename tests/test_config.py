@@ -130,3 +130,9 @@ def test_step_latency_waits_without_using_the_cpu():
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     assert wall >= 0.3 and cpu < 0.5 * wall
     env.close()
+
+
+@pytest.mark.parametrize("kind, sizes", [("mlp", [128, 128]), ("nature_cnn", [512]), ("minatar_cnn", [128])])
+def test_hidden_sizes_default_to_the_kinds_own_and_a_set_value_wins(kind, sizes):
+    assert load_config(None, [f"network.kind={kind}"]).network.hidden_sizes == sizes
+    assert load_config(None, [f"network.kind={kind}", "network.hidden_sizes=[64]"]).network.hidden_sizes == [64]

@@ -59,7 +59,7 @@ class NatureCNN(nn.Module):
         )
         with torch.no_grad():
             flat = self.torso(torch.zeros(1, *obs_shape)).shape[1]
-        self.mlp = MLPQNetwork(flat, num_actions, hidden_sizes or [512], dueling)
+        self.mlp = MLPQNetwork(flat, num_actions, hidden_sizes, dueling)
         self.scale = 1.0 / 255.0
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
