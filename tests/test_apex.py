@@ -78,6 +78,11 @@ def test_a_killed_actor_costs_only_its_own_share(tmp_path, ray_cluster):
     assert any("actor 0 died" in note for note in summary["notes"])
     assert summary["solved"], summary
     assert json.loads((run_dir / "processes.json").read_text())["actor0"]["pid"] != victim
+    # every env step counted was sent; the replay took all the acknowledged ones, and of the rest at
+    # most what was in flight (plus what the killed actor collected after its last report)
+    assert summary["accepted_env_steps"] + summary["unacknowledged_at_kills_env_steps"] \
+        + summary["unacknowledged_at_end_env_steps"] == summary["env_steps"]
+    assert summary["replay_inserted_env_steps"] >= summary["accepted_env_steps"] > 0
 
     rows = read_metrics(run_dir)
     killed_at = seen["rows"][-1]["wall_s"]   # the kill came right after this row was read
@@ -180,6 +185,28 @@ def test_inserts_follow_the_weight_sync_period_at_any_replay_ratio():
     assert blocks(train={"steps_per_collect": 4, "replay_ratio": 8.0}, apex={"weight_sync_period": 1}) == 1
     assert blocks(train={"steps_per_collect": 4, "replay_ratio": 0.5},
                   apex={"weight_sync_period": 48, "blocks_per_insert": 5}) == 5
+
+
+def test_the_insert_ledger_moves_a_killed_actors_unacknowledged_env_steps_aside():
+    """An actor's report counts its sends (experience) and the inserts accepted in the call (one may
+    be a previous call's); a killed actor's sent-but-unacknowledged env steps leave the living total."""
+    from distdqn.core.records import Experience
+    from distdqn.runtime.messages import ActorReport
+    from distdqn.topologies.apex import ApexCounters, InsertLedger
+
+    def report(sent: int, accepted: int) -> ActorReport:
+        return ActorReport(Experience(sent), 0, None, 0, accepted)
+
+    counters = ApexCounters()
+    ledger = InsertLedger(counters, num_actors=2)
+    ledger.reported(0, report(sent=64, accepted=32))    # its second insert is in flight
+    ledger.reported(1, report(sent=32, accepted=0))
+    ledger.reported(0, report(sent=32, accepted=64))    # the one in flight, then this call's
+    assert (counters.accepted_env_steps, ledger.pending) == (96, [0, 32])
+    ledger.killed(1)
+    assert (counters.unacknowledged_at_kills_env_steps, ledger.unacknowledged) == (32, 0)
+    ledger.reported(1, report(sent=32, accepted=32))    # its replacement starts from nothing
+    assert (counters.accepted_env_steps, ledger.unacknowledged) == (128, 0)
 
 
 def test_the_learner_publishes_every_sync_period_and_weights_clients_take_the_newest(ray_cluster):

@@ -65,6 +65,8 @@ class ActorReport:
     weight_lag: float | None        # mean learner updates between the weights that acted and the
                                     # newest the actor had seen when each insert was accepted
     version: int                    # the weights version it acts with now
+    accepted_env_steps: int = 0     # env steps of its inserts the replay accepted during the call
+                                    # (an insert sent in one call may be accepted in the next)
 
 
 @dataclass

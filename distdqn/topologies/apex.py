@@ -26,6 +26,7 @@ Experience Replay", ICLR).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from distdqn.core.schedules import per_actor_epsilons
 from distdqn.envs import EnvInfo
 from distdqn.local.session import RunResult
 from distdqn.runtime.conductor import CallsInFlight, Conductor
-from distdqn.runtime.messages import RunCounters, RunState
+from distdqn.runtime.messages import ActorReport, RunCounters, RunState
 from distdqn.runtime.roles.experience_actor import ExperienceActor, blocks_per_insert
 from distdqn.runtime.roles.learner import LearnerWorker
 from distdqn.runtime.roles.model_parallel_rank import split_learner
@@ -60,6 +61,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                     + ([replay.load_replay_state.remote(state.replay)] if state.replay else []), timeout=a.stall_timeout_s)
         weights = ray.get(learner.weights.remote(), timeout=a.stall_timeout_s)
         job.open(fetch(weights.box))
+        ledger = InsertLedger(job.counters, a.num_actors)
 
         # ---- loop: keep every actor and the learner busy; conduct between their calls ----
         blocks_per_call = max(a.blocks_per_call, blocks_per_insert(cfg))   # at least one insert per call
@@ -74,11 +76,13 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                 if role == "actor" and generation == actors.generations[i]:
                     report = _actor_report(job, ref)
                     if report is None:   # the actor died: a new one takes its place, the run goes on
+                        ledger.killed(i)
                         job.replace(i)
                         for _ in range(a.calls_in_flight - 1):
                             _collect(calls, actors, i, blocks_per_call)
                     else:
                         job.absorb(report.experience)
+                        ledger.reported(i, report)
                         lags[i] = report.weight_lag if report.weight_lag is not None else lags[i]
                     _collect(calls, actors, i, blocks_per_call)
                 elif role == "learner":
@@ -100,12 +104,46 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         ray.wait(calls.of("learner"), num_returns=len(calls.of("learner")), timeout=a.stall_timeout_s)
         actors.shutdown()
         weights = ray.get(learner.weights.remote(), timeout=a.stall_timeout_s)
+        inserted = ray.get(replay.replay_stats.remote(), timeout=a.stall_timeout_s)["inserted_env_steps"]
         nodes = [p["node_id"] for name, p in job.identities.items() if name.startswith("actor") and p]
         final_state = _state(job, learner, replay)
         ray.get(learner.release_ranks.remote(), timeout=a.stall_timeout_s)
-        return job.finish(fetch(weights.box), final_state, actor_nodes={n: nodes.count(n) for n in set(nodes)})
+        return job.finish(fetch(weights.box), final_state, actor_nodes={n: nodes.count(n) for n in set(nodes)},
+                          replay_inserted_env_steps=inserted, unacknowledged_at_end_env_steps=ledger.unacknowledged)
     finally:
         job.close()
+
+
+@dataclass
+class ApexCounters(RunCounters):
+    """The run's counts, and what the actors' reports say of their inserts: ``env_steps`` (sent)
+    = ``accepted_env_steps`` + those still unacknowledged. A killed actor's unacknowledged env
+    steps (its insert in flight) move to ``unacknowledged_at_kills_env_steps``: the replay may or
+    may not have taken them, and what it collected after its last report is counted nowhere."""
+
+    accepted_env_steps: int = 0                  # inserts the replay acknowledged to their actor
+    unacknowledged_at_kills_env_steps: int = 0   # sent, unacknowledged when its actor was killed
+
+
+class InsertLedger:
+    """Each actor's env steps sent and not yet acknowledged, from its reports, into ApexCounters."""
+
+    def __init__(self, counters: ApexCounters, num_actors: int):
+        self.counters = counters
+        self.pending = [0] * num_actors
+
+    def reported(self, i: int, report: ActorReport) -> None:
+        self.counters.accepted_env_steps += report.accepted_env_steps
+        self.pending[i] += report.experience.env_steps - report.accepted_env_steps
+
+    def killed(self, i: int) -> None:
+        self.counters.unacknowledged_at_kills_env_steps += self.pending[i]
+        self.pending[i] = 0
+
+    @property
+    def unacknowledged(self) -> int:
+        """The living actors' env steps sent and not (yet) acknowledged."""
+        return sum(self.pending)
 
 
 def _conductor(cfg: Config, run_dir: Path, info: EnvInfo) -> Conductor:
@@ -113,7 +151,7 @@ def _conductor(cfg: Config, run_dir: Path, info: EnvInfo) -> Conductor:
     a = cfg.apex
     replay_cpus = a.replay_cpus if a.replay_host == "process" else 0.0
     ranks = cfg.learner.model_parallel   # the learner's processes (each with learner_cpus, learner_gpus)
-    return Conductor(cfg, run_dir, info, RunCounters(),
+    return Conductor(cfg, run_dir, info, ApexCounters(),
                      replay_cpus + ranks * a.learner_cpus + a.num_actors * a.actor_cpus, ranks * a.learner_gpus,
                      f"apex (replay {replay_cpus:g} + learner {ranks} x {a.learner_cpus:g} + "
                      f"{a.num_actors} actors x {a.actor_cpus:g} CPUs)", a.stall_timeout_s)

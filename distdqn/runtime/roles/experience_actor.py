@@ -51,13 +51,14 @@ class ExperienceActor:
         self._pending_ref: Any = None        # and the weights version its data was collected with
         self._pending_version = -1
         self._lags: list[int] = []
+        self._accepted_env_steps = 0         # of the inserts accepted in this call
 
     def collect(self, num_blocks: int) -> ActorReport:
         """Collect ``num_blocks`` blocks, sending them to the replay every ``apex.blocks_per_insert``
         blocks. An insert is not waited for: the next one waits for it first, so collection
         overlaps the replay's work, at most one insert is in flight, and the replay's rate limiter
         holds the actor back while the learner is behind (back-pressure)."""
-        experience, refusals, self._lags = Experience(), 0, []
+        experience, refusals, self._lags, self._accepted_env_steps = Experience(), 0, [], 0
         per_insert = blocks_per_insert(self.cfg)
         for first in range(0, num_blocks, per_insert):
             self._take_weights()
@@ -75,7 +76,7 @@ class ExperienceActor:
                                    np.concatenate([r.episode_lengths for r in rollouts]))
             experience = Experience(experience.env_steps + env_steps, experience.episodes + episodes)
         return ActorReport(experience, refusals, float(np.mean(self._lags)) if self._lags else None,
-                           self.weights.version)
+                           self.weights.version, self._accepted_env_steps)
 
     def _take_weights(self) -> None:
         weights = self.weights.update()
@@ -91,6 +92,7 @@ class ExperienceActor:
             if ray.get(self._pending_ref, timeout=SAMPLE_WAIT_S + 30).accepted:
                 # learner updates between the weights that acted and the newest this actor has seen
                 self._lags.append(max(0, self.weights.newest_seen - self._pending_version))
+                self._accepted_env_steps += self._pending[2]
                 break
             refusals += 1
             if time.perf_counter() - start > self.cfg.apex.stall_timeout_s:
