@@ -99,17 +99,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                     break
 
         # ---- tear down: final weights, evaluation, checkpoint, summary ----
-        # The learner's queued calls are let finish (bounded), never cancelled: Ray's ordered queue
-        # of an actor with concurrency groups would wait 30 s for a cancelled call's sequence number.
-        ray.wait(calls.of("learner"), num_returns=len(calls.of("learner")), timeout=a.stall_timeout_s)
-        actors.shutdown()
-        weights = ray.get(learner.weights.remote(), timeout=a.stall_timeout_s)
-        inserted = ray.get(replay.replay_stats.remote(), timeout=a.stall_timeout_s)["inserted_env_steps"]
-        nodes = [p["node_id"] for name, p in job.identities.items() if name.startswith("actor") and p]
-        final_state = _state(job, learner, replay)
-        ray.get(learner.release_ranks.remote(), timeout=a.stall_timeout_s)
-        return job.finish(fetch(weights.box), final_state, actor_nodes={n: nodes.count(n) for n in set(nodes)},
-                          replay_inserted_env_steps=inserted, unacknowledged_at_end_env_steps=ledger.unacknowledged)
+        return _finish(job, calls, actors, learner, replay, ledger)
     finally:
         job.close()
 
@@ -144,6 +134,24 @@ class InsertLedger:
     def unacknowledged(self) -> int:
         """The living actors' env steps sent and not (yet) acknowledged."""
         return sum(self.pending)
+
+
+def _finish(job: Conductor, calls: CallsInFlight, actors: Any, learner: Any, replay: Any,
+            ledger: InsertLedger) -> RunResult:
+    """Stop the actors, then the final weights, evaluation, checkpoint and summary (with the
+    replay's inserts beside the actors' acknowledged ones). The learner's queued calls are let
+    finish (bounded), never cancelled: Ray's ordered queue of an actor with concurrency groups
+    would wait 30 s for a cancelled call's sequence number."""
+    timeout = job.cfg.apex.stall_timeout_s
+    ray.wait(calls.of("learner"), num_returns=len(calls.of("learner")), timeout=timeout)
+    actors.shutdown()
+    weights = ray.get(learner.weights.remote(), timeout=timeout)
+    inserted = ray.get(replay.replay_stats.remote(), timeout=timeout)["inserted_env_steps"]
+    nodes = [p["node_id"] for name, p in job.identities.items() if name.startswith("actor") and p]
+    final_state = _state(job, learner, replay)
+    ray.get(learner.release_ranks.remote(), timeout=timeout)
+    return job.finish(fetch(weights.box), final_state, actor_nodes={n: nodes.count(n) for n in set(nodes)},
+                      replay_inserted_env_steps=inserted, unacknowledged_at_end_env_steps=ledger.unacknowledged)
 
 
 def _conductor(cfg: Config, run_dir: Path, info: EnvInfo) -> Conductor:
