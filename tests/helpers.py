@@ -84,6 +84,18 @@ def kill_role_mid_run(args: list[str], role: str, ready, wait_s: float, finish_s
     return act_on_role_mid_run(args, role, ready, lambda pid: os.kill(pid, signal.SIGKILL), wait_s, finish_s)
 
 
+def freeze_role_mid_run(args: list[str], role: str, ready, seconds: float, wait_s: float, finish_s: float):
+    """As act_on_role_mid_run, freezing the process (SIGSTOP) for ``seconds``, then letting it go on."""
+    import signal
+    import time
+
+    def freeze(pid: int) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(seconds)
+        os.kill(pid, signal.SIGCONT)
+    return act_on_role_mid_run(args, role, ready, freeze, wait_s, finish_s)
+
+
 def metrics_started(run_dir: Path):
     """A ready() for the helpers above: processes.json and at least one metrics row exist."""
     def ready() -> bool:

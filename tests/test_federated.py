@@ -4,10 +4,7 @@ update, a sample count and scalars, nothing else; dropped, stalled and poisoned 
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import signal
-import time
 
 import numpy as np
 import pytest
@@ -17,7 +14,7 @@ from distdqn.config import load_config
 from distdqn.envs import env_info
 from distdqn.metrics import read_metrics
 from distdqn.runtime.messages import ClientMessage, check_message
-from tests.helpers import act_on_role_mid_run, kill_role_mid_run, metrics_started, ray_env, run_cli
+from tests.helpers import freeze_role_mid_run, kill_role_mid_run, metrics_started, ray_env, run_cli
 
 PRESET = "cartpole-federated"
 QUIET = ["--set", "log.progress=false"]
@@ -161,12 +158,7 @@ def test_too_few_answers_abandon_the_round_and_say_so(tmp_path, ray_cluster):
             "--set", "train.total_env_steps=10000", "--set", "federated.min_clients=4",
             "--set", "federated.round_timeout_s=1.0"]
 
-    def freeze(pid: int) -> None:
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(6.0)
-        os.kill(pid, signal.SIGCONT)
-
-    returncode, err, _ = act_on_role_mid_run(args, "worker0", metrics_started(run_dir), freeze,
+    returncode, err, _ = freeze_role_mid_run(args, "worker0", metrics_started(run_dir), 6.0,
                                              wait_s=120, finish_s=600)
     assert returncode == 0, err[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -201,12 +193,7 @@ def test_a_late_clients_update_is_used_or_dropped_and_counted(tmp_path, ray_clus
             "--set", "train.total_env_steps=30000", "--set", "federated.round_timeout_s=1.0",
             "--set", f"federated.late_updates={late_updates}"]   # the run outlasts the freeze
 
-    def freeze(pid: int) -> None:
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(3.0)
-        os.kill(pid, signal.SIGCONT)
-
-    returncode, err, _ = act_on_role_mid_run(args, "worker0", metrics_started(run_dir), freeze,
+    returncode, err, _ = freeze_role_mid_run(args, "worker0", metrics_started(run_dir), 3.0,
                                              wait_s=120, finish_s=600)
     assert returncode == 0, err[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
