@@ -1,7 +1,7 @@
 """Time to solve: `distdqn train` over several seeds, as a user runs it.
 
     python -m benchmarks.time_to_solve [--config cartpole] [--seeds 5] [--set k=v ...]
-                                       [--milestone RETURN@SECONDS ...]
+                                       [--milestone RETURN@SECONDS ...] [--curve] [--keep DIR]
 
 Each seed is a separate `distdqn train` process; the figures come from its summary.json:
 time_to_solve_s (wall clock from the start of the run to the first 10-episode greedy evaluation
@@ -39,7 +39,16 @@ def run_seed(config: str | None, seed: int, overrides: list[str], root: Path) ->
     summary["best_eval"] = max(evals)
     summary["evals"] = [(r["wall_s"], r["eval_return_mean"]) for r in read_metrics(run_dir)
                         if r.get("eval_return_mean") is not None]
+    # a metrics row repeats the latest evaluation until the next: one point per evaluation
+    fresh = {r["eval_env_steps"]: r for r in reversed(read_metrics(run_dir)) if r.get("eval_return_mean") is not None}
+    summary["curve"] = sorted((r["wall_s"], n, r["eval_return_mean"]) for n, r in fresh.items())
     return summary
+
+
+def curve_line(seed: int, curve: list[tuple[float, int, float]]) -> str:
+    """One seed's evaluations as ``wall s / env steps: return`` (the learning curve, in text)."""
+    points = ", ".join(f"{w:.0f} s/{n / 1000:.0f}k: {r:.1f}" for w, n, r in curve)
+    return f"- seed {seed}: {points}"
 
 
 def parse_milestone(text: str) -> tuple[float, float]:
@@ -69,6 +78,10 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--milestone", action="append", default=[], type=parse_milestone,
                         help="RETURN@SECONDS: when an evaluation first reached RETURN, and whether within SECONDS")
+    parser.add_argument("--curve", action="store_true",
+                        help="also print each seed's evaluations (wall clock, env steps, return)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the run directories under this folder (default: a temporary one)")
     args = parser.parse_args()
     rows = []
     print(header(f"Time to solve: {args.config or 'default config (CartPole-v1)'}"
@@ -78,8 +91,9 @@ def main() -> None:
           f"run wall (s) | env steps | updates |{marks}")
     print("|---|---|---|---|---|---|---|---|---|" + "---|" * len(args.milestone))
     with tempfile.TemporaryDirectory() as tmp:
+        root = args.keep or Path(tmp)
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            s = run_seed(args.config, seed, args.overrides, Path(tmp))
+            s = run_seed(args.config, seed, args.overrides, root)
             rows.append(s)
             t = f"{s['time_to_solve_s']:.2f}" if s["solved"] else "-"
             print(f"| {seed} | {s['solved']} | {t} | {s['env_steps_to_solve'] or '-'} | "
@@ -95,6 +109,10 @@ def main() -> None:
     for r, d in args.milestone:
         met = sum((w := reached(s["evals"], r)) is not None and w <= d for s in rows)
         print(f"reached {r:g} within {d:g} s in {met}/{len(rows)}")
+    if args.curve:
+        print("\nEvaluations (wall clock / env steps: greedy mean):")
+        for seed, s in zip(range(args.first_seed, args.first_seed + args.seeds), rows):
+            print(curve_line(seed, s["curve"]))
 
 
 if __name__ == "__main__":
