@@ -27,6 +27,8 @@ from distdqn.metrics import read_metrics
 
 def run_seed(config: str | None, seed: int, overrides: list[str], root: Path) -> dict:
     run_dir = root / f"seed{seed}"
+    if run_dir.exists():
+        raise SystemExit(f"--keep: {run_dir} already exists; give a new folder (runs are never overwritten)")
     cmd = [sys.executable, "-m", "distdqn.cli", "train", "--seed", str(seed), "--run-dir", str(run_dir),
            "--set", "log.progress=false"]
     if config:
@@ -35,13 +37,12 @@ def run_seed(config: str | None, seed: int, overrides: list[str], root: Path) ->
         cmd += ["--set", o]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     summary = json.loads((run_dir / "summary.json").read_text())
-    evals = [r["eval_return_mean"] for r in read_metrics(run_dir) if r.get("eval_return_mean") is not None]
-    summary["best_eval"] = max(evals)
-    summary["evals"] = [(r["wall_s"], r["eval_return_mean"]) for r in read_metrics(run_dir)
-                        if r.get("eval_return_mean") is not None]
-    # a metrics row repeats the latest evaluation until the next: one point per evaluation
-    fresh = {r["eval_env_steps"]: r for r in reversed(read_metrics(run_dir)) if r.get("eval_return_mean") is not None}
-    summary["curve"] = sorted((r["wall_s"], n, r["eval_return_mean"]) for n, r in fresh.items())
+    # a metrics row repeats the latest evaluation until the next: keep each evaluation's first row
+    rows = [r for r in read_metrics(run_dir) if r.get("eval_return_mean") is not None]
+    first = {r["eval_env_steps"]: r for r in reversed(rows)}
+    summary["curve"] = sorted((r["wall_s"], n, r["eval_return_mean"]) for n, r in first.items())
+    summary["evals"] = [(wall, ret) for wall, _, ret in summary["curve"]]
+    summary["best_eval"] = max(ret for _, ret in summary["evals"])
     return summary
 
 
