@@ -23,7 +23,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 # Fields that must agree between a checkpoint and the config it is resumed or evaluated with.
 _MUST_MATCH = ("topology", "env.id", "env.kwargs", "env.num_envs", "network.kind",
-               "network.hidden_sizes", "network.dueling", "replay.capacity", "replay.prioritized",
+               "network.hidden_sizes", "network.dueling", "network.atoms", "network.v_min",
+               "network.v_max", "replay.capacity", "replay.prioritized",
                "replay.storage", "workers.num_workers")
 
 

@@ -106,6 +106,15 @@ class NetworkConfig(_Section):
     kind's usual ones (``HIDDEN_SIZES``: mlp [128, 128], nature_cnn [512], minatar_cnn [128])."""
     dueling: bool = False
     """Dueling head Q = V + A - mean(A) (Wang et al. 2016)."""
+    atoms: int = Field(1, ge=1)
+    """1: one value per action (DQN). More: C51 (Bellemare et al. 2017), a categorical
+    distribution of the return over this many values evenly spaced in [v_min, v_max], learned by
+    cross-entropy to the projected n-step target; the action values are its means, and prioritized
+    replay uses the cross-entropy as priority. 51 in the paper and in Rainbow."""
+    v_min: float = -10.0
+    """Lowest return the categorical head can represent (``atoms > 1``); targets below are clipped to it."""
+    v_max: float = 10.0
+    """Highest return the categorical head can represent (``atoms > 1``); targets above are clipped to it."""
 
     @field_validator("hidden_sizes")
     @classmethod
@@ -494,6 +503,15 @@ class Config(_Section):
         if p > 1 and any(h % p for h in self.network.hidden_sizes):
             raise ValueError(f"learner.model_parallel: {p} ranks must divide every hidden size "
                              f"(network.hidden_sizes is {self.network.hidden_sizes})")
+        if self.network.atoms > 1 and self.network.v_min >= self.network.v_max:
+            raise ValueError(f"network.v_max: must be above network.v_min "
+                             f"({self.network.v_max:g} <= {self.network.v_min:g})")
+        if p > 1 and self.network.atoms > 1:
+            raise ValueError("learner.model_parallel: the categorical head (network.atoms > 1) is not split "
+                             "across ranks; use 1")
+        if self.learner.kernel == "fused_mlp" and self.network.atoms > 1:
+            raise ValueError("learner.kernel: fused_mlp computes the one-value-per-action loss; network.atoms > 1 "
+                             "needs auto or autograd")
         if p > 1 and self.learner.kernel == "fused_mlp":
             raise ValueError("learner.model_parallel: the fused_mlp kernel does not split across ranks "
                              "(use learner.kernel auto or autograd)")

@@ -219,3 +219,19 @@ def test_the_learner_publishes_every_sync_period_and_weights_clients_take_the_ne
                             env=ray_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "published 32"
+
+
+def test_apex_trains_a_categorical_head(tmp_path, ray_cluster):
+    """C51 under apex: actors act on the distribution's means and send their transitions without
+    initial priorities (the learner's are cross-entropies), the replay gives them its running
+    maximum, and the learner's updates run and come back as priorities."""
+    run_dir = tmp_path / "run"
+    result = run_cli(["train", "cartpole-apex", "--seed", "0", "--run-dir", str(run_dir), "--address", ray_cluster,
+                      "--set", "log.progress=false", "--set", "train.total_env_steps=4000",
+                      "--set", "log.interval_env_steps=1000", "--set", "eval.interval_env_steps=2000",
+                      "--set", "network.atoms=51", "--set", "network.v_min=0", "--set", "network.v_max=100"],
+                     timeout=300, env=ray_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_metrics(run_dir)
+    assert rows[-1]["env_steps"] >= 4000 and rows[-1]["learner_updates"] > 0
+    assert rows[-1]["replay_size"] > 0 and rows[-1]["loss"] > 0

@@ -102,12 +102,13 @@ def test_truncated_manifest(tmp_path, short_run):
     assert_user_error(run_cli(["train", "--resume", str(run_dir)]), "manifest")
 
 
-def test_mismatched_checkpoint(tmp_path, short_run):
+@pytest.mark.parametrize("override", ["network.hidden_sizes=[32]", "network.atoms=51"])
+def test_mismatched_checkpoint(tmp_path, short_run, override):
     run_dir = tmp_path / "run"
     shutil.copytree(short_run, run_dir)
     before = _tree(run_dir)
-    result = run_cli(["train", "--resume", str(run_dir), "--set", "network.hidden_sizes=[32]"])
-    assert_user_error(result, "does not match", "network.hidden_sizes")
+    result = run_cli(["train", "--resume", str(run_dir), "--set", override])
+    assert_user_error(result, "does not match", override.split("=")[0])
     assert _tree(run_dir) == before
 
 

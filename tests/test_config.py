@@ -84,6 +84,10 @@ def test_derived_learning_start_covers_a_batch():
     (["federated.dp_clip=1.0"], "federated.dp_clip: unknown key"),
     (["federated.poisoned_clients=[5]"], "federated.poisoned_clients"),
     (["topology=gossip"], "topology"),
+    (["network.atoms=51", "network.v_min=5", "network.v_max=5"], "network.v_max: must be above network.v_min"),
+    (["network.atoms=51", "learner.kernel=fused_mlp"], "learner.kernel: fused_mlp computes the one-value"),
+    (["network.atoms=51", "learner.model_parallel=2"], "learner.model_parallel: the categorical head"),
+    (["network.atoms=0"], "network.atoms"),
 ])
 def test_cross_field_errors_name_the_field(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):

@@ -17,7 +17,8 @@ from distdqn.core.networks import MLPQNetwork
 
 
 def supports(network: torch.nn.Module) -> bool:
-    return type(network) is MLPQNetwork
+    """An MLP with one value per action (a categorical head, ``atoms > 1``, is autograd's)."""
+    return type(network) is MLPQNetwork and network.atoms == 1
 
 
 class FusedMLPUpdate:

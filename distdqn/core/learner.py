@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from distdqn.core import fused_mlp
-from distdqn.core.losses import td_loss, td_targets
+from distdqn.core.losses import categorical_loss, categorical_targets, td_loss, td_targets
 from distdqn.core.optim import Adam
 from distdqn.core.schedules import LinearSchedule
 from distdqn.core.targets import TargetUpdater
@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 @dataclass
 class StepResult:
     metrics: dict[str, float]   # loss, q_mean, grad_norm
-    priorities: np.ndarray      # |TD error| per sampled transition, for prioritized replay
+    priorities: np.ndarray      # per sampled transition, for prioritized replay: |TD error|, or the
+                                # cross-entropy of a distributional (C51) network
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,7 +95,9 @@ class DQNLearner:
         self.owns_target = True     # False: a server keeps the target network and sends it here
         use_fused = cfg.kernel == "fused_mlp" or (cfg.kernel == "auto" and fused_mlp.supports(network))
         if cfg.kernel == "fused_mlp" and not fused_mlp.supports(network):
-            raise ValueError("learner.kernel fused_mlp needs an MLP network (network.kind: mlp)")
+            raise ValueError("learner.kernel fused_mlp needs an MLP network (network.kind: mlp) "
+                             "with one value per action (network.atoms: 1)")
+        self.distributional = getattr(network, "atoms", 1) > 1
         self._fused = (fused_mlp.FusedMLPUpdate(self.online, self.target, cfg.double_dqn, cfg.loss,
                                                 cfg.huber_delta) if use_fused else None)
 
@@ -118,6 +121,8 @@ class DQNLearner:
         obs, action, reward, next_obs, terminated, discount, weights = self._tensors(batch)
         if self._fused is not None:
             return self._fused(obs, action, reward, next_obs, terminated, discount, weights)
+        if self.distributional:
+            return self._categorical_gradients(obs, action, reward, next_obs, terminated, discount, weights)
         q_taken = self.online(obs).gather(1, action[:, None]).squeeze(1)
         with torch.no_grad():
             next_q_online = self.online(next_obs) if self.cfg.double_dqn else None
@@ -126,6 +131,22 @@ class DQNLearner:
         self.flat_grads.zero_()
         loss.backward()   # accumulates into the existing .grad views, in place
         return loss.detach(), td_errors, q_taken.detach().mean()
+
+    def _categorical_gradients(self, obs, action, reward, next_obs, terminated, discount, weights):
+        """C51's update: the cross-entropy between the projected target distribution and the online
+        one, for the taken actions; Double DQN picks a* by the online network's means."""
+        rows = torch.arange(obs.shape[0], device=obs.device)
+        log_probs = torch.log_softmax(self.online.logits(obs)[rows, action], dim=1)
+        support = self.online.support
+        with torch.no_grad():
+            next_probs = torch.softmax(self.target.logits(next_obs), dim=2)
+            next_q = self.online(next_obs) if self.cfg.double_dqn else next_probs @ support
+            next_probs = next_probs[rows, next_q.argmax(dim=1)]
+            targets = categorical_targets(reward, discount, terminated, next_probs, support)
+        loss, cross_entropy = categorical_loss(log_probs, targets, weights)
+        self.flat_grads.zero_()
+        loss.backward()
+        return loss.detach(), cross_entropy, (log_probs.detach().exp() @ support).mean()
 
     @torch.inference_mode()
     def _grad_norm(self) -> torch.Tensor:

@@ -1,6 +1,9 @@
-"""Q-network builders: MLP, Nature CNN, MinAtar CNN, and a dueling head.
+"""Q-network builders: MLP, Nature CNN, MinAtar CNN; a dueling head and a categorical one.
 
-Every Q-network maps a batch of observations [B, *obs_shape] to action values [B, num_actions].
+Every Q-network maps a batch of observations [B, *obs_shape] to action values [B, num_actions]:
+acting, evaluation and priorities read only that. A distributional network (``atoms > 1``, C51)
+also has ``logits(obs)`` [B, num_actions, atoms], a categorical distribution of the return over
+``support``; its action values are that distribution's means.
 """
 
 from __future__ import annotations
@@ -26,29 +29,72 @@ class DuelingHead(nn.Module):
         return self.value(features) + advantage - advantage.mean(dim=1, keepdim=True)
 
 
+class CategoricalHead(nn.Module):
+    """C51 (Bellemare et al. 2017): for each action, logits of a categorical distribution of the
+    return over ``atoms`` evenly spaced values in [v_min, v_max]. Dueling combines the value and
+    advantage streams in logit space, as Rainbow does (Hessel et al. 2018). Calling it gives the
+    means, the action values."""
+
+    def __init__(self, in_features: int, num_actions: int, atoms: int, v_min: float, v_max: float,
+                 dueling: bool = False):
+        super().__init__()
+        self.num_actions, self.atoms, self.dueling = num_actions, atoms, dueling
+        if dueling:
+            self.value = nn.Linear(in_features, atoms)
+            self.advantage = nn.Linear(in_features, num_actions * atoms)
+        else:
+            self.logits_layer = nn.Linear(in_features, num_actions * atoms)
+        # not in the state dict: a constant of the config, so weights dicts stay parameters only
+        self.register_buffer("support", torch.linspace(v_min, v_max, atoms), persistent=False)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        shape = (features.shape[0], self.num_actions, self.atoms)
+        if not self.dueling:
+            return self.logits_layer(features).view(shape)
+        advantage = self.advantage(features).view(shape)
+        return self.value(features)[:, None, :] + advantage - advantage.mean(dim=1, keepdim=True)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(features), dim=2) @ self.support
+
+
 class MLPQNetwork(nn.Module):
-    """Fully connected ReLU layers, then a linear (or dueling) head. Flattens the observation."""
+    """Fully connected ReLU layers, then a linear, dueling or categorical head. Flattens the
+    observation."""
 
     def __init__(self, in_features: int, num_actions: int, hidden_sizes: Sequence[int],
-                 dueling: bool = False):
+                 dueling: bool = False, atoms: int = 1, v_min: float = -10.0, v_max: float = 10.0):
         super().__init__()
         sizes = [in_features, *hidden_sizes]
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
-        self.head = DuelingHead(sizes[-1], num_actions) if dueling else nn.Linear(sizes[-1], num_actions)
-        self.dueling = dueling
+        if atoms > 1:
+            self.head = CategoricalHead(sizes[-1], num_actions, atoms, v_min, v_max, dueling)
+        else:
+            self.head = DuelingHead(sizes[-1], num_actions) if dueling else nn.Linear(sizes[-1], num_actions)
+        self.dueling, self.atoms = dueling, atoms
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.flatten(1).float()
         for layer in self.hidden:
             x = torch.relu(layer(x))
-        return self.head(x)
+        return x
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(obs))
+
+    def logits(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head.logits(self.features(obs))
+
+    @property
+    def support(self) -> torch.Tensor:
+        return self.head.support
 
 
 class NatureCNN(nn.Module):
     """The convolutional torso of Mnih et al. (2015) for [B, C, 84, 84] frames (uint8 or float)."""
 
     def __init__(self, obs_shape: Sequence[int], num_actions: int, hidden_sizes: Sequence[int],
-                 dueling: bool = False):
+                 dueling: bool = False, atoms: int = 1, v_min: float = -10.0, v_max: float = 10.0):
         super().__init__()
         channels = obs_shape[0]
         self.torso = nn.Sequential(
@@ -59,14 +105,25 @@ class NatureCNN(nn.Module):
         )
         with torch.no_grad():
             flat = self.torso(torch.zeros(1, *obs_shape)).shape[1]
-        self.mlp = MLPQNetwork(flat, num_actions, hidden_sizes, dueling)
+        self.mlp = MLPQNetwork(flat, num_actions, hidden_sizes, dueling, atoms, v_min, v_max)
+        self.atoms = atoms
         self.scale = 1.0 / 255.0
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+    def _torso(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.float()
         if obs.dtype == torch.uint8:
             x = x * self.scale
-        return self.mlp(self.torso(x))
+        return self.torso(x)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self._torso(obs))
+
+    def logits(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.mlp.head.logits(self.mlp.features(self._torso(obs)))
+
+    @property
+    def support(self) -> torch.Tensor:
+        return self.mlp.support
 
 
 class MinAtarCNN(nn.Module):
@@ -75,33 +132,44 @@ class MinAtarCNN(nn.Module):
     [B, 10, 10, C] boards (boolean or float); they are permuted to [B, C, 10, 10] here."""
 
     def __init__(self, obs_shape: Sequence[int], num_actions: int, hidden_sizes: Sequence[int],
-                 dueling: bool = False):
+                 dueling: bool = False, atoms: int = 1, v_min: float = -10.0, v_max: float = 10.0):
         super().__init__()
         height, width, channels = obs_shape
         self.torso = nn.Sequential(nn.Conv2d(channels, 16, 3, stride=1), nn.ReLU(), nn.Flatten())
         flat = 16 * (height - 2) * (width - 2)
-        self.mlp = MLPQNetwork(flat, num_actions, hidden_sizes, dueling)
+        self.mlp = MLPQNetwork(flat, num_actions, hidden_sizes, dueling, atoms, v_min, v_max)
+        self.atoms = atoms
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.torso(obs.permute(0, 3, 1, 2).float()))
 
+    def logits(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.mlp.head.logits(self.mlp.features(self.torso(obs.permute(0, 3, 1, 2).float())))
+
+    @property
+    def support(self) -> torch.Tensor:
+        return self.mlp.support
+
 
 def build_q_network(kind: str, obs_shape: Sequence[int], num_actions: int,
-                    hidden_sizes: Sequence[int], dueling: bool = False) -> nn.Module:
-    """Build the Q-network named by ``kind`` (``mlp``, ``nature_cnn`` or ``minatar_cnn``).
+                    hidden_sizes: Sequence[int], dueling: bool = False, atoms: int = 1,
+                    v_min: float = -10.0, v_max: float = 10.0) -> nn.Module:
+    """Build the Q-network named by ``kind`` (``mlp``, ``nature_cnn`` or ``minatar_cnn``), with a
+    categorical head of ``atoms`` values in [v_min, v_max] if ``atoms > 1``.
 
     A shape the kind cannot take is a ValueError naming ``network.kind``."""
     shape = tuple(obs_shape)
+    head = (dueling, atoms, v_min, v_max)
     if kind == "mlp":
-        return MLPQNetwork(int(np.prod(shape)), num_actions, hidden_sizes, dueling)
+        return MLPQNetwork(int(np.prod(shape)), num_actions, hidden_sizes, *head)
     if kind == "nature_cnn":
         if len(shape) != 3 or min(shape[1:]) < 36:
             raise ValueError(f"network.kind: nature_cnn needs stacked frames [C, H, W] with H, W >= 36 "
                              f"(Atari's [4, 84, 84]); the observations are {shape}")
-        return NatureCNN(shape, num_actions, hidden_sizes, dueling)
+        return NatureCNN(shape, num_actions, hidden_sizes, *head)
     if kind == "minatar_cnn":
         if len(shape) != 3 or shape[0] != shape[1] or shape[0] < 3:
             raise ValueError(f"network.kind: minatar_cnn needs square channels-last boards [H, H, C] "
                              f"(MinAtar's [10, 10, C]); the observations are {shape}")
-        return MinAtarCNN(shape, num_actions, hidden_sizes, dueling)
+        return MinAtarCNN(shape, num_actions, hidden_sizes, *head)
     raise ValueError(f"network.kind: unknown kind {kind!r}")

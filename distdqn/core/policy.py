@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from distdqn.core.networks import MLPQNetwork, build_q_network
+from distdqn.core.networks import build_q_network
 
 
 class NumpyMLPPolicy:
@@ -67,13 +67,14 @@ class TorchPolicy:
 
 
 def make_policy(kind: str, obs_shape: tuple[int, ...], num_actions: int, hidden_sizes: list[int],
-                dueling: bool, weights: Mapping[str, np.ndarray]):
-    """The fastest policy that computes exactly this network's Q-values."""
-    if kind == "mlp":
+                dueling: bool, weights: Mapping[str, np.ndarray], atoms: int = 1,
+                v_min: float = -10.0, v_max: float = 10.0):
+    """The fastest policy that computes exactly this network's Q-values (NumPy for an MLP with one
+    value per action; torch for the rest, a categorical head included)."""
+    if kind == "mlp" and atoms == 1:
         return NumpyMLPPolicy(weights, dueling)
-    network = build_q_network(kind, obs_shape, num_actions, hidden_sizes, dueling)
-    assert not isinstance(network, MLPQNetwork)
-    return TorchPolicy(network, weights)
+    return TorchPolicy(build_q_network(kind, obs_shape, num_actions, hidden_sizes, dueling, atoms, v_min, v_max),
+                       weights)
 
 
 def epsilon_greedy(q_values: np.ndarray, epsilon: float | np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -16,8 +16,9 @@ from distdqn.envs import EnvInfo, make_vector_env
 
 
 def build_network(cfg: Config, info: EnvInfo) -> torch.nn.Module:
-    return build_q_network(cfg.network.kind, info.obs_shape, info.num_actions,
-                           cfg.network.hidden_sizes, cfg.network.dueling)
+    n = cfg.network
+    return build_q_network(n.kind, info.obs_shape, info.num_actions, n.hidden_sizes, n.dueling,
+                           n.atoms, n.v_min, n.v_max)
 
 
 def planned_updates(cfg: Config) -> int:
@@ -30,8 +31,9 @@ def build_learner(cfg: Config, info: EnvInfo) -> DQNLearner:
 
 
 def build_policy(cfg: Config, info: EnvInfo, weights):
-    return make_policy(cfg.network.kind, info.obs_shape, info.num_actions, cfg.network.hidden_sizes,
-                       cfg.network.dueling, weights)
+    n = cfg.network
+    return make_policy(n.kind, info.obs_shape, info.num_actions, n.hidden_sizes, n.dueling, weights,
+                       n.atoms, n.v_min, n.v_max)
 
 
 def build_replay(cfg: Config, info: EnvInfo, seed: int) -> ReplayBuffer:

@@ -46,7 +46,10 @@ class ExperienceActor:
         first, _ = self.weights.offer(ray.get(learner.published.remote(), timeout=STARTUP_TIMEOUT_S))
         self.actor.policy.set_weights(first)
         self.epsilons = np.asarray(epsilons, dtype=np.float64)
-        self.prioritized = cfg.replay.prioritized
+        # initial priorities in the learner's unit: |TD error| from the actor's own network; a
+        # categorical learner's are cross-entropies, which need the target distribution the actor
+        # does not hold, so its new transitions take the replay's running maximum (Schaul et al.)
+        self.prioritized = cfg.replay.prioritized and cfg.network.atoms == 1
         self._pending: tuple | None = None   # the insert in flight: its arguments, its reference,
         self._pending_ref: Any = None        # and the weights version its data was collected with
         self._pending_version = -1
