@@ -234,4 +234,6 @@ def test_apex_trains_a_categorical_head(tmp_path, ray_cluster):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_metrics(run_dir)
     assert rows[-1]["env_steps"] >= 4000 and rows[-1]["learner_updates"] > 0
-    assert rows[-1]["replay_size"] > 0 and rows[-1]["loss"] > 0
+    trained = [r for r in rows if r.get("loss") is not None]
+    assert trained and all(r["loss"] > 0 for r in trained)   # cross-entropies: never zero
+    assert any(r.get("replay_size") for r in rows)
