@@ -90,7 +90,31 @@ class MLPQNetwork(nn.Module):
         return self.head.support
 
 
-class NatureCNN(nn.Module):
+class TorsoQNetwork(nn.Module):
+    """A convolutional torso, then an ``MLPQNetwork`` (``self.mlp``) on its flat features: the
+    action values, logits and support are the MLP's on ``_torso(obs)``."""
+
+    mlp: MLPQNetwork
+
+    def _torso(self, obs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self._torso(obs))
+
+    def logits(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.mlp.logits(self._torso(obs))
+
+    @property
+    def atoms(self) -> int:
+        return self.mlp.atoms
+
+    @property
+    def support(self) -> torch.Tensor:
+        return self.mlp.support
+
+
+class NatureCNN(TorsoQNetwork):
     """The convolutional torso of Mnih et al. (2015) for [B, C, 84, 84] frames (uint8 or float)."""
 
     def __init__(self, obs_shape: Sequence[int], num_actions: int, hidden_sizes: Sequence[int],
@@ -106,7 +130,6 @@ class NatureCNN(nn.Module):
         with torch.no_grad():
             flat = self.torso(torch.zeros(1, *obs_shape)).shape[1]
         self.mlp = MLPQNetwork(flat, num_actions, hidden_sizes, dueling, atoms, v_min, v_max)
-        self.atoms = atoms
         self.scale = 1.0 / 255.0
 
     def _torso(self, obs: torch.Tensor) -> torch.Tensor:
@@ -115,18 +138,8 @@ class NatureCNN(nn.Module):
             x = x * self.scale
         return self.torso(x)
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self._torso(obs))
 
-    def logits(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.mlp.head.logits(self.mlp.features(self._torso(obs)))
-
-    @property
-    def support(self) -> torch.Tensor:
-        return self.mlp.support
-
-
-class MinAtarCNN(nn.Module):
+class MinAtarCNN(TorsoQNetwork):
     """The network of the MinAtar paper (Young and Tian 2019): one convolution of 16 3x3 filters,
     stride 1, then fully connected layers ([128] in the paper), for MinAtar's channels-last
     [B, 10, 10, C] boards (boolean or float); they are permuted to [B, C, 10, 10] here."""
@@ -138,17 +151,9 @@ class MinAtarCNN(nn.Module):
         self.torso = nn.Sequential(nn.Conv2d(channels, 16, 3, stride=1), nn.ReLU(), nn.Flatten())
         flat = 16 * (height - 2) * (width - 2)
         self.mlp = MLPQNetwork(flat, num_actions, hidden_sizes, dueling, atoms, v_min, v_max)
-        self.atoms = atoms
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.torso(obs.permute(0, 3, 1, 2).float()))
-
-    def logits(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.mlp.head.logits(self.mlp.features(self.torso(obs.permute(0, 3, 1, 2).float())))
-
-    @property
-    def support(self) -> torch.Tensor:
-        return self.mlp.support
+    def _torso(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.torso(obs.permute(0, 3, 1, 2).float())
 
 
 def build_q_network(kind: str, obs_shape: Sequence[int], num_actions: int,
