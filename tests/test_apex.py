@@ -222,9 +222,10 @@ def test_the_learner_publishes_every_sync_period_and_weights_clients_take_the_ne
 
 
 def test_apex_trains_a_categorical_head(tmp_path, ray_cluster):
-    """C51 under apex: actors act on the distribution's means and send their transitions without
-    initial priorities (the learner's are cross-entropies), the replay gives them its running
-    maximum, and the learner's updates run and come back as priorities."""
+    """C51 under apex trains end to end: the actors act on the categorical network's means, their
+    transitions reach the prioritized replay (with no initial priorities: the learner's are
+    cross-entropies, another unit than the actors' |TD errors|), and the learner's cross-entropy
+    updates run."""
     run_dir = tmp_path / "run"
     result = run_cli(["train", "cartpole-apex", "--seed", "0", "--run-dir", str(run_dir), "--address", ray_cluster,
                       "--set", "log.progress=false", "--set", "train.total_env_steps=4000",
