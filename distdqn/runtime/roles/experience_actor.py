@@ -49,7 +49,7 @@ class ExperienceActor:
         # initial priorities in the learner's unit: |TD error| from the actor's own network; a
         # categorical learner's are cross-entropies, which need the target distribution the actor
         # does not hold, so its new transitions take the replay's running maximum (Schaul et al.)
-        self.prioritized = cfg.replay.prioritized and cfg.network.atoms == 1
+        self.sends_priorities = cfg.replay.prioritized and cfg.network.atoms == 1
         self._pending: tuple | None = None   # the insert in flight: its arguments, its reference,
         self._pending_ref: Any = None        # and the weights version its data was collected with
         self._pending_version = -1
@@ -70,7 +70,7 @@ class ExperienceActor:
             t = Transitions.concatenate([r.transitions for r in rollouts])
             env_steps = sum(r.env_steps for r in rollouts)
             priorities = (initial_priorities(self.actor.policy, t.obs, t.action, t.reward, t.next_obs,
-                                             t.terminated, t.discount) if self.prioritized else None)
+                                             t.terminated, t.discount) if self.sends_priorities else None)
             refusals += self.settle()
             self._pending = (t, priorities, env_steps)
             self._pending_ref = self.replay.add.remote(t, priorities, env_steps)
