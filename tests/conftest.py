@@ -11,7 +11,7 @@ settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
-from tests.helpers import SHORT_RUN, ray_cli, run_cli, start_ray_head
+from tests.helpers import SHORT_RUN, run_cli, start_ray_head, stop_ray_nodes
 
 
 @pytest.fixture(scope="session")
@@ -31,4 +31,4 @@ def ray_cluster():
     try:
         yield address
     finally:
-        ray_cli("stop", "--force")
+        stop_ray_nodes()   # only this session's nodes: other sessions may be running beside it

@@ -45,13 +45,44 @@ def ray_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           check=False)
 
 
+_STARTED_NODES: list[int] = []   # process groups of the `ray start` commands this session ran
+
+
+def ray_start(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`ray start ARGS` in a process group of its own, remembered so that ``stop_ray_nodes`` ends
+    exactly the nodes this test session started (never `ray stop`, which ends every Ray process
+    on the machine, another test session's included)."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    proc = subprocess.Popen([ray, "start", *args], env=ray_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        _STARTED_NODES.append(proc.pid)   # the node's daemons keep the group of `ray start`
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def stop_ray_nodes() -> None:
+    """End the nodes ``ray_start`` started (their workers exit with their raylet)."""
+    import signal
+    import time
+    for signum, pause in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 0.0)):
+        for group in _STARTED_NODES:
+            try:
+                os.killpg(group, signum)
+            except ProcessLookupError:
+                pass
+        time.sleep(pause)
+    _STARTED_NODES.clear()
+
+
 def start_ray_head(num_cpus: int) -> str:
     """Start a Ray head on loopback (generating the auth token if needed); returns its address."""
     token = ray_cli("get-auth-token", "--generate")
     assert token.returncode == 0, token.stderr[-2000:]
     port = free_port()
-    head = ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                   f"--num-cpus={num_cpus}", "--include-dashboard=false", "--disable-usage-stats")
+    head = ray_start("--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                     f"--num-cpus={num_cpus}", "--include-dashboard=false", "--disable-usage-stats")
     assert head.returncode == 0, head.stderr[-2000:]
     return f"127.0.0.1:{port}"
 

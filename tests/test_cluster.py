@@ -13,14 +13,14 @@ import time
 
 import pytest
 
-from tests.helpers import REPO, free_port, metrics_started, ray_cli, ray_env, run_cli
+from tests.helpers import REPO, free_port, metrics_started, ray_env, ray_start, run_cli
 
 
 @pytest.fixture(scope="session")
 def two_node_cluster(ray_cluster):
     """A second node (its own raylet) joined to the session's cluster on this machine."""
-    worker = ray_cli("start", f"--address={ray_cluster}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                     "--disable-usage-stats")
+    worker = ray_start(f"--address={ray_cluster}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                       "--disable-usage-stats")
     assert worker.returncode == 0, worker.stderr[-2000:]
     return ray_cluster
 
