@@ -33,7 +33,7 @@ ACROSS_HOSTS = {"async_ps": ("transport", "ray"), "allreduce": ("backend", "gloo
 """What the data-parallel topologies choose today between hosts (summary key, value): one Ray call
 per update, and a flat gloo group. Issue 26 replaces these paths; update this table with them."""
 
-SHORT = ["--set", "log.progress=false", "--set", "train.torch_threads=1", "--set", "eval.episodes=2"]
+SHORT = ["--set", "log.progress=false", "--set", "train.torch_threads=1", "--set", "eval.episodes=10"]
 
 
 def _name(tag: str) -> str:
@@ -153,9 +153,19 @@ def test_the_ray_cluster_spans_both_hosts_and_wants_its_token(hosts, tmp_path):
     code = f"import ray; ray.init(address='{hosts.address}'); print('joined')"
     for env in (dict(hosts.env(), RAY_AUTH_TOKEN_PATH=str(wrong)),
                 {k: v for k, v in hosts.env().items() if not k.startswith("RAY_AUTH")}):
-        refused = _py(hosts, "h1", code, env=env)
-        assert refused.returncode != 0 and "joined" not in refused.stdout
-        assert "token" in refused.stderr.lower(), refused.stderr[-2000:]
+        # Ray retries for 20 s before giving up: the GCS's first refusal is enough
+        driver = hosts.popen("h1", [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        try:
+            lines = []
+            for line in driver.stdout:
+                lines.append(line)
+                if "InvalidAuthToken" in line or "joined" in line:
+                    break
+        finally:
+            driver.kill()
+            driver.communicate()
+        assert "InvalidAuthToken" in lines[-1], "".join(lines)[-2000:]
 
 
 # ---- real runs across hosts -----------------------------------------------------------------
@@ -177,7 +187,7 @@ def _nodes(run_dir: Path) -> dict[str, str]:
 def test_apex_from_inside_a_host_runs_its_actors_on_both_hosts(hosts, tmp_path):
     run_dir = tmp_path / "run"
     summary = _train(hosts, "cartpole-apex", run_dir, "--set", "apex.num_actors=2", "--set", "apex.actor_cpus=1",
-                     "--set", "apex.isolate_learner=false", "--set", "train.total_env_steps=6000")
+                     "--set", "train.total_env_steps=6000")
     assert summary["cluster_nodes"] == 2
     assert len(summary["actor_nodes"]) == 2, summary["actor_nodes"]
     nodes = _nodes(run_dir)
