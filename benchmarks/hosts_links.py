@@ -9,7 +9,8 @@
   and between hosts with the link limited by `tc tbf` to 1 Gbit/s, 100 Mbit/s, 10 Mbit/s; with
   the package's own socket probe (``HostCluster.throughput``) and, if installed, iperf3;
 - with ``--faults``: how long the Ray head takes to declare a host's node dead when every process
-  of the host is killed, and when its link is cut; and whether a node cut off and healed comes back.
+  of the host is killed, and when its link is cut; whether a node cut off and healed comes back,
+  and how long ``rejoin`` takes to bring a fresh one.
 
 Run it alone on the machine (`flock -x /work/cpu.lock`): every host shares the same cores.
 """
@@ -159,6 +160,9 @@ def _faults() -> None:
         rejoined = f"back after {back:.1f} s" if back < 30 else "h1 not back"
         print(f"| h1's link cut, healed once dead | {dead:.1f} | 30 s after healing: {observer.alive()} nodes "
               f"alive ({rejoined}); left in h1: {', '.join(_names(cluster.pids('h1'))) or 'nothing'} |", flush=True)
+        t = time.monotonic()
+        cluster.rejoin("h1")
+        print(f"| ... then `rejoin(h1)` | | a fresh node alive after {time.monotonic() - t:.1f} s |", flush=True)
         observer.close()
 
 

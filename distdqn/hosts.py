@@ -386,7 +386,7 @@ class HostCluster:
         self.ray_times = RayTimes()
         self.state_dir = STATE_ROOT / name
         self.token_path = self.state_dir / "auth_token"
-        self._state_extra: dict[str, Any] = {}   # made_tmp_ray, guard: for sweep
+        self._state_extra: dict[str, Any] = {}   # made_tmp_ray, guard (for sweep); node (rejoin)
         if (state := _read_state(name)) is not None:   # a cluster already up: attach to it
             self._load(state)
 
@@ -486,28 +486,48 @@ class HostCluster:
         self.token_path.write_text(secrets.token_hex(32))   # as `ray get-auth-token --generate` makes one
         self.token_path.chmod(0o600)
         self.ray = True
-        ray_bin = str(Path(sys.executable).with_name("ray"))
-        common = ["--disable-usage-stats", f"--object-store-memory={object_store_mb * 2**20}"]
+        self._state_extra["node"] = {"cpus": cpus_per_host, "object_store_mb": object_store_mb}
         head, *others = self.hosts
         t = time.monotonic()
-        self._ray_start(head, [ray_bin, "start", "--head", f"--node-ip-address={head.address}",
-                               f"--port={HEAD_PORT}", f"--num-cpus={head_cpus:g}",
-                               "--include-dashboard=false", *common], timeout_s)
+        self._ray_start(head, [*self._ray_start_argv(head), "--head", f"--port={HEAD_PORT}",
+                               f"--num-cpus={head_cpus:g}", "--include-dashboard=false"], timeout_s)
         self.ray_times.head_s = time.monotonic() - t
         t = time.monotonic()
-        procs = [self._ray_popen(h, [ray_bin, "start", f"--address={self.address}",
-                                     f"--node-ip-address={h.address}", f"--num-cpus={cpus_per_host:g}", *common])
-                 for h in others]
+        procs = [self._ray_popen(h, self._node_argv(h)) for h in others]
         for h, proc in zip(others, procs, strict=True):
             self._ray_wait(h, proc, timeout_s)
         self.ray_times.workers_s = time.monotonic() - t
         t = time.monotonic()
-        nodes = self.run(head, [sys.executable, "-m", "distdqn.runtime.nodes", self.address,
-                                str(len(self.hosts)), str(timeout_s)], env=_own_env(self.env()),
+        self._wait_for_nodes(len(self.hosts), timeout_s)
+        self.ray_times.formed_s = time.monotonic() - t
+
+    def _ray_start_argv(self, host: Host) -> list[str]:
+        mb = self._state_extra["node"]["object_store_mb"]
+        return [str(Path(sys.executable).with_name("ray")), "start", f"--node-ip-address={host.address}",
+                "--disable-usage-stats", f"--object-store-memory={mb * 2**20}"]
+
+    def _node_argv(self, host: Host) -> list[str]:
+        """`ray start` for a node (not the head) in ``host``, joining the head."""
+        return [*self._ray_start_argv(host), f"--address={self.address}",
+                f"--num-cpus={self._state_extra['node']['cpus']:g}"]
+
+    def _wait_for_nodes(self, count: int, timeout_s: float, node: Host | None = None) -> None:
+        argv = [sys.executable, "-m", "distdqn.runtime.nodes", self.address, str(count), str(timeout_s)]
+        nodes = self.run(self.hosts[0], argv + ([node.address] if node else []), env=_own_env(self.env()),
                          timeout=timeout_s + 30)
         if nodes.returncode != 0:
             raise HostsError(f"the Ray cluster did not form: {nodes.stderr.strip().splitlines()[-1:]}")
-        self.ray_times.formed_s = time.monotonic() - t
+
+    def rejoin(self, host: Host | int | str, timeout_s: float = 120.0) -> None:
+        """A fresh Ray node in ``host`` (not the head's), joined to the head: after ``kill_host``,
+        or after a cut long enough for the head to have declared the node dead (its raylet then
+        exits). Whatever still runs in the host is killed first."""
+        h = self.host(host)
+        if not self.ray or h.index == 0:
+            raise HostsError(f"rejoin {h.name}: only a host other than the head's, in a cluster with Ray")
+        self.kill_host(h)
+        self._ray_start(h, self._node_argv(h), timeout_s)
+        self._wait_for_nodes(1, timeout_s, node=h)
 
     def _ray_popen(self, host: Host, argv: list[str]) -> subprocess.Popen:
         return self.popen(host, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -553,7 +573,7 @@ class HostCluster:
                       for h in state["hosts"]]
         self.ray = state.get("ray", False)
         self.ray_times = RayTimes(**state.get("ray_times", {}))
-        self._state_extra = {k: state[k] for k in ("made_tmp_ray", "guard") if k in state}
+        self._state_extra = {k: state[k] for k in ("made_tmp_ray", "guard", "node") if k in state}
 
     # ---- what it is ----
     @property

@@ -285,7 +285,7 @@ def _wait_clean(name: str, inodes: set[int], links: set[str], timeout_s: float =
 
 @needs_hosts
 @pytest.mark.slow
-def test_kill_host_ends_every_process_of_it_and_a_sigkilled_owner_leaves_nothing(tmp_path):
+def test_kill_host_ends_every_process_of_it_rejoin_brings_a_node_back_and_a_sigkilled_owner_leaves_nothing():
     name, links = _name("k"), _root_links()
     proc = _controller(name, ray=True)
     try:
@@ -297,6 +297,12 @@ def test_kill_host_ends_every_process_of_it_and_a_sigkilled_owner_leaves_nothing
         assert set(before["h1"]) <= set(killed)
         assert cluster.pids("h1") == []
         assert all(os.path.exists(f"/proc/{p}") for p in before["h0"])   # h0 untouched
+        cluster.rejoin("h1")   # a fresh node there, joined to the head
+        nodes = cluster.run("h0", [sys.executable, "-m", "distdqn.runtime.nodes", cluster.address, "2", "30"],
+                            timeout=120)
+        # (the killed node counts as alive until the head's health checks give up on it)
+        assert set(json.loads(nodes.stdout)) == {h.address for h in cluster.hosts}, nodes.stderr[-2000:]
+        assert cluster.pids("h1")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert _wait_clean(name, inodes, links) == []   # the guard took it all down
@@ -307,7 +313,7 @@ def test_kill_host_ends_every_process_of_it_and_a_sigkilled_owner_leaves_nothing
 
 
 @needs_hosts
-def test_down_and_the_next_up_sweep_what_a_killed_owner_and_guard_left(tmp_path):
+def test_down_and_the_next_up_sweep_what_a_killed_owner_and_guard_left():
     name, links = _name("s"), _root_links()
     proc = _controller(name, ray=False)
     cluster = HostCluster(name, guard=False)
