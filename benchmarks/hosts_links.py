@@ -7,7 +7,8 @@
   host (median over repeats);
 - one TCP stream's throughput: within a host (its loopback), between two hosts (veth + bridge),
   and between hosts with the link limited by `tc tbf` to 1 Gbit/s, 100 Mbit/s, 10 Mbit/s; with
-  the package's own socket probe (``HostCluster.throughput``) and, if installed, iperf3;
+  the package's own socket probe (``HostCluster.throughput``) and, if installed, iperf3; and the
+  median round trip of a 64-byte message on each path (``HostCluster.round_trip``);
 - with ``--faults``: how long the Ray head takes to declare a host's node dead when every process
   of the host is killed, and when its link is cut; whether a node cut off and healed comes back,
   and how long ``rejoin`` takes to bring a fresh one.
@@ -85,14 +86,16 @@ def _links(seconds: float) -> None:
     with HostCluster(NAME).up(2, ray=False) as cluster:
         rows = [("loopback within h0", "h0", "h0", None)] + [
             (f"h0 -> h1, {'no limit' if r is None else 'tbf ' + r}", "h0", "h1", r) for r in RATES]
-        print("| path | socket probe, Mbit/s | iperf3, Mbit/s | of the set rate |\n|---|---|---|---|")
+        print("| path | socket probe, Mbit/s | iperf3, Mbit/s | of the set rate | 64-byte round trip, us |\n"
+              "|---|---|---|---|---|")
         for label, src, dst, rate in rows:
             cluster.limit("h1", rate)
             probe = cluster.throughput(src, dst, seconds)
             iperf = _iperf3(cluster, src, dst, seconds)
             share = f"{probe / parse_rate(rate):.2f}" if rate else ""
-            print(f"| {label} | {probe / 1e6:,.1f} | {'' if iperf is None else f'{iperf / 1e6:,.1f}'} | {share} |",
-                  flush=True)
+            rtt = cluster.round_trip(src, dst)
+            print(f"| {label} | {probe / 1e6:,.1f} | {'' if iperf is None else f'{iperf / 1e6:,.1f}'} | {share} "
+                  f"| {rtt * 1e6:.0f} |", flush=True)
         cluster.limit("h1", None)
 
 

@@ -715,6 +715,26 @@ class HostCluster:
         received, elapsed = json.loads(out)
         return 8 * received / elapsed
 
+    def round_trip(self, src: Host | int | str, dst: Host | int | str, count: int = 2000,
+                   port: int = 5203) -> float:
+        """The median seconds a 64-byte message takes from ``src`` to ``dst`` and back, over one
+        TCP connection (no Nagle delay), of ``count`` in a row (the same host: its loopback)."""
+        s, d = self.host(src), self.host(dst)
+        address = "127.0.0.1" if s == d else d.address
+        echo = self.popen(d, [sys.executable, "-m", "distdqn.hosts", "_echo", address, str(port)],
+                          env=_own_env(self.env()), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            if echo.stdout.readline().strip() != "ready":
+                raise HostsError(f"round-trip probe: the echo in {d.name} did not start: {echo.stderr.read()}")
+            pinged = self.run(s, [sys.executable, "-m", "distdqn.hosts", "_ping", address, str(port), str(count)],
+                              env=_own_env(self.env()), timeout=120)
+            if pinged.returncode != 0:
+                raise HostsError(f"round-trip probe: the sender in {s.name} failed: {pinged.stderr.strip()[-300:]}")
+        finally:
+            echo.kill()
+            echo.communicate()
+        return float(pinged.stdout.strip())
+
     # ---- status ----
     def status(self) -> dict[str, Any]:
         """Each host's address, link (up / cut), limit (tbf rate or none) and process count; the
@@ -781,6 +801,38 @@ def _send(address: str, port: int, seconds: float) -> None:
         conn.recv(1)   # until the receiver has read everything and closed
 
 
+def _echo(address: str, port: int) -> None:
+    import socket
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind((address, port))
+        server.listen(1)
+        server.settimeout(60)
+        print("ready", flush=True)
+        conn, _ = server.accept()
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while data := conn.recv(64):
+                conn.sendall(data)
+
+
+def _ping(address: str, port: int, count: int) -> None:
+    import socket
+    import statistics
+    times = []
+    with socket.create_connection((address, port), timeout=30) as conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        message = b"\0" * 64
+        for _ in range(count):
+            t = time.perf_counter()
+            conn.sendall(message)
+            got = 0
+            while got < len(message):
+                got += len(conn.recv(64))
+            times.append(time.perf_counter() - t)
+    print(statistics.median(times[count // 10:]))   # the first tenth warms up
+
+
 def _guard(name: str, owner_pid: int) -> None:
     """Wait for the owner to die (a pidfd: no polling, no mistaking a later process with its
     pid), then take its cluster down, unless it was taken down (or up again) by someone else."""
@@ -828,7 +880,7 @@ def _parser() -> argparse.ArgumentParser:
     for verb, what in (("cut", "cut a host off (its link down)"), ("heal", "restore a cut host's link"),
                        ("kill", "SIGKILL every process of a host")):
         sub.add_parser(verb, parents=[name], help=what).add_argument("host")
-    probe = sub.add_parser("probe", parents=[name], help="TCP throughput from one host to another")
+    probe = sub.add_parser("probe", parents=[name], help="TCP throughput and round trip between two hosts")
     probe.add_argument("src")
     probe.add_argument("dst")
     probe.add_argument("--seconds", type=float, default=2.0)
@@ -854,6 +906,12 @@ def _main(argv: list[str]) -> int:
         return 0
     if argv[:1] == ["_send"]:
         _send(argv[1], int(argv[2]), float(argv[3]))
+        return 0
+    if argv[:1] == ["_echo"]:
+        _echo(argv[1], int(argv[2]))
+        return 0
+    if argv[:1] == ["_ping"]:
+        _ping(argv[1], int(argv[2]), int(argv[3]))
         return 0
     args = _parser().parse_args(argv)
     if args.cmd == "up":
@@ -888,8 +946,10 @@ def _main(argv: list[str]) -> int:
     elif args.cmd == "kill":
         print(f"killed {len(_attached(args.name).kill_host(args.host))} processes")
     elif args.cmd == "probe":
-        bits = _attached(args.name).throughput(args.src, args.dst, args.seconds)
-        print(f"{args.src} -> {args.dst}: {bits / 1e6:.1f} Mbit/s")
+        cluster = _attached(args.name)
+        bits = cluster.throughput(args.src, args.dst, args.seconds)
+        rtt = cluster.round_trip(args.src, args.dst)
+        print(f"{args.src} -> {args.dst}: {bits / 1e6:.1f} Mbit/s; 64-byte round trip {rtt * 1e6:.0f} us")
     return 0
 
 
