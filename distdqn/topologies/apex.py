@@ -95,7 +95,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                     calls.add(learner.train.remote(a.updates_per_call, job.counters.env_steps), "learner")
                 if job.housekeeping(lambda w=weights: fetch(w.box), lambda: _state(job, learner, replay), lambda: {
                         "weight_lag_updates": float(lags.mean()), **busy,
-                        **ray.get(replay.replay_stats.remote(), timeout=a.stall_timeout_s)}, on_thread=True):
+                        **ray.get(replay.replay_stats.remote(), timeout=a.stall_timeout_s)}):
                     break
 
         # ---- tear down: final weights, evaluation, checkpoint, summary ----

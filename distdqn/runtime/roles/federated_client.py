@@ -17,8 +17,7 @@ from distdqn.envs import EnvInfo
 from distdqn.local.replica import Replica
 from distdqn.runtime.messages import ClientMessage, Weights
 from distdqn.runtime.process import process_identity, set_worker_threads
-from distdqn.runtime.roles.replica_worker import take_weights
-from distdqn.runtime.weights import WeightsClient
+from distdqn.runtime.weights import WeightsClient, take_weights
 
 
 @ray.remote
@@ -36,7 +35,7 @@ class FederatedClient:
         each gradient with the proximal term toward the global weights); the update, clipped and
         noised here under local DP (under central DP the server does both)."""
         f = self.cfg.federated
-        take_weights(self.replica, self.weights, weights)
+        take_weights(self.replica.learner, self.weights, weights)
         learner = self.replica.learner
         start = learner.get_weights()
         learner.set_weights(start)   # a fresh start from the global model, as in FedAvg
