@@ -151,7 +151,7 @@ def start(job: Conductor, resume: dict[str, Any] | None) -> ParameterServer:
     learner = build.build_learner(cfg, job.info)
     pool = job.start_workers(PSWorker)
     job.restore(resume, learner)
-    job.open(learner.get_weights())
+    job.open()
     transport = _resolve_transport(cfg, pool, job.stall_timeout_s)
     exchange = Exchange.of(cfg)
     channel = (SharedMemoryChannel(pool, exchange, learner.flat_params.numel(), job.stall_timeout_s)
