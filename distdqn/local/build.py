@@ -17,7 +17,7 @@ from distdqn.envs import EnvInfo, make_vector_env
 
 def build_network(cfg: Config, info: EnvInfo) -> torch.nn.Module:
     n = cfg.network
-    return build_q_network(n.kind, info.obs_shape, info.num_actions, n.hidden_sizes, n.dueling,
+    return build_q_network(n.kind, info.obs_shape, info.num_actions, n.layers, n.dueling,
                            n.atoms, n.v_min, n.v_max)
 
 
@@ -26,13 +26,13 @@ def planned_updates(cfg: Config) -> int:
     return int(cfg.train.total_env_steps * cfg.train.replay_ratio)
 
 
-def build_learner(cfg: Config, info: EnvInfo) -> DQNLearner:
-    return DQNLearner(build_network(cfg, info), cfg.learner, lr_decay_updates=planned_updates(cfg))
+def build_learner(cfg: Config, info: EnvInfo, owns_target: bool = True) -> DQNLearner:
+    return DQNLearner(build_network(cfg, info), cfg.learner, planned_updates(cfg), owns_target)
 
 
 def build_policy(cfg: Config, info: EnvInfo, weights):
     n = cfg.network
-    return make_policy(n.kind, info.obs_shape, info.num_actions, n.hidden_sizes, n.dueling, weights,
+    return make_policy(n.kind, info.obs_shape, info.num_actions, n.layers, n.dueling, weights,
                        n.atoms, n.v_min, n.v_max)
 
 

@@ -7,10 +7,11 @@ rank is still reading (to reach step s + 2 it must have seen every rank publish 
 does only after reading step s). One wait per step, no locks; every rank computes the same sum in
 the same order, so replicas stay identical bit for bit.
 
-It exchanges a CartPole-sized gradient several times faster than a gloo all-reduce on loopback
-(benchmarks/RESULTS.md, "Data-parallel topologies"). Across nodes the all-reduce stays gloo (or
-nccl). The ordering argument relies on stores becoming visible in
-program order (x86's TSO; numpy writes the slot before the step number).
+It needs no sockets, so a small gradient costs a copy and a wake-up rather than a round trip
+through the network stack (benchmarks/RESULTS.md, "Data-parallel topologies", measures both).
+Ranks on other hosts meet through torch.distributed instead (runtime/group.py). The ordering
+argument relies on stores becoming visible in program order (x86's TSO; numpy writes the slot
+before the step number).
 """
 
 from __future__ import annotations
