@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from distdqn.config import Config
 from distdqn.core.learner import GradientLearner
 from distdqn.core.records import Experience, UpdateStats
 from distdqn.local.replica import Replica
@@ -180,13 +181,28 @@ class SharedMemoryChannel:
     """The server's side: the segment, the workers' loops started (``serve`` calls kept ``depth``
     deep on each) and their reports heard every 5 ms."""
 
+    name = "shm"
+
+    @classmethod
+    def unreachable(cls, cfg: Config, pool: RolePool, timeout_s: float) -> str | None:
+        """Why this transport cannot join the server and ``pool`` (None: it can)."""
+        if cfg.workers.gpus > 0 or cfg.learner.device == "cuda":
+            return "it needs CPU learners (workers.gpus 0, learner.device not cuda)"
+        if not shares_memory(pool, timeout_s):
+            return "it needs every worker on the server's host (its shared memory); some are elsewhere"
+        return None
+
+    @classmethod
+    def open(cls, pool: RolePool, exchange: Exchange, learner: GradientLearner, timeout_s: float) -> SharedMemoryChannel:
+        return cls(pool, exchange, learner.flat_params.numel(), timeout_s)
+
     def __init__(self, pool: RolePool, exchange: Exchange, num_params: int, timeout_s: float,
                  chunk_s: float = 0.1, depth: int = 2):
         self.pool, self.exchange, self.timeout_s = pool, exchange, timeout_s
         self.serve_args = (chunk_s, timeout_s)
         self.depth = depth
-        self.name = f"distdqn-ps-{uuid.uuid4().hex[:16]}"
-        self.segment = Segment(self.name, pool.count, num_params, create=True)
+        self.segment_name = f"distdqn-ps-{uuid.uuid4().hex[:16]}"
+        self.segment = Segment(self.segment_name, pool.count, num_params, create=True)
         self.rows = np.empty((pool.count, num_params), dtype=np.float32)   # each worker's push taken
         self._calls: dict[Any, tuple[int, int]] = {}   # serve call -> (worker, its generation)
         self._events: list[WorkerEvent] = []
@@ -197,7 +213,7 @@ class SharedMemoryChannel:
         self._closing = False
         self._env_steps_at_close: int | None = None
         try:
-            ray.get([h.attach.remote(self.name) for h in pool.handles], timeout=timeout_s)
+            ray.get([h.attach.remote(self.segment_name) for h in pool.handles], timeout=timeout_s)
         except BaseException:
             self.segment.close()
             raise
@@ -275,7 +291,7 @@ class SharedMemoryChannel:
 
     def replaced(self, worker: int) -> None:
         self.segment.drop(worker)
-        self.pool.handles[worker].attach.remote(self.name)
+        self.pool.handles[worker].attach.remote(self.segment_name)
         self._queue(worker)
 
     def close(self, drain: bool) -> list[WorkerEvent]:
