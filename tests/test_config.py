@@ -156,7 +156,7 @@ def test_every_registered_transport_is_a_config_value_and_cheapest_first():
     from typing import get_args
 
     from distdqn.config import AsyncPSConfig, SyncPSConfig
-    from distdqn.runtime.updates.transports import CHANNELS
+    from distdqn.runtime.updates.transports import PATHS
     for section in (SyncPSConfig, AsyncPSConfig):
-        assert set(get_args(section.model_fields["transport"].annotation)) == {"auto", *CHANNELS}
-    assert list(CHANNELS) == ["shm", "ray"]   # auto takes the first that reaches
+        assert get_args(section.model_fields["transport"].annotation) == ("auto", *PATHS, "ray")
+    assert PATHS == ("shm", "tcp")   # auto takes the first that reaches

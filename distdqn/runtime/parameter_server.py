@@ -29,7 +29,6 @@ from distdqn.local import build
 from distdqn.runtime.conductor import Conductor
 from distdqn.runtime.roles.ps_worker import PSWorker
 from distdqn.runtime.updates import (
-    Exchange,
     Push,
     Round,
     UpdateChannel,
@@ -160,6 +159,4 @@ def start(job: Conductor, resume: dict[str, Any] | None) -> ParameterServer:
     pool = job.start_workers(PSWorker)
     job.restore(resume, learner)
     job.open()
-    channel = transports.choose(cfg, pool, job.stall_timeout_s).open(pool, Exchange.of(cfg), learner,
-                                                                     job.stall_timeout_s)
-    return ParameterServer(job, learner, channel)
+    return ParameterServer(job, learner, transports.open_channel(cfg, pool, learner, job.stall_timeout_s))

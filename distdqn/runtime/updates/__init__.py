@@ -21,13 +21,15 @@ Adding a transport: its file, implementing ``UpdateChannel``, and its registrati
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from distdqn.config import Config
-from distdqn.core.learner import GradientLearner
 from distdqn.core.records import Episodes, UpdateStats
+
+if TYPE_CHECKING:   # annotations only: the package stays light for the processes that attach to a segment
+    from distdqn.config import Config
+    from distdqn.core.learner import GradientLearner
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from typing import Any
 
 import ray
 
-from distdqn.config import Config
 from distdqn.core.learner import GradientLearner
 from distdqn.runtime.pool import RolePool
 from distdqn.runtime.updates import Exchange, Push, WorkerDied, WorkerEvent, WorkerReport
@@ -24,15 +23,6 @@ from distdqn.runtime.weights import PushedWeights
 
 class RayCallsChannel:
     name = "ray"
-
-    @classmethod
-    def unreachable(cls, cfg: Config, pool: RolePool, timeout_s: float) -> str | None:
-        """Why this transport cannot join the server and ``pool`` (None: it can: Ray reaches every worker)."""
-        return None
-
-    @classmethod
-    def open(cls, pool: RolePool, exchange: Exchange, learner: GradientLearner, timeout_s: float) -> RayCallsChannel:
-        return cls(pool, exchange)
 
     def __init__(self, pool: RolePool, exchange: Exchange, drain_s: float = 5.0):
         self.pool, self.exchange, self.drain_s = pool, exchange, drain_s
