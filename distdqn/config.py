@@ -374,15 +374,18 @@ class SyncPSConfig(_Section):
     min_workers: int = Field(1, ge=1)
     """Answers a round needs; with fewer it keeps waiting, up to ``workers.stall_timeout_s``."""
 
+    transport: Literal["auto", "shm", "tcp", "ray"] = "auto"
+    """How weights and updates travel between the server and its workers (runtime/updates/):
+    ``shm``: each worker runs its own loop and meets the server in shared memory (every worker on
+    the server's host; CPU learners); ``tcp``: the same loops over a socket to the server (workers
+    on any host; CPU learners); ``ray``: the arguments and answers of a Ray call per update (any
+    cluster, GPU learners). ``auto``: each worker on the cheapest path that reaches it (shm on
+    the server's host, tcp elsewhere, decided by probing), ray for GPU learners."""
+
     def check(self, cfg: Config) -> None:
         if self.min_workers > cfg.workers.num_workers:
             raise ValueError(f"sync_ps.min_workers: must be <= workers.num_workers "
                              f"({self.min_workers} > {cfg.workers.num_workers})")
-    transport: Literal["auto", "shm", "ray"] = "auto"
-    """How weights and gradients travel between the server and the workers: ``shm`` through shared
-    memory (every worker on the driver's node, CPU learners: each worker runs its own loop),
-    ``ray`` as the arguments and answers of a Ray call per round (any cluster). ``auto``: shm
-    where it can, else ray."""
 
 
 class AsyncPSConfig(_Section):
@@ -399,9 +402,9 @@ class AsyncPSConfig(_Section):
     """Parameter form: local learner updates per push (a worker pulls fresh weights at every push)."""
     mixing_rate: float = Field(0.5, gt=0.0, le=1.0)
     """eta of the parameter form."""
-    transport: Literal["auto", "shm", "ray"] = "auto"
-    """As ``sync_ps.transport``: ``shm`` (every worker on the driver's node, CPU learners), ``ray``
-    (a Ray call per update, any cluster), ``auto`` (shm where it can)."""
+    transport: Literal["auto", "shm", "tcp", "ray"] = "auto"
+    """As ``sync_ps.transport``: ``shm``, ``tcp`` (the workers' own loops; CPU learners), ``ray`` (a
+    Ray call per update), ``auto`` (each worker on the cheapest path that reaches it)."""
 
 
 class AllReduceConfig(_Section):

@@ -150,3 +150,13 @@ def test_hidden_sizes_default_to_the_kinds_own_and_a_set_value_wins(kind, sizes)
     assert cfg.network.layers == sizes and cfg.network.hidden_sizes is None   # derived, not written back
     assert cfg.to_dict()["network"]["hidden_sizes"] == sizes                 # the run records what it used
     assert load_config(None, [f"network.kind={kind}", "network.hidden_sizes=[64]"]).network.layers == [64]
+
+
+def test_every_registered_transport_is_a_config_value_and_cheapest_first():
+    from typing import get_args
+
+    from distdqn.config import AsyncPSConfig, SyncPSConfig
+    from distdqn.runtime.updates.transports import PATHS
+    for section in (SyncPSConfig, AsyncPSConfig):
+        assert get_args(section.model_fields["transport"].annotation) == ("auto", *PATHS, "ray")
+    assert PATHS == ("shm", "tcp")   # auto takes the first that reaches
