@@ -10,6 +10,45 @@ Linux only, and root (it makes namespaces, links and mounts)::
     python -m distdqn.hosts status
     python -m distdqn.hosts down
 
+The Python API (what tests, benchmarks and fault drills build on)::
+
+    from distdqn.hosts import HostCluster
+    with HostCluster("t1").up(2, cpus_per_host=3) as cluster:   # down on leaving, also on an error
+        cluster.run("h0", ["distdqn", "train", "cartpole-apex"], cwd=REPO, timeout=600)
+        ...
+
+    HostCluster(name="local", guard=True)          attaches to a cluster of that name if one is up
+      .up(n, cpus_per_host=1, head_cpus=None, ray=True, object_store_mb=512, shm_mb=None,
+          timeout_s=120) -> self                   n hosts h0..h{n-1}; Ray head in h0 (head_cpus 0:
+                                                   a head that runs no roles); ray_times says how long
+      .down()                                      everything removed (also by __exit__, by the guard)
+      .hosts -> [Host(index, name, address, netns, mount_ns, uts_ns)]   .address -> "10.213.7.1:6379"
+      .host(h) -> Host                             h: a Host, its index or its name ("h1")
+      .env(base=None) -> dict                      RAY_ADDRESS, RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH
+      .run(h, argv, cwd=None, env=None, timeout=None, capture_output=True, text=True, **popen)
+          -> CompletedProcess                      to its end; on timeout its session killed, raises
+      .popen(h, argv, cwd=None, env=None, **popen) -> Popen      in a session of its own
+      .command(h, argv, cwd=None) -> [nsenter ..., *argv]        to start it yourself
+      .pids(h) -> [pid]                            every process of the host (machine pids)
+      .limit(h, "10mbit" | bits/s | None)          tc tbf both ways on h's link; None lifts it
+      .cut(h) / .heal(h)                           h's bridge port down / up (a partition)
+      .kill_host(h) -> [pid]                       SIGKILL every process of h at once
+      .rejoin(h, timeout_s=120)                    a fresh Ray node in h (not h0), joined and alive
+      .wait_for_nodes(count, timeout_s=120, host=None) -> [address]   once >= count alive (host's among)
+      .alive_nodes() -> [address]                  the nodes the head counts alive now
+      .connect(src, address, port=9, timeout_s=2.0) -> "connected" | "refused" | "timeout" | "unreachable"
+      .throughput(src, dst, seconds=2.0) -> bits/s        one TCP stream
+      .round_trip(src, dst, count=2000) -> seconds        median, 64-byte messages
+      .status() -> dict                            per host: address, link up / cut, limit, processes
+    leftovers(name) -> [str]      what is left of a cluster (empty after down)
+    sweep(name), sweep_stale()    remove a cluster / every cluster whose maker died
+    support_problem() -> str | None, require_support()    why hosts cannot be made here
+    parse_rate("10mbit") -> 10_000_000;  HostsError: a UserError, one line
+
+Every wait has a timeout; a failure of the machine's tools is a HostsError naming the command.
+Commands in a host see its interfaces, /dev/shm and /tmp/ray; files elsewhere (a run directory,
+the working tree) are the machine's, shared by every host.
+
 What one host is::
 
      netns distdqn-hosts-NAME-br          (no address, no route: a switch and nothing else)
@@ -498,7 +537,7 @@ class HostCluster:
             self._ray_wait(h, proc, timeout_s)
         self.ray_times.workers_s = time.monotonic() - t
         t = time.monotonic()
-        self._wait_for_nodes(len(self.hosts), timeout_s)
+        self.wait_for_nodes(len(self.hosts), timeout_s)
         self.ray_times.formed_s = time.monotonic() - t
 
     def _ray_start_argv(self, host: Host) -> list[str]:
@@ -511,12 +550,25 @@ class HostCluster:
         return [*self._ray_start_argv(host), f"--address={self.address}",
                 f"--num-cpus={self._state_extra['node']['cpus']:g}"]
 
-    def _wait_for_nodes(self, count: int, timeout_s: float, node: Host | None = None) -> None:
+    def wait_for_nodes(self, count: int, timeout_s: float = 120.0, host: Host | int | str | None = None) -> list[str]:
+        """The addresses of the Ray nodes alive, once at least ``count`` are (and, if given, one
+        in ``host``: a node that rejoined); HostsError after ``timeout_s``. Asked of the head by a
+        driver in h0 (a second or two: it joins the cluster to ask). A node killed or cut off
+        counts as alive until the head's health checks give up on it (docs/hosts.md)."""
+        if not self.ray:
+            raise HostsError(f"cluster {self.name} runs no Ray")
+        node = None if host is None else self.host(host)
         argv = [sys.executable, "-m", "distdqn.runtime.nodes", self.address, str(count), str(timeout_s)]
         nodes = self.run(self.hosts[0], argv + ([node.address] if node else []), env=_own_env(self.env()),
                          timeout=timeout_s + 30)
         if nodes.returncode != 0:
-            raise HostsError(f"the Ray cluster did not form: {nodes.stderr.strip().splitlines()[-1:]}")
+            last = (nodes.stderr.strip().splitlines() or ["no output"])[-1]
+            raise HostsError(f"cluster {self.name}: {last}")
+        return json.loads(nodes.stdout)
+
+    def alive_nodes(self) -> list[str]:
+        """The addresses of the Ray nodes the head counts alive now, sorted."""
+        return self.wait_for_nodes(0, timeout_s=30.0)
 
     def rejoin(self, host: Host | int | str, timeout_s: float = 120.0) -> None:
         """A fresh Ray node in ``host`` (not the head's), joined to the head: after ``kill_host``,
@@ -527,7 +579,7 @@ class HostCluster:
             raise HostsError(f"rejoin {h.name}: only a host other than the head's, in a cluster with Ray")
         self.kill_host(h)
         self._ray_start(h, self._node_argv(h), timeout_s)
-        self._wait_for_nodes(1, timeout_s, node=h)
+        self.wait_for_nodes(1, timeout_s, host=h)
 
     def _ray_popen(self, host: Host, argv: list[str]) -> subprocess.Popen:
         return self.popen(host, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
