@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from distdqn.config import Config
+from distdqn.config import HIDDEN_SIZES, Config, NetworkConfig
 from distdqn.core.actor import Actor
 from distdqn.core.learner import DQNLearner
-from distdqn.core.networks import build_q_network
+from distdqn.core.networks import auto_kind, build_q_network
 from distdqn.core.policy import make_policy
 from distdqn.core.ratio import ReplayRatio
 from distdqn.core.replay import ReplayBuffer, make_replay
@@ -15,10 +15,23 @@ from distdqn.core.schedules import LinearSchedule, make_schedule
 from distdqn.envs import EnvInfo, make_vector_env
 
 
-def build_network(cfg: Config, info: EnvInfo) -> torch.nn.Module:
+def resolved_network(cfg: Config, info: EnvInfo) -> NetworkConfig:
+    """``network`` with ``kind: auto`` resolved for this env's observations (``auto_kind``) and
+    that kind's hidden sizes where none are set: a new section, the config's left as it is."""
     n = cfg.network
+    kind = auto_kind(info.obs_shape, info.obs_dtype) if n.kind == "auto" else n.kind
+    sizes = n.hidden_sizes if n.hidden_sizes is not None else list(HIDDEN_SIZES[kind])
+    p = cfg.learner.model_parallel
+    if p > 1 and any(h % p for h in sizes):
+        raise ValueError(f"learner.model_parallel: {p} ranks must divide every hidden size "
+                         f"(network.hidden_sizes is {sizes}, for network.kind {kind})")
+    return n.model_copy(update={"kind": kind, "hidden_sizes": sizes})
+
+
+def build_network(cfg: Config, info: EnvInfo) -> torch.nn.Module:
+    n = resolved_network(cfg, info)
     return build_q_network(n.kind, info.obs_shape, info.num_actions, n.hidden_sizes, n.dueling,
-                           n.atoms, n.v_min, n.v_max)
+                           n.atoms, n.v_min, n.v_max, info.encoding)
 
 
 def planned_updates(cfg: Config) -> int:
@@ -31,9 +44,9 @@ def build_learner(cfg: Config, info: EnvInfo) -> DQNLearner:
 
 
 def build_policy(cfg: Config, info: EnvInfo, weights):
-    n = cfg.network
+    n = resolved_network(cfg, info)
     return make_policy(n.kind, info.obs_shape, info.num_actions, n.hidden_sizes, n.dueling, weights,
-                       n.atoms, n.v_min, n.v_max)
+                       n.atoms, n.v_min, n.v_max, info.encoding)
 
 
 def build_replay(cfg: Config, info: EnvInfo, seed: int) -> ReplayBuffer:

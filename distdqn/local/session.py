@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from distdqn.checkpoint import prune_checkpoints, save_checkpoint
+from distdqn.checkpoint import BEST, prune_checkpoints, save_checkpoint
 from distdqn.config import Config
 from distdqn.core.actor import evaluate
 from distdqn.envs import EnvInfo, make_vector_env
+from distdqn.local.build import resolved_network
 from distdqn.metrics import MetricsWriter, TrainingStats
 
 
@@ -37,13 +38,13 @@ class RunResult:
     run_dir: Path
 
 
-def torch_threads(cfg: Config) -> int:
+def torch_threads(cfg: Config, info: EnvInfo) -> int:
     """Torch threads for a one-process run: ``train.torch_threads``, else 1 for an MLP (its
     matmuls are too small to gain from more threads; benchmarks/RESULTS.md, "Data-parallel
     topologies"), else the machine's cores."""
     if cfg.train.torch_threads:
         return cfg.train.torch_threads
-    return 1 if cfg.network.kind == "mlp" else max(1, os.cpu_count() or 1)
+    return 1 if resolved_network(cfg, info).kind == "mlp" else max(1, os.cpu_count() or 1)
 
 
 def seed_everything(seed: int) -> None:
@@ -88,6 +89,7 @@ class RunSession:
         self.eval_envs = make_vector_env(cfg.env, cfg.eval.num_envs, evaluation=True)
         self.evaluations = 0
         self.last_eval: dict[str, Any] | None = None
+        self.best_eval: dict[str, Any] | None = None   # the evaluation checkpoints/best holds
         self.solved_at: dict[str, Any] | None = None
         self.next_eval = cfg.eval.interval_env_steps
         self.next_log = cfg.log.interval_env_steps
@@ -102,6 +104,7 @@ class RunSession:
         self._eval_thread: threading.Thread | None = None
         self._eval_box: dict[str, Any] = {}
         self._eval_env_steps = 0
+        self._eval_policy: Any = None
         self.stop_reason: str | None = None
 
     # ---- lifecycle ----
@@ -121,17 +124,29 @@ class RunSession:
         return evaluate(policy, self.eval_envs, self.cfg.eval.episodes, self.cfg.eval.epsilon,
                         seed=self.cfg.seed * 1_000_003 + 7919 * self.evaluations)
 
-    def _record_evaluation(self, returns: np.ndarray, env_steps: int, wall_s: float) -> dict[str, Any]:
+    def _record_evaluation(self, returns: np.ndarray, env_steps: int, wall_s: float, policy: Any) -> dict[str, Any]:
         self.last_eval = {"eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
                           "eval_episodes": len(returns), "eval_env_steps": env_steps}
         self._eval_logged = False
         if self.solved_at is None and len(returns) >= 10 and returns.mean() >= self.threshold:
             self.solved_at = {"time_to_solve_s": wall_s, "env_steps_to_solve": env_steps}
+        self._keep_if_best(policy, env_steps)
         return self.last_eval
+
+    def _keep_if_best(self, policy: Any, env_steps: int) -> None:
+        """``checkpoints/best``: the evaluated policy's network, when its evaluation beats every
+        earlier one (``checkpoint.keep_best``). Weights only; ``latest`` is left as it is."""
+        mean = self.last_eval["eval_return_mean"]
+        if not self.cfg.checkpoint.keep_best or (self.best_eval is not None and mean <= self.best_eval["eval_return_mean"]):
+            return
+        self.best_eval = dict(self.last_eval)
+        online = {k: torch.from_numpy(np.array(v)) for k, v in policy.weights().items()}
+        save_checkpoint(self.run_dir / "checkpoints", BEST, {"policy": {"online": online}}, self.cfg.to_yaml(),
+                        {"env_steps": env_steps, "topology": self.cfg.topology, **self.best_eval}, latest=False)
 
     def evaluate(self, policy: Any, env_steps: int) -> dict[str, Any]:
         returns = self._evaluate_returns(policy)
-        return self._record_evaluation(returns, env_steps, self.wall_s())
+        return self._record_evaluation(returns, env_steps, self.wall_s(), policy)
 
     def _advance_eval(self, env_steps: int) -> None:
         while self.next_eval <= env_steps:
@@ -173,7 +188,7 @@ class RunSession:
 
         self._eval_thread = threading.Thread(target=work, name="distdqn-eval", daemon=True)
         self._eval_thread.start()
-        self._eval_box, self._eval_env_steps = box, env_steps
+        self._eval_box, self._eval_env_steps, self._eval_policy = box, env_steps, policy
 
     def poll_evaluation(self, wait: bool = False) -> bool:
         """Record the evaluation running on its thread once it has ended (``wait``: wait for it);
@@ -183,7 +198,7 @@ class RunSession:
             self._eval_thread, box = None, self._eval_box
             if "error" in box:
                 raise box["error"]
-            self._record_evaluation(box["returns"], self._eval_env_steps, box["wall_s"])
+            self._record_evaluation(box["returns"], self._eval_env_steps, box["wall_s"], self._eval_policy)
         return self.should_stop()
 
     def due_for_evaluation(self, env_steps: int) -> bool:
@@ -238,7 +253,7 @@ class RunSession:
 
     def state_dict(self) -> dict[str, Any]:
         return {"wall_s": self.wall_s(), "evaluations": self.evaluations, "last_eval": self.last_eval,
-                "solved_at": self.solved_at, "next_eval": self.next_eval, "next_log": self.next_log,
+                "solved_at": self.solved_at, "best_eval": self.best_eval, "next_eval": self.next_eval, "next_log": self.next_log,
                 "next_checkpoint": self.next_checkpoint, "episodes": self.stats.episodes,
                 "recent_episodes": list(self.stats.recent)}
 
@@ -246,6 +261,7 @@ class RunSession:
         self.wall_offset = float(state["wall_s"])
         self.evaluations = int(state["evaluations"])
         self.last_eval, self.solved_at = state["last_eval"], state["solved_at"]
+        self.best_eval = state.get("best_eval")
         self.next_eval, self.next_log = state["next_eval"], state["next_log"]
         self.next_checkpoint = state["next_checkpoint"]
         self._restored_stats = (state["episodes"], state["recent_episodes"])
@@ -280,6 +296,8 @@ class RunSession:
             "env_steps_to_solve": self.solved_at["env_steps_to_solve"] if self.solved_at else None,
             "final_eval_return_mean": self.last_eval["eval_return_mean"],
             "final_eval_return_std": self.last_eval["eval_return_std"],
+            "best_eval_return_mean": self.best_eval["eval_return_mean"] if self.best_eval else None,
+            "best_eval_env_steps": self.best_eval["eval_env_steps"] if self.best_eval else None,
             "wall_s": self.wall_s(),
             "env_steps": env_steps,
             "learner_updates": learner_updates,

@@ -41,14 +41,14 @@ from distdqn.runtime.messages import RunCounters, RunState
 def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None = None) -> RunResult:
     # ---- seed, threads, session ----
     seed_everything(cfg.seed)
-    torch.set_num_threads(torch_threads(cfg))
+    torch.set_num_threads(torch_threads(cfg, info))
     session = RunSession(cfg, run_dir, info)
 
     # ---- build: one Replica (vector env + Actor, replay, learner, schedules); with
     #      learner.model_parallel = P > 1 its learner becomes rank 0 of P, the others local processes ----
     replica = Replica(cfg, info, index=0, num_replicas=1, seed=cfg.seed)
     if cfg.learner.model_parallel > 1:
-        replica.learner = model_parallel.split_locally(replica.learner, cfg, info, torch_threads(cfg))
+        replica.learner = model_parallel.split_locally(replica.learner, cfg, info, torch_threads(cfg, info))
 
     # ---- resume: restore every component from the checkpoint ----
     if resume is not None:
