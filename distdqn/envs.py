@@ -193,19 +193,25 @@ def _uses_atari(cfg: EnvConfig) -> bool:
     return cfg.make is None and _is_atari(cfg.id)
 
 
-def _made_env(cfg: EnvConfig) -> gym.Env:
+def _made_env(cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
     """The env as ``env.make`` or ``gymnasium.make`` gives it (with ``env.max_episode_steps``)."""
+    extra = {"render_mode": render_mode} if render_mode is not None else {}
     if cfg.make is None:
-        kwargs = dict(cfg.kwargs)
+        kwargs = {**cfg.kwargs, **extra}
         if cfg.max_episode_steps is not None:
             kwargs["max_episode_steps"] = cfg.max_episode_steps
         return gym.make(cfg.id, **kwargs)
-    factory = import_reference(cfg.make, "env.make")
+    factory, name = import_reference(cfg.make, "env.make"), _reference_name(cfg.make)
     try:
-        env = factory(**cfg.kwargs)
+        env = factory(**cfg.kwargs, **extra)
+    except TypeError as exc:
+        if not extra or "render_mode" not in str(exc):
+            raise EnvironmentSpecError(f"env.make: {name} failed ({_first_line(exc)})") from None
+        raise EnvironmentSpecError(f"env.make: {name} takes no render_mode; to record video it must accept "
+                                   f"render_mode='{render_mode}' and render frames") from None
     except Exception as exc:  # noqa: BLE001 - the user's factory: one line
-        raise EnvironmentSpecError(f"env.make: {_reference_name(cfg.make)} failed ({_first_line(exc)})") from None
-    env = _checked_env(env, "env.make", _reference_name(cfg.make))
+        raise EnvironmentSpecError(f"env.make: {name} failed ({_first_line(exc)})") from None
+    env = _checked_env(env, "env.make", name)
     if cfg.max_episode_steps is not None:
         env = gym.wrappers.TimeLimit(env, cfg.max_episode_steps)
     return env
@@ -224,11 +230,40 @@ def _wrapped(env: gym.Env, cfg: EnvConfig) -> gym.Env:
     return env
 
 
+def _python_atari_env(cfg: EnvConfig, render_mode: str | None) -> gym.Env:
+    """One ``ALE/`` game through Gymnasium's Python wrappers, set as ``env.atari`` sets the C++
+    vector env (whole games, unclipped: as evaluated). The same observations for the same seed and
+    actions (tests/test_pixels_envs.py); for a loop of one's own and for video, not for training."""
+    _spec(cfg.id)
+    a = cfg.atari
+    env = gym.make(cfg.id, frameskip=1, repeat_action_probability=a.repeat_action_probability,
+                   max_num_frames_per_episode=a.max_episode_frames, render_mode=render_mode, **cfg.kwargs)
+    env = gym.wrappers.AtariPreprocessing(env, noop_max=a.noop_max, frame_skip=a.frame_skip,
+                                          screen_size=a.screen_size, grayscale_obs=True)
+    return gym.wrappers.FrameStackObservation(env, a.frame_stack, padding_type="zero")
+
+
+def make_env(cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
+    """One env as the user sees it: made (``env.id`` or ``env.make``, ``render_mode`` passed on),
+    inside the user's wrappers, its attributes set; its observations are the env's own, not yet
+    stored arrays (``distdqn.load(...).act`` takes these). ``ALE/`` ids: ``_python_atari_env``."""
+    if _uses_atari(cfg):
+        return _python_atari_env(cfg, render_mode)
+    if cfg.make is None:
+        _spec(cfg.id)
+    return _set_attributes(_wrapped(_made_env(cfg, render_mode), cfg), cfg.attributes, cfg.id)
+
+
 def _single_env(cfg: EnvConfig) -> gym.Env:
-    """One env: made, wrapped by the user's wrappers, its attributes set, then distdqn's own
-    wrappers (observations as arrays, actions counted from 0)."""
-    env = _set_attributes(_wrapped(_made_env(cfg), cfg), cfg.attributes, cfg.id)
-    layout = observation_layout(env.observation_space, cfg.id)
+    """One env as distdqn steps it: ``make_env``, then distdqn's own wrappers (observations as
+    arrays, actions counted from 0)."""
+    return with_distdqn_wrappers(make_env(cfg), cfg.id)
+
+
+def with_distdqn_wrappers(env: gym.Env, env_id: str) -> gym.Env:
+    """``env`` with distdqn's own wrappers, the outermost: observations as ``observation_layout``
+    stores them, a Discrete action space counted from 0."""
+    layout = observation_layout(env.observation_space, env_id)
     if layout.transform != "none":
         env = ObservationArray(env, layout)
     if isinstance(env.action_space, gym.spaces.Discrete) and int(env.action_space.start) != 0:
@@ -350,6 +385,41 @@ def observation_layout(space: gym.Space, env_id: str = "the env") -> Observation
     stored = gym.spaces.Box(low.astype(dtype), high.astype(dtype), (len(low),), dtype)
     encoding = InputEncoding(_merged(segments)) if any(s.one_hot for s in segments) else None
     return ObservationLayout(stored, "flatten", tuple(path for path, _ in leaves), encoding)
+
+
+def _at(obs: Any, path: tuple) -> Any:
+    for key in path:
+        obs = obs[key]
+    return obs
+
+
+def _space_at(space: gym.Space, path: tuple) -> gym.Space:
+    for key in path:
+        space = space[key]
+    return space
+
+
+def stored_batch(layout: ObservationLayout, space: gym.Space, obs: Any) -> tuple[np.ndarray, bool]:
+    """Observations of ``space`` as the replay stores them, [B, *stored shape], from one
+    observation (then True) or a batch of them (each leaf an array with a leading batch axis)."""
+    if layout.transform == "flatten":
+        first = np.asarray(_at(obs, layout.paths[0]))
+        single = first.shape == _space_at(space, layout.paths[0]).shape
+        leaves = [np.asarray(_at(obs, path)) for path in layout.paths]
+        batch = 1 if single else len(first)
+        rows = np.concatenate([leaf.reshape(batch, -1) for leaf in leaves], axis=1)
+        return rows.astype(layout.space.dtype, copy=False), single
+    array = np.asarray(obs)
+    single = array.shape == space.shape
+    batch = array[None] if single else array
+    if batch.shape[1:] != space.shape:
+        raise EnvironmentSpecError(f"observation of shape {array.shape}: the agent takes {space.shape} "
+                                   f"or a batch [B, *{space.shape}]")
+    if layout.transform == "channels_first":
+        batch = np.ascontiguousarray(np.transpose(batch, (0, 3, 1, 2)))
+    elif layout.transform == "channel_axis":
+        batch = batch[:, None]
+    return batch, single
 
 
 class ObservationArray(gym.ObservationWrapper):

@@ -111,8 +111,15 @@ class RunSession:
     def open(self, env_steps: int = 0, learner_updates: int = 0) -> None:
         self.stats = TrainingStats(self.start, env_steps, learner_updates)
         self.writer = MetricsWriter(self.run_dir, self.cfg.log.tensorboard, self.cfg.log.progress,
-                                    self.cfg.train.total_env_steps, env_steps)
+                                    self.cfg.train.total_env_steps, env_steps, self._sinks())
         self.stats.start_time = self.start - self.wall_offset
+
+    def _sinks(self) -> list[Any]:
+        """Loggers beside metrics.jsonl and TensorBoard: Weights & Biases when ``log.wandb`` asks."""
+        if self.cfg.log.wandb.mode == "off":
+            return []
+        from distdqn.wandb_logger import WandbWriter
+        return [WandbWriter(self.cfg, self.run_dir)]
 
     def wall_s(self) -> float:
         return self.wall_offset + time.perf_counter() - self.start
@@ -309,14 +316,14 @@ class RunSession:
             **extra_summary,
         }
         self.write_json("summary.json", summary)
-        self.close()
+        self.close(summary)
         return RunResult(summary, self.run_dir)
 
-    def close(self) -> None:
+    def close(self, summary: dict[str, Any] | None = None) -> None:
         if self._eval_thread is not None:   # a run that ends in an error: let its evaluation end first
             self._eval_thread.join(timeout=60)
         if self.writer is not None:
-            self.writer.close()
+            self.writer.close(summary)
             self.writer = None
         if self.eval_envs is not None:
             self.eval_envs.close()
