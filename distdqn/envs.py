@@ -179,6 +179,7 @@ def _spec(env_id: str) -> gym.envs.registration.EnvSpec:
         if name not in gym.registry:
             raise EnvironmentSpecError(f"env.id: module {module!r} imports, but registers no {name!r} "
                                        "(gymnasium.register it there)")
+        return gym.spec(name)
     try:
         return gym.spec(env_id)
     except gym.error.Error as exc:
