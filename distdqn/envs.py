@@ -258,13 +258,18 @@ def make_env(cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
 def _single_env(cfg: EnvConfig) -> gym.Env:
     """One env as distdqn steps it: ``make_env``, then distdqn's own wrappers (observations as
     arrays, actions counted from 0)."""
-    return with_distdqn_wrappers(make_env(cfg), cfg.id)
+    return with_distdqn_wrappers(make_env(cfg), cfg.id, _env_field(cfg))
 
 
-def with_distdqn_wrappers(env: gym.Env, env_id: str) -> gym.Env:
+def _env_field(cfg: EnvConfig) -> str:
+    """The field that names the env, for errors about it."""
+    return "env.make" if cfg.make is not None else "env.id"
+
+
+def with_distdqn_wrappers(env: gym.Env, env_id: str, field: str = "env") -> gym.Env:
     """``env`` with distdqn's own wrappers, the outermost: observations as ``observation_layout``
     stores them, a Discrete action space counted from 0."""
-    layout = observation_layout(env.observation_space, env_id)
+    layout = observation_layout(env.observation_space, env_id, field)
     if layout.transform != "none":
         env = ObservationArray(env, layout)
     if isinstance(env.action_space, gym.spaces.Discrete) and int(env.action_space.start) != 0:
@@ -324,19 +329,21 @@ def _image_transform(space: gym.spaces.Box) -> str:
     return "none"
 
 
-def _leaves(space: gym.Space, path: str, env_id: str) -> list[tuple[tuple, gym.Space]]:
+def _leaves(space: gym.Space, path: str, env_id: str, field: str) -> list[tuple[tuple, gym.Space]]:
     """The array spaces inside ``space`` in Gymnasium's order (Dict keys sorted), with the keys
     and indices that reach each."""
     if isinstance(space, gym.spaces.Dict):
-        return [((key, *p), s) for key, sub in space.spaces.items() for p, s in _leaves(sub, f"{path}[{key!r}]", env_id)]
+        return [((key, *p), s) for key, sub in space.spaces.items()
+                for p, s in _leaves(sub, f"{path}[{key!r}]", env_id, field)]
     if isinstance(space, gym.spaces.Tuple):
-        return [((i, *p), s) for i, sub in enumerate(space.spaces) for p, s in _leaves(sub, f"{path}[{i}]", env_id)]
+        return [((i, *p), s) for i, sub in enumerate(space.spaces)
+                for p, s in _leaves(sub, f"{path}[{i}]", env_id, field)]
     if isinstance(space, gym.spaces.Box | gym.spaces.Discrete | gym.spaces.MultiDiscrete | gym.spaces.MultiBinary):
         return [((), space)]
     name = type(space).__name__
     advice = _NOT_ARRAYS.get(name, "turn them into a Box with an observation wrapper in env.wrappers")
     where = "" if path == "observation" else f" at {path}"
-    raise EnvironmentSpecError(f"env: {env_id} has {name} observations{where}; distdqn needs arrays: {advice}")
+    raise EnvironmentSpecError(f"{field}: {env_id} has {name} observations{where}; distdqn needs arrays: {advice}")
 
 
 def _segments(space: gym.Space) -> list[Segment]:
@@ -367,7 +374,7 @@ def _merged(segments: list[Segment]) -> tuple[Segment, ...]:
     return tuple(out)
 
 
-def observation_layout(space: gym.Space, env_id: str = "the env") -> ObservationLayout:
+def observation_layout(space: gym.Space, env_id: str = "the env", field: str = "env") -> ObservationLayout:
     """How observations of ``space`` are stored and encoded (see the module docstring)."""
     if isinstance(space, gym.spaces.Box):
         transform = _image_transform(space)
@@ -375,7 +382,7 @@ def observation_layout(space: gym.Space, env_id: str = "the env") -> Observation
             return ObservationLayout(space)
         shape = ObservationLayout(space, transform).apply(np.zeros(space.shape, np.uint8)).shape
         return ObservationLayout(gym.spaces.Box(0, 255, shape, np.uint8), transform)
-    leaves = _leaves(space, "observation", env_id)
+    leaves = _leaves(space, "observation", env_id, field)
     segments = [s for _, leaf in leaves for s in _segments(leaf)]
     floats = any(isinstance(leaf, gym.spaces.Box) and np.issubdtype(leaf.dtype, np.floating) for _, leaf in leaves)
     dtype = np.dtype(np.float32) if floats else np.dtype(np.int64)
@@ -563,16 +570,16 @@ class StepLatency(gym.vector.VectorWrapper):
         return self.env.step(actions)
 
 
-def _action_refusal(env_id: str, space: gym.Space) -> str:
+def _action_refusal(field: str, env_id: str, space: gym.Space) -> str:
     name = type(space).__name__
     if isinstance(space, gym.spaces.Box):
-        return (f"env: {env_id} has continuous actions ({space}); DQN chooses among a finite set: discretize "
+        return (f"{field}: {env_id} has continuous actions ({space}); DQN needs Discrete actions: discretize "
                 "them with a wrapper in env.wrappers (gymnasium.wrappers:DiscretizeAction, kwargs {bins: 11}), "
                 "or use an actor-critic method for continuous control (SAC, TD3)")
     if isinstance(space, gym.spaces.MultiDiscrete | gym.spaces.MultiBinary):
-        return (f"env: {env_id} has {name} actions ({space}); DQN needs one Discrete action: flatten them into "
+        return (f"{field}: {env_id} has {name} actions ({space}); DQN needs one Discrete action: flatten them into "
                 "one with an action wrapper in env.wrappers")
-    return f"env: {env_id} has {name} actions; DQN needs Discrete actions (an action wrapper in env.wrappers)"
+    return f"{field}: {env_id} has {name} actions; DQN needs Discrete actions (an action wrapper in env.wrappers)"
 
 
 def _layout_of(env: gym.Env) -> ObservationLayout | None:
@@ -612,7 +619,7 @@ def env_info(cfg: EnvConfig) -> EnvInfo:
     finally:
         env.close()
     if not isinstance(action_space, gym.spaces.Discrete):
-        raise EnvironmentSpecError(_action_refusal(cfg.id, action_space))
+        raise EnvironmentSpecError(_action_refusal(_env_field(cfg), cfg.id, action_space))
     return EnvInfo(cfg.id, tuple(obs_space.shape), np.dtype(obs_space.dtype), int(action_space.n),
                    spec.reward_threshold if spec is not None else None,
                    layout.encoding if layout is not None else None)

@@ -15,7 +15,14 @@ import torch
 import distdqn
 from distdqn.config import LearnerConfig
 from distdqn.core.learner import DQNLearner
-from distdqn.core.networks import InputEncoding, MLPQNetwork, ObservationEncoder, Segment, auto_kind, encode_numpy
+from distdqn.core.networks import (
+    InputEncoding,
+    MLPQNetwork,
+    ObservationEncoder,
+    Segment,
+    auto_kind,
+    encode_numpy,
+)
 from distdqn.core.policy import NumpyMLPPolicy, TorchPolicy
 from distdqn.core.transitions import Batch
 from distdqn.envs import ObservationArray, observation_layout, stored_batch

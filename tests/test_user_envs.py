@@ -174,7 +174,7 @@ def test_a_factory_trains_from_the_python_api_with_a_wrapper(tmp_path, user_modu
 def test_a_callable_config_yaml_cannot_name_is_handed_again(tmp_path, user_module):
     """A lambda is no name: config.yaml says what it was, evaluating without it is one line, with it works."""
     corridor = __import__(MODULE)
-    factory = lambda: corridor.Corridor(4)   # noqa: E731 - a callable with no importable name
+    factory = lambda: corridor.Corridor(4)
     run = distdqn.train(env=factory, run_dir=tmp_path / "run", verbose=False,
                         overrides=["train.total_env_steps=400", "train.learning_starts=100",
                                    "eval.interval_env_steps=200", "log.progress=false"])
