@@ -36,7 +36,7 @@ from distdqn.envs import (
     stored_batch,
 )
 from distdqn.errors import CheckpointError, EnvironmentSpecError, UserError
-from distdqn.local.build import build_network
+from distdqn.local.build import build_network, resolve_network
 
 
 def checkpoint_path(path: str | Path, which: str | None = None) -> Path:
@@ -61,9 +61,10 @@ def checkpoint_path(path: str | Path, which: str | None = None) -> Path:
     return folder / which
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, Any], Config, dict[str, Any]]:
-    """(components, config, manifest) of the checkpoint directory ``path``."""
-    components, config_yaml, manifest = load_checkpoint(path)
+def read_checkpoint(path: Path, keys: tuple[str, ...] | None = None) -> tuple[dict[str, Any], Config, dict[str, Any]]:
+    """(components, config, manifest) of the checkpoint directory ``path``; ``keys``: only those
+    components (``()``: none)."""
+    components, config_yaml, manifest = load_checkpoint(path, keys)
     try:
         cfg = config_from_dict(parse_yaml(config_yaml, "checkpoint config.yaml"), "checkpoint config.yaml")
     except UserError as exc:
@@ -71,13 +72,24 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], Config, dict[str, Any]]
     return components, cfg, manifest
 
 
-def online_weights(components: dict[str, Any], where: Path) -> dict[str, torch.Tensor]:
-    """The online network's state dict: ``best`` holds it as ``policy``, every other checkpoint in
-    its ``learner``."""
-    for key in ("policy", "learner"):
-        if key in components and isinstance(components[key], dict) and "online" in components[key]:
-            return components[key]["online"]
-    raise CheckpointError(f"{where}: the checkpoint holds no network (components: {sorted(components)})")
+NETWORK_COMPONENTS = ("policy", "learner")
+"""Where a checkpoint keeps the online network: ``best`` in ``policy``, every other one in its
+``learner`` (beside the target network and the optimizer)."""
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], Config, dict[str, Any]]:
+    """(the online network's state dict, config, manifest) of the checkpoint directory ``path``,
+    reading its network's component only (never the replay, the envs or the rest)."""
+    _, _, manifest = read_checkpoint(path, ())
+    key = next((k for k in NETWORK_COMPONENTS if k in manifest.get("components", [])), None)
+    if key is None:
+        raise CheckpointError(f"{path}: the checkpoint holds no network "
+                              f"(components: {sorted(manifest.get('components', []))})")
+    components, cfg, manifest = read_checkpoint(path, (key,))
+    component = components[key]
+    if not isinstance(component, dict) or "online" not in component:
+        raise CheckpointError(f"{path}: corrupt component {key}.pt (it holds no online network)")
+    return component["online"], cfg, manifest
 
 
 @dataclass
@@ -212,12 +224,13 @@ def load(path: str | Path, checkpoint: str | None = None, cfg: Config | None = N
     a checkpoint's name; None: best if the run kept one, else latest. ``cfg``: the run's config
     with a Python env factory handed again (api.load does that)."""
     where = checkpoint_path(path, checkpoint)
-    components, saved_cfg, manifest = read_checkpoint(where)
+    weights, saved_cfg, manifest = read_weights(where)
     cfg = cfg or saved_cfg
     info = env_info(cfg.env)
+    cfg = resolve_network(cfg, info)
     network = build_network(cfg, info)
     try:
-        network.load_state_dict(online_weights(components, where))
+        network.load_state_dict(weights)
     except RuntimeError as exc:
         raise CheckpointError(f"{where}: checkpoint weights do not match its config "
                               f"({str(exc).splitlines()[0]})") from None

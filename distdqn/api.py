@@ -153,11 +153,11 @@ def make_config(config: ConfigLike = None, *, env: EnvLike = None, overrides: Ov
 
 # ---- checks before anything is written ----
 
-# Fields that must agree between a checkpoint and the config it is resumed with (the network is
-# compared as resolved: kind and hidden sizes as built for the env).
-_MUST_MATCH = ("topology", "env.id", "env.make", "env.wrappers", "env.kwargs", "env.num_envs",
-               "network.dueling", "network.atoms", "network.v_min", "network.v_max", "replay.capacity",
-               "replay.prioritized", "replay.storage", "workers.num_workers")
+# Fields that must agree between a checkpoint and the config it is resumed with (both resolved
+# for the env: network.kind auto as built).
+_MUST_MATCH = ("topology", "env.id", "env.make", "env.wrappers", "env.kwargs", "env.num_envs", "network.kind",
+               "network.hidden_sizes", "network.dueling", "network.atoms", "network.v_min", "network.v_max",
+               "replay.capacity", "replay.prioritized", "replay.storage", "workers.num_workers")
 
 
 def _field(cfg_dict: dict, path: str) -> Any:
@@ -168,11 +168,10 @@ def _field(cfg_dict: dict, path: str) -> Any:
 
 
 def check_compatible(checkpoint_cfg: Config, cfg: Config, info: EnvInfo, where: Path) -> None:
-    from distdqn.local.build import resolved_network
-    a, b = checkpoint_cfg.to_dict(), cfg.to_dict()
-    for n, d in ((resolved_network(checkpoint_cfg, info), a), (resolved_network(cfg, info), b)):
-        d["network"].update(kind=n.kind, hidden_sizes=n.hidden_sizes)
-    for path in (*_MUST_MATCH, "network.kind", "network.hidden_sizes"):
+    """A one-line CheckpointError naming the first field of ``_MUST_MATCH`` that differs."""
+    from distdqn.local.build import resolve_network
+    a, b = resolve_network(checkpoint_cfg, info).to_dict(), resolve_network(cfg, info).to_dict()
+    for path in _MUST_MATCH:
         if _field(a, path) != _field(b, path):
             raise CheckpointError(f"{where}: checkpoint does not match the config: {path} is "
                                   f"{_field(a, path)!r} in the checkpoint, {_field(b, path)!r} now")
@@ -186,13 +185,17 @@ def check_devices(cfg: Config) -> None:
                               "(use auto or cpu)")
 
 
-def _check_network(cfg: Config, info: EnvInfo) -> None:
-    """The network can take the environment's observations (checked before any process starts)."""
-    from distdqn.local.build import build_network
+def _check_network(cfg: Config, info: EnvInfo) -> Config:
+    """``cfg`` with its network resolved for the env (``network.kind: auto``: local/build.py
+    ``resolve_network``), once the network is known to take the env's observations (checked
+    before any process starts)."""
+    from distdqn.local.build import build_network, resolve_network
+    cfg = resolve_network(cfg, info)
     try:
         build_network(cfg, info)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    return cfg
 
 
 def _check_client_envs(cfg: Config) -> None:
@@ -216,18 +219,19 @@ def _check_extras(cfg: Config) -> None:
                               "(pip install 'distdqn[wandb]')") from None
 
 
-def check(cfg: Config) -> EnvInfo:
+def check(cfg: Config) -> tuple[Config, EnvInfo]:
     """Everything that can be checked before a run starts: the env (the user's code runs here
-    once), each federated variant, the device, the network, extras, the cluster's address."""
+    once), each federated variant, the device, the network, extras, the cluster's address. Returns
+    the run's config (its network resolved for the env) and the env's description."""
     info = env_info(cfg.env)
     _check_client_envs(cfg)
     check_devices(cfg)
-    _check_network(cfg, info)
+    cfg = _check_network(cfg, info)
     _check_extras(cfg)
     if cfg.topology != "single":  # fail on an unreachable cluster before anything is written
         from distdqn.runtime.cluster import check_reachable
         check_reachable(cfg.cluster.address, min(cfg.cluster.connect_timeout_s, 10.0))
-    return info
+    return cfg, info
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -242,14 +246,15 @@ def _resumed(resume: Path, config: ConfigLike, env: EnvLike, overrides: Override
     env, the checkpoint's components and the run directory; a config that does not match the
     checkpoint is an error."""
     where = checkpoint_path(resume, "latest" if not (Path(resume) / "manifest.json").is_file() else None)
-    components, ckpt_cfg, _ = read_checkpoint(where)
-    if "policy" in components and "learner" not in components:
+    _, ckpt_cfg, manifest = read_checkpoint(where, ())   # the config first: checked before any component is read
+    if "learner" not in manifest.get("components", []):
         raise CheckpointError(f"{where}: {BEST} holds the best evaluation's network only; resume from the run "
                               "directory (its latest checkpoint)")
-    cfg = make_config(ckpt_cfg.to_dict() if config is None else config, env=env, overrides=overrides, seed=seed,
+    cfg = make_config(ckpt_cfg if config is None else config, env=env, overrides=overrides, seed=seed,
                       address=address)
-    info = check(cfg)
+    cfg, info = check(cfg)
     check_compatible(ckpt_cfg, cfg, info, resume)
+    components, _, _ = read_checkpoint(where)
     run_dir = resume if (resume / "checkpoints").is_dir() else where.parent.parent
     return cfg, info, components, run_dir
 
@@ -281,7 +286,7 @@ def train(config: ConfigLike = None, *, env: EnvLike = None, overrides: Override
         cfg, info, resume_state, run_dir = _resumed(Path(resume), config, env, overrides, seed, address)
     else:
         cfg = make_config(config, env=env, overrides=overrides, seed=seed, address=address)
-        info = check(cfg)
+        cfg, info = check(cfg)
         run_dir = _fresh_run_dir(cfg, run_dir, overwrite)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     if verbose:
@@ -300,7 +305,7 @@ def _config_with_env(path: Path, checkpoint: str | None, env: EnvLike) -> Config
     """The checkpoint's config with ``env`` in it (None when no env is handed)."""
     if env is None:
         return None
-    _, saved, _ = read_checkpoint(checkpoint_path(path, checkpoint))
+    _, saved, _ = read_checkpoint(checkpoint_path(path, checkpoint), ())
     return make_config(saved.to_dict(), env=env)
 
 

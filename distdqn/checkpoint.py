@@ -82,8 +82,9 @@ def resolve_checkpoint(path: Path) -> Path:
     raise CheckpointError(f"{path}: no checkpoint found (expected checkpoints/latest or {MANIFEST})")
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, Any], str, dict[str, Any]]:
-    """Read a checkpoint: (components, config YAML text, manifest). Any damage is a CheckpointError."""
+def load_checkpoint(path: Path, keys: tuple[str, ...] | None = None) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """Read a checkpoint: (components, config YAML text, manifest). Any damage is a CheckpointError.
+    ``keys``: only those components (``()``: none, the config and manifest alone)."""
     ckpt = resolve_checkpoint(path)
     try:
         manifest = json.loads((ckpt / MANIFEST).read_text())
@@ -94,6 +95,8 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Any], str, dict[str, Any]]:
                               f"this distdqn reads {FORMAT_VERSION} (start a new run)")
     components = {}
     for key in manifest.get("components", []):
+        if keys is not None and key not in keys:
+            continue
         try:
             components[key] = torch.load(ckpt / f"{key}.pt", map_location="cpu", weights_only=False)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file

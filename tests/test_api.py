@@ -23,7 +23,7 @@ from tests.test_cli_errors import assert_user_error
 
 
 def readme_python_example() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.DOTALL)
     assert blocks, "README.md has no ```python block"
     return blocks[0]
 

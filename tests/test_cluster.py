@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from distdqn.metrics import read_metrics
 from tests.helpers import REPO, free_port, metrics_started, ray_env, ray_start, run_cli
 
 
@@ -116,18 +117,25 @@ def is_loopback(address: str) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("ss") is None, reason="needs `ss` (iproute2) to list sockets")
-def test_a_local_run_listens_on_loopback_only_and_keeps_rays_notice_in_its_log(tmp_path):
-    """The embedded instance (no --address): while an apex run trains, every socket its process
-    tree (driver, GCS, raylet, workers) listens on is a loopback one; Ray's token-authentication
-    notice is in run.log, once, and not on the terminal."""
+@pytest.mark.parametrize(("args", "min_sockets"), [
+    (["cartpole-apex"], 4),                                                           # GCS, raylet, driver, workers
+    (["cartpole-allreduce", "--set", "allreduce.backend=gloo"], 4),                   # + the ranks' store and gloo
+    (["cartpole", "--set", "learner.model_parallel=2", "--set", "train.torch_threads=1"], 1),   # no Ray: the store
+], ids=["apex", "allreduce-gloo", "single-model-parallel"])
+def test_a_local_run_listens_on_loopback_only_and_keeps_rays_notice_in_its_log(tmp_path, args, min_sockets):
+    """The embedded instance (no --address), and the rendezvous of torch.distributed groups on one
+    host: while a run trains, every socket its process tree (driver, GCS, raylet, workers, the
+    learner's ranks) listens on is a loopback one; Ray's token-authentication notice is in
+    run.log, once, and not on the terminal."""
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    proc = subprocess.Popen([sys.executable, "-m", "distdqn.cli", "train", "cartpole-apex", "--run-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "distdqn.cli", "train", *args, "--run-dir",
                              str(run_dir), "--set", "train.total_env_steps=8000", "--set", "log.progress=false",
                              "--set", "log.interval_env_steps=1000"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        ready = metrics_started(run_dir)
+        ready = metrics_started(run_dir) if args[0] != "cartpole" else (   # single writes no processes.json
+            lambda: (run_dir / "metrics.jsonl").is_file() and bool(read_metrics(run_dir)))
         deadline = time.time() + 120
         while time.time() < deadline and not ready() and proc.poll() is None:
             time.sleep(0.5)
@@ -138,8 +146,9 @@ def test_a_local_run_listens_on_loopback_only_and_keeps_rays_notice_in_its_log(t
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err[-3000:]
-    assert len(sockets) >= 4, sockets   # GCS, raylet, driver, workers: the scan sees them
+    assert len(sockets) >= min_sockets, sockets   # the scan sees them
     assert all(is_loopback(s) for s in sockets), sockets
     assert "Token authentication" not in err, err[-2000:]
-    log = (run_dir / "run.log").read_text()
-    assert log.count("Token authentication is enabled") == 1, log
+    if args[0] != "cartpole":   # a run that started Ray
+        log = (run_dir / "run.log").read_text()
+        assert log.count("Token authentication is enabled") == 1, log

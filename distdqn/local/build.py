@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from distdqn.config import HIDDEN_SIZES, Config, NetworkConfig
+from distdqn.config import Config, config_from_dict
 from distdqn.core.actor import Actor
 from distdqn.core.learner import DQNLearner
 from distdqn.core.networks import auto_kind, build_q_network
@@ -15,22 +15,21 @@ from distdqn.core.schedules import LinearSchedule, make_schedule
 from distdqn.envs import EnvInfo, make_vector_env
 
 
-def resolved_network(cfg: Config, info: EnvInfo) -> NetworkConfig:
-    """``network`` with ``kind: auto`` resolved for this env's observations (``auto_kind``) and
-    that kind's hidden sizes where none are set: a new section, the config's left as it is."""
-    n = cfg.network
-    kind = auto_kind(info.obs_shape, info.obs_dtype) if n.kind == "auto" else n.kind
-    sizes = n.hidden_sizes if n.hidden_sizes is not None else list(HIDDEN_SIZES[kind])
-    p = cfg.learner.model_parallel
-    if p > 1 and any(h % p for h in sizes):
-        raise ValueError(f"learner.model_parallel: {p} ranks must divide every hidden size "
-                         f"(network.hidden_sizes is {sizes}, for network.kind {kind})")
-    return n.model_copy(update={"kind": kind, "hidden_sizes": sizes})
+def resolve_network(cfg: Config, info: EnvInfo) -> Config:
+    """``cfg`` with ``network.kind: auto`` replaced by the kind this env's observations fit
+    (``auto_kind``): a new config, validated again (the checks that need the widths run then);
+    ``cfg`` itself when its kind is given. A run resolves once, before its config.yaml is written
+    (api.py), so that config.yaml and every process see the kind and widths it built."""
+    if cfg.network.kind != "auto":
+        return cfg
+    raw = cfg.model_dump()   # Python mode: an env factory stays the callable it is
+    raw["network"]["kind"] = auto_kind(info.obs_shape, info.obs_dtype)
+    return config_from_dict(raw)
 
 
 def build_network(cfg: Config, info: EnvInfo) -> torch.nn.Module:
-    n = resolved_network(cfg, info)
-    return build_q_network(n.kind, info.obs_shape, info.num_actions, n.hidden_sizes, n.dueling,
+    n = resolve_network(cfg, info).network
+    return build_q_network(n.kind, info.obs_shape, info.num_actions, n.layers, n.dueling,
                            n.atoms, n.v_min, n.v_max, info.encoding)
 
 
@@ -39,13 +38,13 @@ def planned_updates(cfg: Config) -> int:
     return int(cfg.train.total_env_steps * cfg.train.replay_ratio)
 
 
-def build_learner(cfg: Config, info: EnvInfo) -> DQNLearner:
-    return DQNLearner(build_network(cfg, info), cfg.learner, lr_decay_updates=planned_updates(cfg))
+def build_learner(cfg: Config, info: EnvInfo, owns_target: bool = True) -> DQNLearner:
+    return DQNLearner(build_network(cfg, info), cfg.learner, planned_updates(cfg), owns_target)
 
 
 def build_policy(cfg: Config, info: EnvInfo, weights):
-    n = resolved_network(cfg, info)
-    return make_policy(n.kind, info.obs_shape, info.num_actions, n.hidden_sizes, n.dueling, weights,
+    n = resolve_network(cfg, info).network
+    return make_policy(n.kind, info.obs_shape, info.num_actions, n.layers, n.dueling, weights,
                        n.atoms, n.v_min, n.v_max, info.encoding)
 
 
