@@ -15,6 +15,7 @@ Video: Gymnasium's ``RecordVideo`` (``pip install 'distdqn[video]'``), one MP4 p
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,7 @@ class Agent:
             import moviepy  # noqa: F401 - RecordVideo's encoder
         except ImportError:
             raise UserError("--video: recording needs the video extra (pip install 'distdqn[video]')") from None
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")   # pygame-drawn envs: frames without a display
         env = self.make_env(render_mode="rgb_array")
         if env.render_mode != "rgb_array":
             env.close()

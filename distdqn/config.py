@@ -165,6 +165,14 @@ class EnvConfig(_Section):
             return [{"wrapper": w} if isinstance(w, str) or callable(w) else w for w in wrappers]
         return wrappers
 
+    def check(self, cfg: Config) -> None:
+        if self.wrappers and self.make is None and self.id.startswith("ALE/"):
+            raise ValueError(f"env.wrappers: {self.id} is stepped by ale-py's C++ AtariVectorEnv, which takes no "
+                             "Gymnasium wrappers (use env.make with your own gymnasium.make and wrappers)")
+        if self.vectorization == "native" and (self.make is not None or self.wrappers):
+            raise ValueError("env.vectorization: native steps the id's own vector implementation, which takes "
+                             "neither env.make nor env.wrappers (use auto, sync or async)")
+
 
 HIDDEN_SIZES = {"mlp": [128, 128], "nature_cnn": [512], "minatar_cnn": [128]}
 """Each network kind's hidden layers when ``network.hidden_sizes`` is not set: the MLP's default,

@@ -505,10 +505,7 @@ def _set_attributes(env, attributes: dict[str, float], env_id: str):
 
 
 def _mode(cfg: EnvConfig) -> str:
-    user_code = cfg.make is not None or bool(cfg.wrappers)
-    if cfg.vectorization == "native" and user_code:
-        raise EnvironmentSpecError("env.vectorization: native steps the id's own vector implementation, which "
-                                   "takes neither env.make nor env.wrappers (use auto, sync or async)")
+    user_code = cfg.make is not None or bool(cfg.wrappers)   # (never native: config.py EnvConfig.check)
     if cfg.vectorization != "auto":
         return cfg.vectorization
     if user_code or cfg.kwargs:
@@ -595,10 +592,6 @@ def env_info(cfg: EnvConfig) -> EnvInfo:
     The user's code (``module:Id``, ``env.make``, ``env.wrappers``) runs here once, in this
     process: what fails fails here, in one line, before a run starts anything."""
     if _uses_atari(cfg):
-        if cfg.wrappers:
-            raise EnvironmentSpecError(f"env.wrappers: {cfg.id} is stepped by ale-py's C++ AtariVectorEnv, which "
-                                       "takes no Gymnasium wrappers (use env.make with your own gymnasium.make "
-                                       "and wrappers, env.vectorization sync)")
         spec = _spec(cfg.id)
         env = atari_vector_env(cfg, 1)
         action_space, obs_space = env.single_action_space, env.single_observation_space

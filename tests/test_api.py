@@ -101,6 +101,24 @@ def test_evaluate_says_which_checkpoint_it_took(short_run):
     assert latest.returncode == 0 and "(checkpoint final," in latest.stdout, latest.stdout + latest.stderr
 
 
+def test_load_reads_the_network_alone_never_the_replay_or_the_envs(tmp_path, short_run):
+    """An agent is its network: load and evaluate read the checkpoint's learner (or best's policy)
+    and nothing else, so a latest checkpoint whose other components are unreadable still loads."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(short_run, run_dir)
+    final = run_dir / "checkpoints" / "final"
+    others = [p for p in final.glob("*.pt") if p.stem != "learner"]
+    assert others, sorted(p.name for p in final.iterdir())
+    for path in others:
+        path.write_bytes(b"not a pickle")
+    agent = distdqn.load(run_dir, "latest")
+    assert agent.checkpoint == final and agent.act(np.zeros(4, dtype=np.float32)) in (0, 1)
+    evaluated = run_cli(["evaluate", str(run_dir), "--episodes", "2", "--checkpoint", "latest"])
+    assert evaluated.returncode == 0 and "(checkpoint final," in evaluated.stdout, evaluated.stderr[-2000:]
+    (final / "learner.pt").write_bytes(b"not a pickle")
+    assert_user_error(run_cli(["evaluate", str(run_dir), "--checkpoint", "latest"]), "corrupt component learner.pt")
+
+
 def test_best_is_no_point_to_resume_from_and_a_missing_best_is_one_line(tmp_path, short_run):
     best = short_run / "checkpoints" / "best"
     assert_user_error(run_cli(["train", "--resume", str(best)]), "best", "resume from the run directory")

@@ -225,6 +225,8 @@ def test_a_factory_trains_under_allreduce_on_the_cluster(tmp_path, user_module, 
      ["env.wrappers[0].wrapper", "cannot import module"]),
     ([f"env.make={MODULE}:make_corridor", "env.wrappers=[{wrapper: 3}]"], ["env.wrappers.0.wrapper", "must be"]),
     (["env.make=make_corridor"], ["env.make", "should be package.module:name"]),
+    (["env.id=ALE/Pong-v5", f"env.wrappers=['{MODULE}:ScaleReward']"], ["env.wrappers", "AtariVectorEnv", "env.make"]),
+    ([f"env.make={MODULE}:make_corridor", "env.vectorization=native"], ["env.vectorization", "auto, sync or async"]),
 ])
 def test_the_users_code_failing_is_one_line_naming_the_field(tmp_path, user_module, overrides, fragments):
     folder, _ = user_module
