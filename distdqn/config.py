@@ -461,6 +461,10 @@ class WorkersConfig(_Section):
     """CPUs reserved per worker (its torch threads follow, unless ``train.torch_threads`` is set)."""
     gpus: float = Field(0.0, ge=0.0)
     """GPUs per worker (``learner.device`` auto/cuda uses one when this is > 0)."""
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Ray custom resources each worker needs: where workers may run. For example ``{worker_host:
+    1}`` with ``ray start ... --resources='{"worker_host": 8}'`` on the nodes meant for workers
+    (the driver, and so a parameter server, runs where ``distdqn train`` runs). Empty: any node."""
     stall_timeout_s: float = Field(120.0, gt=0.0)
     """The run ends with an error if no worker call completes for this long."""
 

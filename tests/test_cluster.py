@@ -21,7 +21,7 @@ from tests.helpers import REPO, free_port, metrics_started, ray_env, ray_start, 
 def two_node_cluster(ray_cluster):
     """A second node (its own raylet) joined to the session's cluster on this machine."""
     worker = ray_start(f"--address={ray_cluster}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                       "--disable-usage-stats")
+                       '--resources={"second_node": 4}', "--disable-usage-stats")
     assert worker.returncode == 0, worker.stderr[-2000:]
     return ray_cluster
 
@@ -51,6 +51,30 @@ def test_federated_clients_run_on_both_nodes(two_node_cluster, tmp_path):
     assert summary["cluster_nodes"] == 2 and summary["rounds"] > 0
     nodes = {w["node_id"] for w in json.loads((run_dir / "processes.json").read_text()).values()}
     assert len(nodes) == 2, nodes
+
+
+@pytest.mark.slow
+def test_workers_run_where_their_resources_are(two_node_cluster, tmp_path):
+    """workers.resources places the workers (here on the second node, which alone offers
+    second_node); the server stays in the driver, on the head."""
+    run_dir = tmp_path / "run"
+    result = run_cli(["train", "cartpole-async_ps", "--address", two_node_cluster, "--run-dir", str(run_dir),
+                      "--set", "workers.resources={second_node: 1}", "--set", "train.total_env_steps=3000",
+                      "--set", "log.progress=false"], timeout=600, env=ray_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    processes = json.loads((run_dir / "processes.json").read_text())
+    worker_nodes = {p["node_id"] for name, p in processes.items() if name.startswith("worker")}
+    assert len(worker_nodes) == 1 and processes["driver"]["node_id"] not in worker_nodes, processes
+
+
+def test_resources_no_node_offers_are_a_one_line_error(ray_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(["train", "cartpole-sync_ps", "--address", ray_cluster, "--run-dir", str(run_dir),
+                      "--set", "workers.resources={gpu_box: 1}"], timeout=300, env=ray_env())
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "workers.resources" in errors[0] and "gpu_box" in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not run_dir.exists()
 
 
 @pytest.mark.parametrize("topology", ["sync_ps", "allreduce", "federated"])

@@ -31,7 +31,7 @@ from distdqn.envs import EnvInfo, user_module_paths
 from distdqn.errors import RunAborted
 from distdqn.local import affinity
 from distdqn.local.session import RunResult, RunSession, seed_everything, set_rng_state
-from distdqn.runtime.cluster import connect, require_resources
+from distdqn.runtime.cluster import connect, require_custom_resources, require_resources
 from distdqn.runtime.messages import RunCounters, RunState
 from distdqn.runtime.pool import RolePool
 from distdqn.runtime.process import keep_driver_off, process_identity
@@ -78,7 +78,8 @@ class Conductor:
         return self.start_pool(
             "worker", actor_class, w.num_workers, self.cfg.seed,
             lambda i, seed: (self.cfg.for_client(i), self.info, i, w.num_workers, seed, w.cpus, *extra_args),
-            {"num_cpus": w.cpus, "num_gpus": w.gpus}, placement)
+            {"num_cpus": w.cpus, "num_gpus": w.gpus, **({"resources": dict(w.resources)} if w.resources else {})},
+            placement)
 
     def keep_off(self, isolation_ref: Any) -> None:
         """The driver (and the Ray instance it started) keeps off the cores apex's learner took."""
@@ -254,9 +255,16 @@ def worker_conductor(cfg: Config, run_dir: Path, info: EnvInfo, counters: RunCou
     """A Conductor sized for ``workers.num_workers`` workers (or clients) of ``workers.cpus`` and
     ``workers.gpus`` each."""
     w = cfg.workers
-    return Conductor(cfg, run_dir, info, counters, w.num_workers * w.cpus, w.num_workers * w.gpus,
-                     f"{cfg.topology} ({w.num_workers} workers x {w.cpus:g} CPUs, {w.gpus:g} GPUs)",
-                     w.stall_timeout_s)
+    job = Conductor(cfg, run_dir, info, counters, w.num_workers * w.cpus, w.num_workers * w.gpus,
+                    f"{cfg.topology} ({w.num_workers} workers x {w.cpus:g} CPUs, {w.gpus:g} GPUs)",
+                    w.stall_timeout_s)
+    try:
+        require_custom_resources({k: v * w.num_workers for k, v in w.resources.items()},
+                                 f"workers.resources ({w.num_workers} workers x {dict(w.resources)})")
+    except BaseException:
+        job.close()
+        raise
+    return job
 
 
 class CallsInFlight:
