@@ -325,10 +325,10 @@ def evaluate(path: str | Path, checkpoint: str | None = None, *, episodes: int =
 def export(run: str | Path | Agent, output: str | Path | None = None, format: str = "onnx",
            checkpoint: str | None = None, *, env: EnvLike = None) -> Path:
     """The Q-network of a run (or of an ``Agent``) as one file that computes its Q-values without
-    distdqn (``format`` torchscript or onnx; export.py); ``output`` defaults to
+    distdqn (``format`` torchscript or onnx; exporter.py); ``output`` defaults to
     ``RUN/export/<checkpoint>.pt`` or ``.onnx``."""
-    from distdqn.export import FORMATS, SUFFIXES
-    from distdqn.export import export as write
+    from distdqn.exporter import FORMATS, SUFFIXES
+    from distdqn.exporter import export as write
     if format not in FORMATS:
         raise UserError(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
     agent = run if isinstance(run, Agent) else load(run, checkpoint, env=env)

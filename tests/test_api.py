@@ -4,7 +4,9 @@ it returns; checkpoints/best beside latest, and which one each command takes."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 import re
 import shutil
 import subprocess
@@ -43,6 +45,17 @@ def test_the_readmes_python_example_runs_and_its_agent_balances(tmp_path):
 
 # ---- configs ----
 
+def test_no_submodule_shadows_a_name_of_the_api():
+    """Importing a submodule sets it as the package's attribute: one named like an API function
+    (a module export.py) would replace distdqn.export by the module after its first use."""
+    submodules = {m.name for m in pkgutil.iter_modules(distdqn.__path__)}
+    assert not submodules & set(distdqn.__all__), submodules & set(distdqn.__all__)
+    for module in sorted(submodules):
+        importlib.import_module(f"distdqn.{module}")
+    from distdqn import api
+    assert all(getattr(distdqn, name) is getattr(api, name) for name in distdqn.__all__ if name != "__version__")
+
+
 def test_a_config_from_a_preset_a_file_a_dict_or_a_config_object(tmp_path):
     overrides = {"learner.lr": 5e-4, "network.hidden_sizes": [32, 32]}
     from_preset = distdqn.make_config("acrobot", overrides=overrides, seed=4)
@@ -72,7 +85,7 @@ def test_train_returns_the_run_directory_summary_and_metrics(tmp_path):
     assert run.dir == tmp_path / "run"
     assert run.summary == json.loads((run.dir / "summary.json").read_text())
     assert run.metrics == read_metrics(run.dir) and run.metrics[-1]["env_steps"] == run.summary["env_steps"]
-    assert run.config == load_config(None, SHORT_RUN[1::2])
+    assert run.config == load_config(None, [*SHORT_RUN[1::2], "network.kind=mlp"])   # auto resolved for the env
     q = run.load().q_values(np.zeros((3, 4), np.float32))
     assert q.shape == (3, 2) and np.isfinite(q).all()
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import distdqn
-from distdqn.export import example_input
+from distdqn.exporter import example_input
 from tests.helpers import run_cli
 from tests.test_cli_errors import assert_user_error
 
@@ -61,7 +61,8 @@ def test_torchscript_computes_the_networks_q_values_without_distdqn(tmp_path, ru
         files = {{"distdqn.json": ""}}
         model = torch.jit.load({str(path)!r}, _extra_files=files)
         np.save({str(tmp_path / 'q.npy')!r}, model(torch.from_numpy(np.load({str(tmp_path / 'obs.npy')!r}))).detach().numpy())
-        print(files["distdqn.json"])
+        meta = files["distdqn.json"]   # bytes (torch 2.13), str before
+        print(meta.decode() if isinstance(meta, bytes) else meta)
     """)
     assert result.returncode == 0, result.stderr[-2000:]
     np.testing.assert_allclose(np.load(tmp_path / "q.npy"), network_q(agent, obs), atol=1e-5, rtol=0)
