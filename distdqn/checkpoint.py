@@ -22,6 +22,7 @@ from distdqn.errors import CheckpointError
 
 FORMAT_VERSION = 2   # 2: the one RunState schema (runtime/messages.py) of every topology
 MANIFEST = "manifest.json"
+BEST = "best"        # checkpoints/best: the network of the run's best evaluation (local/session.py)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -31,8 +32,9 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_checkpoint(checkpoints_dir: Path, name: str, components: dict[str, Any], config_yaml: str,
-                    info: dict[str, Any]) -> Path:
-    """Write ``components`` (picklable objects) as checkpoint ``name``; returns its directory."""
+                    info: dict[str, Any], latest: bool = True) -> Path:
+    """Write ``components`` (picklable objects) as checkpoint ``name``; returns its directory.
+    ``latest``: ``checkpoints/latest`` names it (not for ``best``, which is no point to resume from)."""
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoints_dir / name
     tmp = checkpoints_dir / f".tmp-{name}-{os.getpid()}"
@@ -51,7 +53,8 @@ def save_checkpoint(checkpoints_dir: Path, name: str, components: dict[str, Any]
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _atomic_write_text(checkpoints_dir / "latest", name + "\n")
+    if latest:
+        _atomic_write_text(checkpoints_dir / "latest", name + "\n")
     return final
 
 
@@ -79,8 +82,9 @@ def resolve_checkpoint(path: Path) -> Path:
     raise CheckpointError(f"{path}: no checkpoint found (expected checkpoints/latest or {MANIFEST})")
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, Any], str, dict[str, Any]]:
-    """Read a checkpoint: (components, config YAML text, manifest). Any damage is a CheckpointError."""
+def load_checkpoint(path: Path, keys: tuple[str, ...] | None = None) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """Read a checkpoint: (components, config YAML text, manifest). Any damage is a CheckpointError.
+    ``keys``: only those components (``()``: none, the config and manifest alone)."""
     ckpt = resolve_checkpoint(path)
     try:
         manifest = json.loads((ckpt / MANIFEST).read_text())
@@ -91,6 +95,8 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Any], str, dict[str, Any]]:
                               f"this distdqn reads {FORMAT_VERSION} (start a new run)")
     components = {}
     for key in manifest.get("components", []):
+        if keys is not None and key not in keys:
+            continue
         try:
             components[key] = torch.load(ckpt / f"{key}.pt", map_location="cpu", weights_only=False)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file

@@ -125,10 +125,13 @@ class TensorBoardWriter:
 
 
 class MetricsWriter:
-    """Appends rows to ``metrics.jsonl`` and mirrors numeric fields to TensorBoard (x = env steps)."""
+    """Appends rows to ``metrics.jsonl`` and mirrors numeric fields to TensorBoard (x = env steps)
+    and to any other ``sinks`` (objects with ``scalars(values, step)`` and ``close(summary)``:
+    wandb_logger.py's)."""
 
     def __init__(self, run_dir: Path, tensorboard: bool, progress: bool, total_env_steps: int,
-                 initial_env_steps: int = 0):
+                 initial_env_steps: int = 0, sinks: list[Any] | tuple[Any, ...] = ()):
+        self._sinks = list(sinks)
         self.path = run_dir / "metrics.jsonl"
         self._file = self.path.open("a")
         self._tb = TensorBoardWriter(run_dir / "tensorboard") if tensorboard else None
@@ -149,6 +152,8 @@ class MetricsWriter:
         self._file.flush()
         if self._tb is not None:
             self._tb.scalars({k: v for k, v in row.items() if k != "env_steps"}, int(row["env_steps"]))
+        for sink in self._sinks:
+            sink.scalars({k: v for k, v in row.items() if k != "env_steps"}, int(row["env_steps"]))
         if self._progress is not None:
             fmt = lambda v: "-" if v is None else f"{v:.1f}"
             self._progress.update(self._task, completed=row["env_steps"],
@@ -160,11 +165,14 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.histogram(tag, counts, step)
 
-    def close(self) -> None:
+    def close(self, summary: dict[str, Any] | None = None) -> None:
+        """Close every output; ``summary``: the run's, for sinks that keep one."""
         if self._progress is not None:
             self._progress.stop()
         if self._tb is not None:
             self._tb.close()
+        for sink in self._sinks:
+            sink.close(summary)
         self._file.close()
 
 

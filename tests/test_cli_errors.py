@@ -88,9 +88,11 @@ def test_corrupt_checkpoint(tmp_path, short_run):
     shutil.copytree(short_run, run_dir)
     final = run_dir / "checkpoints" / "final"
     (final / "learner.pt").write_bytes(b"this is not a checkpoint")
+    (run_dir / "checkpoints" / "best" / "policy.pt").write_bytes(b"nor is this")
     before = _tree(run_dir)
     assert_user_error(run_cli(["train", "--resume", str(run_dir)]), "corrupt", "learner.pt")
-    assert_user_error(run_cli(["evaluate", str(run_dir)]), "corrupt", "learner.pt")
+    assert_user_error(run_cli(["evaluate", str(run_dir), "--checkpoint", "latest"]), "corrupt", "learner.pt")
+    assert_user_error(run_cli(["evaluate", str(run_dir)]), "corrupt", "best", "policy.pt")   # best by default
     assert _tree(run_dir) == before
 
 

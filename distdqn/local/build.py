@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from distdqn.config import Config
+from distdqn.config import Config, config_from_dict
 from distdqn.core.actor import Actor
 from distdqn.core.learner import DQNLearner
-from distdqn.core.networks import build_q_network
+from distdqn.core.networks import auto_kind, build_q_network
 from distdqn.core.policy import make_policy
 from distdqn.core.ratio import ReplayRatio
 from distdqn.core.replay import ReplayBuffer, make_replay
@@ -15,10 +15,22 @@ from distdqn.core.schedules import LinearSchedule, make_schedule
 from distdqn.envs import EnvInfo, make_vector_env
 
 
+def resolve_network(cfg: Config, info: EnvInfo) -> Config:
+    """``cfg`` with ``network.kind: auto`` replaced by the kind this env's observations fit
+    (``auto_kind``): a new config, validated again (the checks that need the widths run then);
+    ``cfg`` itself when its kind is given. A run resolves once, before its config.yaml is written
+    (api.py), so that config.yaml and every process see the kind and widths it built."""
+    if cfg.network.kind != "auto":
+        return cfg
+    raw = cfg.model_dump()   # Python mode: an env factory stays the callable it is
+    raw["network"]["kind"] = auto_kind(info.obs_shape, info.obs_dtype)
+    return config_from_dict(raw)
+
+
 def build_network(cfg: Config, info: EnvInfo) -> torch.nn.Module:
-    n = cfg.network
+    n = resolve_network(cfg, info).network
     return build_q_network(n.kind, info.obs_shape, info.num_actions, n.layers, n.dueling,
-                           n.atoms, n.v_min, n.v_max)
+                           n.atoms, n.v_min, n.v_max, info.encoding)
 
 
 def planned_updates(cfg: Config) -> int:
@@ -31,9 +43,9 @@ def build_learner(cfg: Config, info: EnvInfo, owns_target: bool = True) -> DQNLe
 
 
 def build_policy(cfg: Config, info: EnvInfo, weights):
-    n = cfg.network
+    n = resolve_network(cfg, info).network
     return make_policy(n.kind, info.obs_shape, info.num_actions, n.layers, n.dueling, weights,
-                       n.atoms, n.v_min, n.v_max)
+                       n.atoms, n.v_min, n.v_max, info.encoding)
 
 
 def build_replay(cfg: Config, info: EnvInfo, seed: int) -> ReplayBuffer:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distdqn.checkpoint import prune_checkpoints, save_checkpoint
+from distdqn.checkpoint import BEST, prune_checkpoints, save_checkpoint
 from distdqn.config import Config
 from distdqn.core.actor import evaluate
 from distdqn.envs import EnvInfo, make_vector_env
@@ -92,6 +92,7 @@ class RunSession:
         self.eval_envs = make_vector_env(cfg.env, cfg.eval.num_envs, evaluation=True)
         self.evaluations = 0
         self.last_eval: dict[str, Any] | None = None
+        self.best_eval: dict[str, Any] | None = None   # the evaluation checkpoints/best holds
         self.solved_at: dict[str, Any] | None = None
         self.next_eval = cfg.eval.interval_env_steps
         self.next_log = cfg.log.interval_env_steps
@@ -112,7 +113,14 @@ class RunSession:
         """Start the metrics (after ``resume``, if resuming), counting rates from these counts."""
         self.stats.rebase(self.start - self.wall_offset, self.start, env_steps, learner_updates)
         self.writer = MetricsWriter(self.run_dir, self.cfg.log.tensorboard, self.cfg.log.progress,
-                                    self.cfg.train.total_env_steps, env_steps)
+                                    self.cfg.train.total_env_steps, env_steps, self._sinks())
+
+    def _sinks(self) -> list[Any]:
+        """Loggers beside metrics.jsonl and TensorBoard: Weights & Biases when ``log.wandb`` asks."""
+        if self.cfg.log.wandb.mode == "off":
+            return []
+        from distdqn.wandb_logger import WandbWriter
+        return [WandbWriter(self.cfg, self.run_dir)]
 
     def wall_s(self) -> float:
         return self.wall_offset + time.perf_counter() - self.start
@@ -157,6 +165,19 @@ class RunSession:
         self._eval_logged = False
         if self.solved_at is None and len(returns) >= 10 and returns.mean() >= self.threshold:
             self.solved_at = {"time_to_solve_s": wall_s, "env_steps_to_solve": env_steps}
+        self._keep_if_best(env_steps)
+
+    def _keep_if_best(self, env_steps: int) -> None:
+        """``checkpoints/best``: the evaluated network (the session's policy holds its weights until
+        the next evaluation), when its evaluation beats every earlier one (``checkpoint.keep_best``).
+        Weights only, no point to resume from: ``latest`` is left as it is."""
+        mean = self.last_eval["eval_return_mean"]
+        if not self.cfg.checkpoint.keep_best or (self.best_eval is not None and mean <= self.best_eval["eval_return_mean"]):
+            return
+        self.best_eval = dict(self.last_eval)
+        online = {k: torch.from_numpy(np.array(v)) for k, v in self._policy.weights().items()}
+        save_checkpoint(self.run_dir / "checkpoints", BEST, {"policy": {"online": online}}, self.cfg.to_yaml(),
+                        {"env_steps": env_steps, "topology": self.cfg.topology, **self.best_eval}, latest=False)
 
     def _start_background(self, policy: Any, env_steps: int) -> None:
         box: dict[str, Any] = {}
@@ -240,7 +261,7 @@ class RunSession:
 
     def state_dict(self) -> dict[str, Any]:
         return {"wall_s": self.wall_s(), "evaluations": self.evaluations, "last_eval": self.last_eval,
-                "solved_at": self.solved_at, "next_eval": self.next_eval, "next_log": self.next_log,
+                "solved_at": self.solved_at, "best_eval": self.best_eval, "next_eval": self.next_eval, "next_log": self.next_log,
                 "next_checkpoint": self.next_checkpoint, "episodes": self.stats.episodes,
                 "recent_episodes": list(self.stats.recent)}
 
@@ -250,6 +271,7 @@ class RunSession:
         self.wall_offset = float(state["wall_s"])
         self.evaluations = int(state["evaluations"])
         self.last_eval, self.solved_at = state["last_eval"], state["solved_at"]
+        self.best_eval = state.get("best_eval")
         self.next_eval, self.next_log = state["next_eval"], state["next_log"]
         self.next_checkpoint = state["next_checkpoint"]
         self.stats.episodes = int(state["episodes"])
@@ -281,6 +303,8 @@ class RunSession:
             "env_steps_to_solve": self.solved_at["env_steps_to_solve"] if self.solved_at else None,
             "final_eval_return_mean": self.last_eval["eval_return_mean"],
             "final_eval_return_std": self.last_eval["eval_return_std"],
+            "best_eval_return_mean": self.best_eval["eval_return_mean"] if self.best_eval else None,
+            "best_eval_env_steps": self.best_eval["eval_env_steps"] if self.best_eval else None,
             "wall_s": self.wall_s(),
             "env_steps": env_steps,
             "learner_updates": learner_updates,
@@ -296,14 +320,15 @@ class RunSession:
                     raise ValueError(f"summary field {key!r} given twice ({type(part).__name__})")
                 summary[key] = value
         self.write_json("summary.json", summary)
-        self.close()
+        self.close(summary)
         return RunResult(summary, self.run_dir)
 
-    def close(self) -> None:
+    def close(self, summary: dict[str, Any] | None = None) -> None:
+        """Close the metrics and the evaluation envs; ``summary``: the run's, for loggers that keep one."""
         if self._eval_thread is not None:   # a run that ends in an error: let its evaluation end first
             self._eval_thread.join(timeout=60)
         if self.writer is not None:
-            self.writer.close()
+            self.writer.close(summary)
             self.writer = None
         if self.eval_envs is not None:
             self.eval_envs.close()

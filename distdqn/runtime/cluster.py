@@ -75,13 +75,18 @@ def check_reachable(address: str | None, timeout_s: float = 10.0) -> None:
         raise ClusterError(f"--address {address}: cannot reach a Ray cluster there ({problem})")
 
 
-def connect(address: str | None = None, num_cpus: int | None = None, timeout_s: float = 30.0) -> Cluster:
-    """Join ``address`` (or RAY_ADDRESS) or start a local instance; raise ClusterError on failure."""
+def connect(address: str | None = None, num_cpus: int | None = None, timeout_s: float = 30.0,
+            py_modules: list[str] | tuple[str, ...] = ()) -> Cluster:
+    """Join ``address`` (or RAY_ADDRESS) or start a local instance; raise ClusterError on failure.
+    ``py_modules``: the user's code (envs.py: ``user_module_paths``), shipped to every node with
+    the job (Ray's runtime environment), so that workers there import it as the driver does."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
         ray.shutdown()
     kwargs = {"include_dashboard": False, "log_to_driver": True, "logging_level": logging.WARNING,
               "configure_logging": True}
+    if py_modules:
+        kwargs["runtime_env"] = {"py_modules": list(py_modules)}
     if address in (None, "local"):
         # the local instance offers at least what the run asks for (oversubscribing the cores
         # rather than leaving some of its processes unscheduled)

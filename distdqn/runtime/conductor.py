@@ -27,7 +27,7 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from distdqn.config import Config
 from distdqn.core.records import Experience, UpdateStats
-from distdqn.envs import EnvInfo
+from distdqn.envs import EnvInfo, user_module_paths
 from distdqn.errors import RunAborted
 from distdqn.local import affinity
 from distdqn.local.session import RunResult, RunSession, seed_everything, set_rng_state
@@ -57,7 +57,7 @@ class Conductor:
         self.cluster = None
         try:
             self.cluster = connect(cfg.cluster.address, num_cpus=math.ceil(cpus),
-                                   timeout_s=cfg.cluster.connect_timeout_s)
+                                   timeout_s=cfg.cluster.connect_timeout_s, py_modules=user_module_paths(cfg.env))
             require_resources(cpus, gpus, what)
             if self.cluster.startup_log:
                 self.session.write_log(self.cluster.startup_log)
