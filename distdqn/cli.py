@@ -2,11 +2,14 @@
 
 User errors (bad config, unknown env id, bad checkpoint, existing run directory) are printed as one
 line, ``error: <what>``, with exit status 2 and no traceback; nothing is created or overwritten
-before the input has been checked.
+before the input has been checked. A run stopped by SIGTERM or SIGINT finishes at its next safe
+point (final checkpoint and summary) and exits 143 / 130 (``signals.py``); one run directory has
+one writer (``rundir.py``).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
@@ -20,28 +23,6 @@ from distdqn.errors import CheckpointError, ConfigError, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep Q-Networks, trained fast on one machine and in parallel on Ray.")
-
-# Fields that must agree between a checkpoint and the config it is resumed or evaluated with.
-_MUST_MATCH = ("topology", "env.id", "env.kwargs", "env.num_envs", "network.kind",
-               "network.hidden_sizes", "network.dueling", "network.atoms", "network.v_min",
-               "network.v_max", "replay.capacity", "replay.prioritized",
-               "replay.storage", "workers.num_workers")
-
-
-def _field(cfg_dict: dict, path: str):
-    node = cfg_dict
-    for part in path.split("."):
-        node = node[part]
-    return node
-
-
-def check_compatible(checkpoint_cfg, cfg, where: Path) -> None:
-    a, b = checkpoint_cfg.to_dict(), cfg.to_dict()
-    for path in _MUST_MATCH:
-        if _field(a, path) != _field(b, path):
-            raise CheckpointError(f"{where}: checkpoint does not match the config: {path} is "
-                                  f"{_field(a, path)!r} in the checkpoint, {_field(b, path)!r} now")
-
 
 def _check_devices(cfg) -> None:
     from distdqn.errors import ConfigError
@@ -82,21 +63,25 @@ def _default_run_dir(cfg) -> Path:
 
 
 def _load_checkpoint_config(path: Path):
-    from distdqn.checkpoint import load_checkpoint
+    """The newest checkpoint of ``path`` that verifies (nothing of it unpickled yet) and its config."""
+    from distdqn.checkpoint import open_checkpoint
     from distdqn.config import config_from_dict, parse_yaml
-    components, config_yaml, manifest = load_checkpoint(path)
+    ckpt = open_checkpoint(path)
+    for skipped in ckpt.skipped:
+        typer.echo(f"[distdqn] passed over: {skipped}; using {ckpt.path}", err=True)
     try:
-        ckpt_cfg = config_from_dict(parse_yaml(config_yaml, "checkpoint config.yaml"), "checkpoint config.yaml")
+        ckpt_cfg = config_from_dict(parse_yaml(ckpt.config_yaml, "checkpoint config.yaml"), "checkpoint config.yaml")
     except UserError as exc:
         raise CheckpointError(f"{path}: the checkpoint's config.yaml is invalid: {exc}") from None
-    return components, ckpt_cfg, manifest
+    return ckpt, ckpt_cfg
 
 
 def _resumed_config(resume: Path, config: Path | None, overrides: list[str], seed: int | None):
     """The config of a resumed run (the checkpoint's, or ``config``, with the overrides) and the
-    checkpoint's components; a config that does not match the checkpoint is an error."""
+    checkpoint (verified, not loaded); a config that does not match the checkpoint is an error."""
+    from distdqn.checkpoint import check_compatible
     from distdqn.config import apply_override, config_from_dict, load_config
-    components, ckpt_cfg, _ = _load_checkpoint_config(resume)
+    ckpt, ckpt_cfg = _load_checkpoint_config(resume)
     if config is None:
         raw = ckpt_cfg.to_dict()
         for assignment in overrides:
@@ -107,7 +92,7 @@ def _resumed_config(resume: Path, config: Path | None, overrides: list[str], see
     else:
         cfg = load_config(config, overrides, seed)
     check_compatible(ckpt_cfg, cfg, resume)
-    return cfg, components
+    return cfg, ckpt
 
 
 @app.command()
@@ -122,14 +107,17 @@ def train(
     address: Annotated[str | None, typer.Option(help="Ray cluster address (distributed topologies)")] = None,
 ) -> None:
     """Train a DQN. With no CONFIG, trains CartPole-v1 on the default topology."""
+    from distdqn import rundir, signals
+    from distdqn.checkpoint import sweep_temporaries
     from distdqn.config import load_config
     from distdqn.envs import env_info
+    from distdqn.local.build import check_replay_memory
     from distdqn.topologies import get_run
 
     overrides = list(set_ or [])
-    resume_state = None
+    ckpt = None
     if resume is not None:
-        cfg, resume_state = _resumed_config(resume, config, overrides, seed)
+        cfg, ckpt = _resumed_config(resume, config, overrides, seed)
         run_dir = resume if (resume / "checkpoints").is_dir() else resume.parent.parent
     else:
         cfg = load_config(config, overrides, seed)
@@ -139,25 +127,26 @@ def train(
     _check_client_envs(cfg)
     _check_devices(cfg)
     _check_network(cfg, info)
+    check_replay_memory(cfg, info)
     if cfg.topology != "single":  # fail on an unreachable cluster before anything is written
         from distdqn.runtime.cluster import check_reachable
         check_reachable(cfg.cluster.address, min(cfg.cluster.connect_timeout_s, 10.0))
 
-    if resume is None:
-        run_dir = run_dir or _default_run_dir(cfg)
-        if run_dir.exists() and any(run_dir.iterdir()):
-            if not overwrite:
-                raise UserError(f"--run-dir: {run_dir} already exists; pass --overwrite to replace it "
-                                f"or --resume {run_dir} to continue it")
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    typer.echo(f"run directory: {run_dir}", err=True)
+    run_dir = run_dir or _default_run_dir(cfg)
     try:
-        result = get_run(cfg.topology)(cfg, run_dir, info, resume_state)
+        with (rundir.RunLock(run_dir) if resume is not None else rundir.new_run_dir(run_dir, overwrite)),\
+                signals.stop_signals():
+            resume_state = None
+            if ckpt is not None:   # the one writer now: what a writer that died left is swept
+                sweep_temporaries(run_dir / "checkpoints")
+                ckpt.check_spaces(info.obs_shape, info.obs_dtype, info.num_actions)
+                resume_state = ckpt.load_all()
+            (run_dir / "config.yaml").write_text(cfg.to_yaml())
+            typer.echo(f"run directory: {run_dir}", err=True)
+            result = get_run(cfg.topology)(cfg, run_dir, info, resume_state)
     except UserError:
         # refused before it started (a cluster too small, say): leave no half-made run behind
-        if resume is None and sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]:
+        if resume is None and run_dir.is_dir() and sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]:
             shutil.rmtree(run_dir)
         raise
     s = result.summary
@@ -166,6 +155,8 @@ def train(
     typer.echo(f"{cfg.env.id} [{cfg.topology}] {solved}; final eval {s['final_eval_return_mean']:.1f} "
                f"+- {s['final_eval_return_std']:.1f}; {s['env_steps']} env steps, "
                f"{s['learner_updates']} updates in {s['wall_s']:.1f} s{_privacy_spent(s)}")
+    if signals.exit_code(s["stop_reason"]):   # stopped by SIGTERM / SIGINT: exit as the signal would
+        raise typer.Exit(signals.exit_code(s["stop_reason"]))
 
 
 def _privacy_spent(summary: dict) -> str:
@@ -192,12 +183,13 @@ def evaluate(
     from distdqn.envs import env_info, make_vector_env
     from distdqn.local.build import build_network, build_policy
 
-    components, cfg, _ = _load_checkpoint_config(path)
+    ckpt, cfg = _load_checkpoint_config(path)
     info = env_info(cfg.env)
+    ckpt.check_spaces(info.obs_shape, info.obs_dtype, info.num_actions)
     network = build_network(cfg, info)
-    try:
-        network.load_state_dict(components["learner"]["online"])
-    except (KeyError, RuntimeError) as exc:
+    try:   # the weights alone: nothing else of the checkpoint is read
+        network.load_state_dict(ckpt.load("learner")["online"])
+    except (KeyError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"{path}: checkpoint weights do not match its config "
                               f"({str(exc).splitlines()[0]})") from None
     weights = {k: v.detach().cpu().numpy() for k, v in network.state_dict().items()}
@@ -272,6 +264,12 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: disk full ({exc.strerror}: {exc.filename or 'a run file'}); the last checkpoint is intact",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ that describes it in one line (`distdqn presets` lists them). Every field is doc
 declared. Unknown keys, wrong types and out-of-range values are errors that name the field's dotted
 path, for example ``replay.alpha: Input should be less than or equal to 1 (got 1.5)``.
 
+Every float must be finite (NaN and infinity are refused, ``learner.lr: Input should be a finite
+number``), and counts and sizes have upper bounds past which a run cannot be meant.
+
 Units are in the names: ``*_env_steps`` counts environment steps (one sub-environment stepping once),
 ``*_updates`` counts learner updates (one gradient step on one batch).
 """
@@ -29,8 +32,8 @@ TOPOLOGIES = ("single", "apex", "sync_ps", "async_ps", "allreduce", "federated")
 
 
 class _Section(BaseModel):
-    # strict: no silent str -> number coercion; forbid: unknown keys are errors.
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+    # strict: no silent str -> number coercion; forbid: unknown keys are errors; floats finite.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
 
 
 class AtariConfig(_Section):
@@ -66,7 +69,7 @@ class EnvConfig(_Section):
     """Any registered Gymnasium id with a discrete action space (CartPole-v1, LunarLander-v3, ...),
     ``ALE/<Game>-v5`` (Atari, ``pip install 'distdqn[atari]'``) or ``MinAtar/<Game>-v1``
     (``pip install 'distdqn[minatar]'``)."""
-    num_envs: int = Field(8, ge=1)
+    num_envs: int = Field(8, ge=1, le=65_536)
     """Sub-environments stepped together as one vector env, per actor process."""
     kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments for ``gymnasium.make`` (for example ``{gravity: 9.8}``)."""
@@ -84,7 +87,11 @@ class EnvConfig(_Section):
     always stepped by ale-py's C++ ``AtariVectorEnv`` (auto or native)."""
     atari: AtariConfig = Field(default_factory=AtariConfig)
     """Preprocessing of ``ALE/`` ids (ignored for other ids)."""
-    step_latency_ms: float = Field(0.0, ge=0.0)
+    non_finite: Literal["error", "skip"] = "error"
+    """What an actor does with a NaN or infinite observation or reward: ``error`` ends the run in
+    one line naming the env and the field; ``skip`` drops the transitions that hold one (counted as
+    ``non_finite_skipped``), and counts no reward of it in episode returns."""
+    step_latency_ms: float = Field(0.0, ge=0.0, le=60_000.0)
     """A wait added to every step of the vector env, without using the CPU (a sleep): it models
     simulators in other processes or behind a network that answer a step this much later (all
     sub-environments of the vector at once). For benchmarks of scaling past the cores; 0: none."""
@@ -131,8 +138,9 @@ class NetworkConfig(_Section):
 
 
 class ReplayConfig(_Section):
-    capacity: int = Field(50_000, ge=1)
-    """Transitions held; the oldest is overwritten when full."""
+    capacity: int = Field(50_000, ge=1, le=1_000_000_000)
+    """Transitions held; the oldest is overwritten when full. A replay that would not fit in this
+    machine's memory is refused before the run starts."""
     prioritized: bool = False
     """Prioritized replay (Schaul et al. 2016) instead of uniform sampling."""
     alpha: float = Field(0.6, ge=0.0, le=1.0)
@@ -145,7 +153,7 @@ class ReplayConfig(_Section):
     """Env steps over which beta goes from beta_start to beta_end; None: ``train.total_env_steps``."""
     priority_eps: float = Field(1e-6, gt=0.0)
     """Added to |TD error| so that no transition has priority zero."""
-    n_step: int = Field(3, ge=1)
+    n_step: int = Field(3, ge=1, le=1000)
     """Steps summed into each stored transition's return (n-step Q-learning)."""
     storage: Literal["auto", "full", "frames"] = "auto"
     """How observations are stored: ``full`` keeps each transition's obs and next_obs arrays;
@@ -155,7 +163,7 @@ class ReplayConfig(_Section):
 
 
 class LearnerConfig(_Section):
-    lr: float = Field(2.5e-3, gt=0.0)
+    lr: float = Field(2.5e-3, gt=0.0, le=10.0)
     """Adam learning rate (at the start, if ``lr_end`` is set)."""
     lr_end: float | None = Field(None, gt=0.0)
     """If set, the learning rate decays linearly from ``lr`` to this over the run's planned learner
@@ -163,7 +171,7 @@ class LearnerConfig(_Section):
     adam_eps: float = Field(1e-8, gt=0.0)
     gamma: float = Field(0.99, gt=0.0, le=1.0)
     """Discount per environment step; n-step transitions use gamma^n."""
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, le=1_048_576)
     """Transitions per learner update."""
     double_dqn: bool = True
     """Double DQN target (van Hasselt et al. 2016): argmax with the online net, value from the target."""
@@ -192,6 +200,11 @@ class LearnerConfig(_Section):
     model_parallel_timeout_s: float = Field(60.0, gt=0.0)
     """Longest wait for the learner's ranks to form their group and for any exchange between
     them; a rank that dies or stalls ends the run with an error within about this long."""
+    max_non_finite_updates: int = Field(100, ge=1)
+    """A learner update whose loss or gradient is NaN or infinite is skipped (the parameters and
+    optimizer left as they were, its priorities not written, counted as ``non_finite_updates``);
+    this many in a row end the run with an error. A parameter server likewise never applies a
+    non-finite update, and ends the run after this many in a row."""
 
 
 class ExplorationConfig(_Section):
@@ -203,7 +216,7 @@ class ExplorationConfig(_Section):
 
 
 class TrainConfig(_Section):
-    total_env_steps: int = Field(40_000, ge=1)
+    total_env_steps: int = Field(40_000, ge=1, le=10**13)
     """Environment steps (summed over sub-environments) after which training stops."""
     max_wall_s: float | None = Field(None, gt=0)
     """Wall-clock budget in seconds (a resumed run counts its earlier time): training stops at the
@@ -245,7 +258,12 @@ class LogConfig(_Section):
 
 class CheckpointConfig(_Section):
     interval_env_steps: int | None = Field(None, ge=1)
-    """Environment steps between periodic checkpoints; None saves only the final one."""
+    """Environment steps between periodic checkpoints; None: by ``interval_s`` alone."""
+    interval_s: float | None = Field(300.0, gt=0.0)
+    """Wall-clock seconds between periodic checkpoints (beside ``interval_env_steps``), so that a
+    run killed without warning (SIGKILL, out of memory, a lost machine) loses at most about this
+    much; None: none by time (with interval_env_steps None, only the final checkpoint). SIGTERM
+    and SIGINT end a run with a final checkpoint whatever this is."""
     keep: int = Field(2, ge=1)
     """Periodic checkpoints kept (oldest deleted first); the final one is always kept."""
     save_replay: bool = True
@@ -255,7 +273,7 @@ class CheckpointConfig(_Section):
 class ApexConfig(_Section):
     """Ape-X (Horgan et al. 2018): actors -> central prioritized replay -> learner."""
 
-    num_actors: int = Field(2, ge=1)
+    num_actors: int = Field(2, ge=1, le=4096)
     """Actor processes, each with its own vector env of ``env.num_envs`` sub-environments."""
     base_epsilon: float = Field(0.4, ge=0.0, le=1.0)
     epsilon_alpha: float = Field(7.0, ge=0.0)
@@ -309,7 +327,7 @@ class WorkersConfig(_Section):
     replay (batches drawn per local env step), so with N workers each learner update averages N
     batches and there are replay_ratio / N updates per env step of the whole run."""
 
-    num_workers: int = Field(2, ge=1)
+    num_workers: int = Field(2, ge=1, le=4096)
     cpus: float = Field(1.0, gt=0.0)
     """CPUs reserved per worker (its torch threads follow, unless ``train.torch_threads`` is set)."""
     gpus: float = Field(0.0, ge=0.0)

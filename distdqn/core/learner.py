@@ -13,7 +13,10 @@
     state_dict() / load_state_dict(state)                         online, target, optimizer, counter
 
 Gradients are clipped where they are computed (per worker), so one worker's ``compute_grads`` ->
-``apply_grads`` is exactly ``step``.
+``apply_grads`` is exactly ``step``. ``step`` skips an update whose loss or gradient is NaN or
+infinite (the parameters and optimizer untouched; with ``reduce_grads``, judged on the reduced
+gradient, so every replica skips the same updates) and counts it; ``learner.max_non_finite_updates``
+in a row raise NonFiniteError.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 from torch import nn
 
 from distdqn.core import fused_mlp
+from distdqn.core.finite import NonFiniteStreak, finite
 from distdqn.core.losses import categorical_loss, categorical_targets, td_loss, td_targets
 from distdqn.core.optim import Adam
 from distdqn.core.schedules import LinearSchedule
@@ -93,6 +97,7 @@ class DQNLearner:
         self.updates = 0
         self.target_version = 0     # ``updates`` when the target network last changed
         self.owns_target = True     # False: a server keeps the target network and sends it here
+        self.non_finite = NonFiniteStreak(cfg.max_non_finite_updates, "learner")   # updates skipped
         use_fused = cfg.kernel == "fused_mlp" or (cfg.kernel == "auto" and fused_mlp.supports(network))
         if cfg.kernel == "fused_mlp" and not fused_mlp.supports(network):
             raise ValueError("learner.kernel fused_mlp needs an MLP network (network.kind: mlp) "
@@ -178,8 +183,13 @@ class DQNLearner:
         grad_norm = self._clip()
         if reduce_grads is not None:
             reduce_grads([self.flat_grads])
+        result = self._result(loss, td_errors, q_mean, grad_norm)
+        m = result.metrics
+        ok = finite(self.flat_grads) if reduce_grads is not None else finite([m["loss"], m["grad_norm"]])
+        if not self.non_finite.check(ok):   # skipped: nothing changes; its priorities are not finite either
+            return StepResult({"non_finite_update_share": 1.0}, result.priorities)
         self._optimizer_step()
-        return self._result(loss, td_errors, q_mean, grad_norm)
+        return result
 
     def gradient(self, batch: Batch) -> StepResult:
         """The clipped gradient on ``batch``, left in ``flat_grads`` (parameters unchanged)."""

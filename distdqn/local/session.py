@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import random
 import sys
 import threading
@@ -24,10 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from distdqn import signals
 from distdqn.checkpoint import prune_checkpoints, save_checkpoint
 from distdqn.config import Config
 from distdqn.core.actor import evaluate
 from distdqn.envs import EnvInfo, make_vector_env
+from distdqn.errors import CheckpointWriteError
 from distdqn.metrics import MetricsWriter, TrainingStats
 
 
@@ -62,24 +63,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def snapshot_env(env: Any) -> bytes | None:
-    """The vector env pickled, so a resumed run continues the same episodes; None if it can't be."""
-    try:
-        return pickle.dumps(env)
-    except Exception:  # noqa: BLE001 - e.g. Box2D worlds and subprocess envs are not picklable
-        return None
-
-
-def restore_env(snapshot: bytes) -> Any:
-    return pickle.loads(snapshot)
-
-
 class RunSession:
     """Evaluation, metrics, checkpoints and the summary for one run (or one resumed segment)."""
 
     def __init__(self, cfg: Config, run_dir: Path, info: EnvInfo, extra_summary: dict | None = None):
         self.cfg = cfg
         self.run_dir = run_dir
+        self.info = info
         self.start = time.perf_counter()
         self.wall_offset = 0.0          # wall seconds of earlier segments of a resumed run
         self.threshold = cfg.eval.solve_threshold if cfg.eval.solve_threshold is not None else info.reward_threshold
@@ -92,6 +82,8 @@ class RunSession:
         self.next_eval = cfg.eval.interval_env_steps
         self.next_log = cfg.log.interval_env_steps
         self.next_checkpoint = cfg.checkpoint.interval_env_steps or math.inf
+        self._last_save = self.start    # periodic checkpoints by wall clock: checkpoint.interval_s
+        self.resumed = False
         self.stats = TrainingStats(self.start)
         self.writer: MetricsWriter | None = None
         self._last_logged_env_steps = -1
@@ -108,8 +100,10 @@ class RunSession:
     def open(self, env_steps: int = 0, learner_updates: int = 0) -> None:
         self.stats = TrainingStats(self.start, env_steps, learner_updates)
         self.writer = MetricsWriter(self.run_dir, self.cfg.log.tensorboard, self.cfg.log.progress,
-                                    self.cfg.train.total_env_steps, env_steps)
+                                    self.cfg.train.total_env_steps, env_steps, resumed=self.resumed,
+                                    note=self.note)
         self.stats.start_time = self.start - self.wall_offset
+        self._last_save = time.perf_counter()
 
     def wall_s(self) -> float:
         return self.wall_offset + time.perf_counter() - self.start
@@ -145,9 +139,12 @@ class RunSession:
         return self.should_stop()
 
     def should_stop(self) -> bool:
-        """True when the run ends before its env-step budget: solved (with ``eval.stop_when_solved``)
-        or past ``train.max_wall_s`` of wall clock (resumed time included)."""
-        if self.cfg.eval.stop_when_solved and self.solved_at is not None:
+        """True when the run ends before its env-step budget: solved (with ``eval.stop_when_solved``),
+        past ``train.max_wall_s`` of wall clock (resumed time included), or asked to by SIGTERM or
+        SIGINT (``signals``: this is the run's safe point)."""
+        if signals.stop_requested() is not None:
+            self.stop_reason = signals.stop_requested()
+        elif self.cfg.eval.stop_when_solved and self.solved_at is not None:
             self.stop_reason = "solved"
         elif self.cfg.train.max_wall_s is not None and self.wall_s() >= self.cfg.train.max_wall_s:
             self.stop_reason = "max_wall_s"
@@ -225,16 +222,30 @@ class RunSession:
 
     # ---- checkpoints ----
     def checkpoint_if_due(self, env_steps: int, components: Callable[[], dict[str, Any]]) -> None:
-        if env_steps >= self.next_checkpoint:
-            while self.next_checkpoint <= env_steps:
-                self.next_checkpoint += self.cfg.checkpoint.interval_env_steps
+        """A periodic checkpoint, every ``checkpoint.interval_env_steps`` env steps and every
+        ``checkpoint.interval_s`` seconds of wall clock; one that fails (a full disk) is reported
+        in one line and the run goes on."""
+        interval_s = self.cfg.checkpoint.interval_s
+        by_wall = interval_s is not None and time.perf_counter() - self._last_save >= interval_s
+        if env_steps < self.next_checkpoint and not by_wall:
+            return
+        while self.next_checkpoint <= env_steps:
+            self.next_checkpoint += self.cfg.checkpoint.interval_env_steps
+        self._last_save = time.perf_counter()
+        try:
             self.save(f"step-{env_steps:012d}", env_steps, components())
-            prune_checkpoints(self.run_dir / "checkpoints", "step-", self.cfg.checkpoint.keep)
+        except CheckpointWriteError as exc:
+            self.note(f"{exc}; the run goes on")
+            return
+        prune_checkpoints(self.run_dir / "checkpoints", "step-", self.cfg.checkpoint.keep)
 
     def save(self, name: str, env_steps: int, components: dict[str, Any]) -> Path:
         components = {**components, "session": self.state_dict(), "rng": rng_state()}
+        info = self.info
+        spaces = {"id": self.cfg.env.id, "observation_shape": list(info.obs_shape),
+                  "observation_dtype": str(np.dtype(info.obs_dtype)), "num_actions": int(info.num_actions)}
         return save_checkpoint(self.run_dir / "checkpoints", name, components, self.cfg.to_yaml(),
-                               {"env_steps": env_steps, "topology": self.cfg.topology})
+                               {"env_steps": env_steps, "topology": self.cfg.topology, "env": spaces})
 
     def state_dict(self) -> dict[str, Any]:
         return {"wall_s": self.wall_s(), "evaluations": self.evaluations, "last_eval": self.last_eval,
@@ -248,6 +259,7 @@ class RunSession:
         self.last_eval, self.solved_at = state["last_eval"], state["solved_at"]
         self.next_eval, self.next_log = state["next_eval"], state["next_log"]
         self.next_checkpoint = state["next_checkpoint"]
+        self.resumed = True
         self._restored_stats = (state["episodes"], state["recent_episodes"])
 
     def restore_stats(self) -> None:
@@ -260,7 +272,8 @@ class RunSession:
     # ---- the end ----
     def finish(self, policy: Any, env_steps: int, learner_updates: int, components: dict[str, Any],
                interrupted: bool = False, **extra_summary: Any) -> RunResult:
-        """Final evaluation, final checkpoint, last metrics row and summary.json."""
+        """Final evaluation, final checkpoint, last metrics row and summary.json. A final checkpoint
+        that cannot be written (a full disk) is reported in the summary, then raised."""
         self.poll_evaluation(wait=True)
         if self.last_eval is not None and not self._eval_logged:   # (a thread's, the solving one) before the final
             self.log(env_steps, learner_updates)
@@ -269,7 +282,13 @@ class RunSession:
             self.log(env_steps, learner_updates)
         elif self._last_logged_env_steps != env_steps:
             self.log(env_steps, learner_updates)
-        self.save("final", env_steps, components)
+        try:
+            self.save("final", env_steps, components)
+            not_saved = None
+        except CheckpointWriteError as exc:
+            not_saved = exc
+            self.notes.append(f"{self.wall_s():.1f}s: {exc}")
+        stop_reason = "interrupted" if interrupted else self.stop_reason or "total_env_steps"
         summary = {
             "topology": self.cfg.topology,
             "env_id": self.cfg.env.id,
@@ -284,14 +303,21 @@ class RunSession:
             "env_steps": env_steps,
             "learner_updates": learner_updates,
             "episodes": self.stats.episodes,
-            "interrupted": interrupted,
-            "stop_reason": "interrupted" if interrupted else self.stop_reason or "total_env_steps",
+            "interrupted": stop_reason in ("interrupted", "terminated"),
+            "stop_reason": stop_reason,
+            "final_checkpoint": not_saved is None,
             "notes": self.notes,
             **self.extra_summary,
             **extra_summary,
         }
-        self.write_json("summary.json", summary)
+        try:
+            self.write_json("summary.json", summary)
+        except OSError:
+            if not_saved is None:
+                raise
         self.close()
+        if not_saved is not None:
+            raise not_saved
         return RunResult(summary, self.run_dir)
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ import ray
 import torch
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayError
 
+from distdqn.checkpoint import restoring
 from distdqn.config import Config
 from distdqn.core.records import Experience, UpdateStats
 from distdqn.envs import EnvInfo
@@ -114,14 +115,15 @@ class Conductor:
             return None
         state = RunState.from_components(resume, type(self.counters))
         self.counters = state.counters
-        if state.replicas is not None and self.pool is not None:
-            self.pool.load_state_dicts(state.replicas)
-        if self.pool is not None:
-            self.pool.restarts = self.counters.restarts
-        self.session.load_state_dict(resume["session"])
-        set_rng_state(resume["rng"])
-        if self.server is not None:
-            self.server.learner.load_state_dict(state.learner)
+        with restoring():   # a part that does not fit is one line
+            if state.replicas is not None and self.pool is not None:
+                self.pool.load_state_dicts(state.replicas)
+            if self.pool is not None:
+                self.pool.restarts = self.counters.restarts
+            self.session.load_state_dict(resume["session"])
+            set_rng_state(resume["rng"])
+            if self.server is not None:
+                self.server.learner.load_state_dict(state.learner)
         return state
 
     def open(self, weights: dict[str, np.ndarray]) -> None:
@@ -268,6 +270,8 @@ class Conductor:
         counts = {k: v for k, v in vars(c).items() if k not in ("env_steps", "learner_updates", "restarts")}
         if self.pool is not None:
             counts[f"num_{self.pool.role}s"] = self.pool.count
+        if self.server is not None:
+            counts["non_finite_updates_refused"] = self.server.refused.total
         return self.session.finish(self.policy, c.env_steps, c.learner_updates, state.components(),
                                    self.interrupted, **{self._restarts_key(): c.restarts},
                                    cluster_nodes=self.cluster.num_nodes, **counts, **summary)

@@ -18,6 +18,7 @@ import numpy as np
 import ray
 
 from distdqn.core import aggregate
+from distdqn.core.finite import NonFiniteStreak, finite
 from distdqn.core.learner import DQNLearner
 from distdqn.core.records import Experience
 from distdqn.errors import ConfigError
@@ -36,6 +37,7 @@ class ParameterServer:
         self._online: tuple[int, list] | None = None   # (version, [ref]) of the last put
         self._target: tuple[int, list] | None = None
         self._held: dict[int, tuple[int, int]] = {}    # worker -> (online, target) versions it was sent
+        self.refused = NonFiniteStreak(learner.cfg.max_non_finite_updates, "the parameter server")
 
     @property
     def version(self) -> int:
@@ -45,24 +47,33 @@ class ParameterServer:
     def weights(self) -> dict[str, np.ndarray]:
         return self.learner.get_weights()
 
-    # ---- the two kinds of update a server applies ----
-    def apply_gradient(self, grads: np.ndarray) -> None:
+    # ---- the kinds of update a server applies (never one with a NaN or infinity: refused, counted) ----
+    def apply_gradient(self, grads: np.ndarray) -> bool:
         """theta <- optimizer step with ``grads`` (a mean over workers, or one worker's), one flat
         vector in the learner's layout (``flat_grads``)."""
+        if not self.refused.check(finite(grads)):
+            return False
         self.learner.apply_flat_grads(grads)
+        return True
 
-    def move_toward(self, model: np.ndarray, rate: float, num_updates: int) -> None:
+    def move_toward(self, model: np.ndarray, rate: float, num_updates: int) -> bool:
         """theta <- theta + rate * (model - theta), ``model`` a flat vector: model averaging (the
         mean of the workers' models, rate 1: the sync form), or one worker's model mixed in (rate
         eta, the async parameter form). Counts ``num_updates`` updates, with the target updates they make."""
+        if not self.refused.check(finite(model)):
+            return False
         theta = self.learner.flat_params.numpy()
         theta += rate * (model - theta)
         self.learner.advance(num_updates)
+        return True
 
-    def apply_delta(self, delta: Mapping[str, np.ndarray], num_updates: int, rate: float = 1.0) -> None:
+    def apply_delta(self, delta: Mapping[str, np.ndarray], num_updates: int, rate: float = 1.0) -> bool:
         """theta <- theta + rate * delta (an aggregate of workers' updates), counting ``num_updates``."""
+        if not self.refused.check(finite(delta)):
+            return False
         self.learner.set_weights(aggregate.add_scaled(self.learner.get_weights(), delta, rate))
         self.learner.advance(num_updates)
+        return True
 
     # ---- the weights channel ----
     def weights_for(self, worker: int) -> Weights:

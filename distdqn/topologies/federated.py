@@ -35,6 +35,7 @@ import ray
 from distdqn.config import Config
 from distdqn.core import aggregate, privacy
 from distdqn.core.actor import evaluate
+from distdqn.core.finite import finite
 from distdqn.core.records import Episodes, Experience, UpdateStats
 from distdqn.core.server_optimizer import ServerOptimizer
 from distdqn.core.staleness import staleness_weight
@@ -171,6 +172,9 @@ class Rounds:
             return False
         delta = _aggregate(self.job.cfg, self.server.version, messages, stale, self.pool.count, self.dp_rng)
         c.late_used += len(stale)
+        if not finite(delta):   # refused before the server optimizer's moments take it in
+            self.server.refused.check(False)
+            return True
         self.server.apply_delta(self.optimizer.step(delta), f.local_steps)
         c.learner_updates = self.server.version
         return True

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from distdqn.checkpoint import restoring
 from distdqn.config import Config
 from distdqn.core.records import Episodes, UpdateStats
 from distdqn.envs import EnvInfo
@@ -53,9 +54,12 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     # ---- resume: restore every component from the checkpoint ----
     if resume is not None:
         state = RunState.from_components(resume, RunCounters)
-        replica.load_state_dict({**state.replicas[0], "learner": state.learner})
-        session.load_state_dict(resume["session"])
-        set_rng_state(resume["rng"])
+        with restoring():
+            episodes_go_on = replica.load_state_dict({**state.replicas[0], "learner": state.learner})
+            session.load_state_dict(resume["session"])
+            set_rng_state(resume["rng"])
+        if not episodes_go_on:
+            session.note(f"resumed with fresh episodes: {cfg.env.id}'s state is not saved as data")
 
     def checkpoint() -> RunState:
         replica_state = replica.state_dict(cfg.checkpoint.save_replay, with_env=True)
