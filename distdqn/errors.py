@@ -31,3 +31,7 @@ class NonFiniteError(UserError):
 
 class RunDirectoryError(UserError):
     """The run directory is in use by another writer, or is not a distdqn run."""
+
+
+class RunAborted(UserError):
+    """A process the run cannot do without died or stalled; the last checkpoint is intact."""

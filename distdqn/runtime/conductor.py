@@ -28,7 +28,7 @@ from distdqn.checkpoint import restoring
 from distdqn.config import Config
 from distdqn.core.records import Experience, UpdateStats
 from distdqn.envs import EnvInfo
-from distdqn.errors import UserError
+from distdqn.errors import RunAborted
 from distdqn.local import affinity, build
 from distdqn.local.session import RunResult, RunSession, seed_everything, set_rng_state
 from distdqn.runtime.cluster import connect, require_resources
@@ -36,10 +36,6 @@ from distdqn.runtime.messages import RunCounters, RunState
 from distdqn.runtime.pool import RolePool
 from distdqn.runtime.process import keep_driver_off, process_identity
 from distdqn.runtime.server import ParameterServer, resolve_transport
-
-
-class RunAborted(UserError):
-    """A process the run cannot do without died or stalled; the last checkpoint is intact."""
 
 
 class Conductor:

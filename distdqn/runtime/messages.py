@@ -124,7 +124,6 @@ class RankReport:
     learner_updates: int
     busy_s: float
     experience: Experience
-    weights: Weights | None = None   # rank 0 publishes its weights with each call
     exchange_wait_s: float = float("nan")   # of busy_s, waiting for the other ranks (shm backend)
     collected_at: list[int] = field(default_factory=list)   # the updates before which it collected
 

@@ -53,7 +53,7 @@ class ParameterServer:
         vector in the learner's layout (``flat_grads``)."""
         if not self.refused.check(finite(grads)):
             return False
-        self.learner.apply_flat_grads(grads)
+        self.learner.apply_gradient(grads)
         return True
 
     def move_toward(self, model: np.ndarray, rate: float, num_updates: int) -> bool:

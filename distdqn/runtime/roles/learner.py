@@ -21,7 +21,7 @@ from distdqn.config import Config
 from distdqn.core.records import UpdateStats
 from distdqn.core.transitions import Batch
 from distdqn.envs import EnvInfo
-from distdqn.local import build, model_parallel
+from distdqn.local import build, model_parallel, rendezvous
 from distdqn.runtime.messages import LearnerReport, Weights
 from distdqn.runtime.process import Isolation, claim_cores, process_identity, set_worker_threads
 from distdqn.runtime.roles.replay_server import (
@@ -55,13 +55,15 @@ class LearnerWorker(ReplayHost):
 
     # ---- learner.model_parallel > 1: this process is rank 0 of the learner's ranks ----
     def rendezvous_port(self) -> int:
-        """A free port on this node for the ranks' rendezvous (their TCP store lives here)."""
-        return model_parallel.free_port()
+        """A port on this node's loopback for the ranks' rendezvous (their store lives here, bound
+        now: the ranks share this node, nothing else can reach it)."""
+        self._listener = rendezvous.listen(rendezvous.LOOPBACK)
+        return self._listener.getsockname()[1]
 
     def lead_ranks(self, port: int) -> None:
         """Form the group with the other ranks (joining at ``port`` meanwhile) and hand them their
         parts of the learner: from now on every call to the learner is made by all ranks."""
-        self.learner = model_parallel.lead(self.learner, self.cfg, self.info, "127.0.0.1", port)
+        self.learner = model_parallel.lead(self.learner, self.cfg, self.info, self._listener)
 
     def release_ranks(self) -> None:
         """The other ranks end their call (the learner's last use: after the final state)."""
