@@ -39,6 +39,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -316,11 +317,14 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: the checkpoint has no {key} component")
         path = self.path / f"{key}.pt"
         try:
-            with torch.serialization.safe_globals(NUMPY_GLOBALS):
+            with torch.serialization.safe_globals(NUMPY_GLOBALS), warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # torch's notes on pickle protocols
                 obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             named = re.search(r"GLOBAL (\S+)", str(exc))
-            what = f"it names {named.group(1)}" if named else str(exc).strip().splitlines()[-1][:200]
+            said = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
+            what = (f"it names {named.group(1)}" if named else said.group(1).strip()[:200] if said
+                    else str(exc).strip().splitlines()[0][:200])
             raise CheckpointError(f"{self.path}: {key}.pt holds more than tensors, arrays and plain values "
                                   f"({what}); refused, none of it was run") from None
         except Exception as exc:  # noqa: BLE001 - any other failure to read means a damaged file
@@ -367,14 +371,16 @@ def open_checkpoint(path: Path) -> Checkpoint:
     if not path.exists():
         raise CheckpointError(f"{path}: no such run directory or checkpoint")
     base = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    candidates, problems = _candidates(base)
+    candidates, latest_problems = _candidates(base)
+    problems: list[str] = []
     for ckpt in candidates:
         try:
-            return Checkpoint(ckpt, _verify(ckpt), skipped=problems)
+            return Checkpoint(ckpt, _verify(ckpt), skipped=latest_problems + problems)
         except _FormatRefused:
             raise
         except CheckpointError as exc:
             problems.append(str(exc))
+    problems += latest_problems   # what the checkpoints themselves said first
     if problems:
         raise CheckpointError(f"{path}: no checkpoint verifies: {problems[0]}"
                               + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))

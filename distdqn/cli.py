@@ -117,6 +117,7 @@ def train(
     overrides = list(set_ or [])
     ckpt = None
     if resume is not None:
+        rundir.refuse_if_in_use(resume)
         cfg, ckpt = _resumed_config(resume, config, overrides, seed)
         run_dir = resume if (resume / "checkpoints").is_dir() else resume.parent.parent
     else:

@@ -79,6 +79,22 @@ class RunLock:
         self.release()
 
 
+def refuse_if_in_use(run_dir: Path) -> None:
+    """A RunDirectoryError if another writer holds ``run_dir``'s lock (checked before a resume
+    reads anything, so that the message is about the writer, not about what it has not saved yet)."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunDirectoryError(f"{run_dir} is in use by another distdqn run ({_read_holder(fd)}); "
+                                f"wait for it to end, or stop it first") from None
+    finally:
+        os.close(fd)   # closing lets our own flock go
+
+
 def _read_holder(fd: int) -> str:
     try:
         holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
