@@ -89,8 +89,9 @@ class EnvConfig(_Section):
     """Preprocessing of ``ALE/`` ids (ignored for other ids)."""
     non_finite: Literal["error", "skip"] = "error"
     """What an actor does with a NaN or infinite observation or reward: ``error`` ends the run in
-    one line naming the env and the field; ``skip`` drops the transitions that hold one (counted as
-    ``non_finite_skipped``), and counts no reward of it in episode returns."""
+    one line naming the env and the field; ``skip`` drops the transitions that hold one (the steps
+    counted as the summary's ``non_finite_steps``; a federated client's are not reported), and
+    counts no reward of it in episode returns."""
     step_latency_ms: float = Field(0.0, ge=0.0, le=60_000.0)
     """A wait added to every step of the vector env, without using the CPU (a sleep): it models
     simulators in other processes or behind a network that answer a step this much later (all

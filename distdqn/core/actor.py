@@ -7,7 +7,7 @@ become transitions, and bootstrapping is cut only by ``terminated``, never by ``
 
 Observations and rewards must be finite: a NaN or infinity is an error naming the env and the
 field (``non_finite="error"``), or its transitions are dropped and counted (``"skip"``: the steps
-counted in ``non_finite_skipped``, their rewards left out of episode returns).
+counted in ``non_finite_skipped`` and each Rollout's ``non_finite_steps``, their rewards left out of episode returns).
 
 The per-step loop only selects actions, steps the env and copies the results into preallocated
 [T, num_envs] arrays; n-step returns and episode statistics are computed once per block.
@@ -34,6 +34,7 @@ class Rollout:
     env_steps: int                # transitions experienced (reset steps excluded), before n-step
     episode_returns: np.ndarray   # undiscounted returns of the episodes that ended in this rollout
     episode_lengths: np.ndarray
+    non_finite_steps: int = 0     # steps with a NaN or infinite next observation or reward (skipped)
 
 
 def _check_autoreset(env: gym.vector.VectorEnv) -> None:
@@ -115,7 +116,7 @@ class Actor:
             keep = finite_rows(transitions)
             if not keep.all():
                 transitions = Transitions(**{k: v[keep] for k, v in transitions.as_dict().items()})
-        return Rollout(transitions, int(valid.sum()), returns, lengths)
+        return Rollout(transitions, int(valid.sum()), returns, lengths, 0 if bad is None else int(bad.sum()))
 
     def _non_finite(self, obs_buf: np.ndarray, reward: np.ndarray) -> np.ndarray | None:
         """None if every observation and reward of the block is finite; else the [T, N] steps with

@@ -91,12 +91,13 @@ class Replica:
         self.env_steps += rollout.env_steps
         episodes = Episodes.of(rollout.episode_returns, rollout.episode_lengths)
         self._experience = Experience(self._experience.env_steps + rollout.env_steps,
-                                      self._experience.episodes + episodes)
+                                      self._experience.episodes + episodes,
+                                      self._experience.non_finite_steps + rollout.non_finite_steps)
 
     def sample_owed(self) -> list[Batch]:
         """The batches the replay ratio owes for the env steps stored so far."""
         owed = self.ratio.due(self.env_steps, self.batches_drawn)
-        if not owed:
+        if not owed or not len(self.replay):   # empty: every step so far was non-finite (env.non_finite=skip)
             return []
         self.batches_drawn += owed
         return self.replay.sample_batches(owed, self.cfg.learner.batch_size, self.beta(self.run_env_steps))

@@ -157,6 +157,7 @@ class Conductor:
     def absorb(self, experience: Experience) -> None:
         """Count what a process reports: env steps and ended episodes."""
         self.counters.env_steps += experience.env_steps
+        self.counters.non_finite_steps += experience.non_finite_steps
         self.session.stats.add_episodes(experience.episodes)
         self._last_progress = time.perf_counter()
 

@@ -185,6 +185,7 @@ class RunCounters:
     env_steps: int = 0
     learner_updates: int = 0
     restarts: int = 0               # processes of the run's restartable role that died and were replaced
+    non_finite_steps: int = 0       # env steps skipped for a NaN or infinite observation or reward
 
 
 @dataclass

@@ -161,7 +161,7 @@ class WorkerLoops:
                 self.pool.handles[i].attach.remote(self.name)
                 self.late.add(i)   # not waited for until its first push
             else:
-                self.job.absorb(Experience(0, report.experience.episodes))   # env steps: counted above
+                self.job.absorb(Experience(0, report.experience.episodes, report.experience.non_finite_steps))   # env steps: counted above
                 self.job.add_updates(report.updates)
                 self.busy["worker_busy_s"] += report.busy_s
                 self.busy["worker_wait_s"] += report.wait_s

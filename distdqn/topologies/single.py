@@ -97,7 +97,8 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     # ---- tear down: final evaluation, checkpoint, summary ----
     replica.sync_policy()
     result = session.finish(replica.actor.policy, replica.env_steps, replica.learner.updates,
-                            checkpoint().components(), interrupted)
+                            checkpoint().components(), interrupted,
+                            non_finite_steps=replica.actor.non_finite_skipped)
     replica.close()
     if cfg.learner.model_parallel > 1:
         replica.learner.close()   # the learner's other ranks end
