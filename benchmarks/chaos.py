@@ -158,7 +158,7 @@ def kill_driver(topology: str, work: Path, interval_s: float) -> dict:
     out = {"case": "kill-driver", "ready": ready, "checkpoint": ckpt, "logged_env_steps": logged,
            "lost_env_steps": logged - ckpt[1] if ckpt else None,
            "lost_s": killed_at - ckpt[2] if ckpt else None, "processes_left": left, "left": which,
-           "segments_left": segments}
+           "segments_left": segments, "interval_s": interval_s}
     out["resume"] = resume(run_dir, 1500)
     return out
 
@@ -252,12 +252,12 @@ def disk_full(topology: str, work: Path) -> dict:
             timeout_s=240)
         notes = [line for line in result.stderr.splitlines() if "was not written" in line or "could not be written" in line]
         ckpt = checkpoint_of(run_dir)
-        summary = run_dir / "summary.json"
+        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
         return {"case": "disk-full", "rc": result.returncode, "errors": error_lines(result.stderr),
-                "tracebacks": result.stderr.count("Traceback"), "failed_saves_reported": len(notes),
+                "tracebacks": result.stderr.count("Traceback"), "notes": len(notes),
                 "first_note": notes[0][:200] if notes else None, "verifies": ckpt,
                 "logged_env_steps": max(rows_env_steps(run_dir), default=0),
-                "summary": json.loads(summary.read_text()) if summary.is_file() else None,
+                "failed_checkpoints": summary.get("failed_checkpoints"), "summary_env_steps": summary.get("env_steps"),
                 "leftover_temporaries": sorted(p.name for p in (run_dir / "checkpoints").iterdir()
                                                if p.name.startswith(".")) if (run_dir / "checkpoints").is_dir() else []}
     finally:
@@ -312,7 +312,8 @@ def _outcome(r: dict) -> tuple[str, str]:
     if case == "kill-driver":
         outcome = (f"{r['processes_left']} processes and {len(r['segments_left'])} segments left; {resumed}"
                    f"{'' if res.get('monotonic', True) else ', history NOT monotonic'}")
-        lost = f"{r['lost_env_steps']} env steps, {r['lost_s']:.1f} s" if r["checkpoint"] else "no checkpoint yet"
+        lost = (f"{r['lost_env_steps']} env steps, {r['lost_s']:.1f} s (interval {r['interval_s']:g} s)"
+                if r["checkpoint"] else "no checkpoint yet")
     elif case in ("corrupt", "truncated", "empty"):
         outcome = f"{r['component']} damaged: {'passed over; ' if res.get('passed_over') else ''}{resumed}"
         lost = f"{r['lost_env_steps']} env steps (final -> {res['from'][0]})" if res.get("from") else "the run"
@@ -330,7 +331,7 @@ def _outcome(r: dict) -> tuple[str, str]:
         if "skipped" in r:
             return f"skipped ({r['skipped']})", "-"
         outcome = (f"rc {r['rc']}, {len(r['errors'])} error line, {r['tracebacks']} tracebacks; "
-                   f"{r['failed_saves_reported']} failed saves reported, run went on; "
+                   f"{r['failed_checkpoints']} saves failed ({r['notes']} lines said so), the run went on; "
                    f"{r['verifies'][0] if r['verifies'] else 'NO checkpoint'} verifies")
         lost = (f"the final checkpoint; {r['logged_env_steps'] - r['verifies'][1]} env steps past the last one"
                 if r["verifies"] else "everything")

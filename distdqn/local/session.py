@@ -83,6 +83,8 @@ class RunSession:
         self.next_log = cfg.log.interval_env_steps
         self.next_checkpoint = cfg.checkpoint.interval_env_steps or math.inf
         self._last_save = self.start    # periodic checkpoints by wall clock: checkpoint.interval_s
+        self.failed_saves = 0           # periodic checkpoints that could not be written (a full disk)
+        self._failing = 0               # ... in a row
         self.resumed = False
         self.stats = TrainingStats(self.start)
         self.writer: MetricsWriter | None = None
@@ -235,8 +237,14 @@ class RunSession:
         try:
             self.save(f"step-{env_steps:012d}", env_steps, components())
         except CheckpointWriteError as exc:
-            self.note(f"{exc}; the run goes on")
+            self.failed_saves += 1
+            self._failing += 1
+            if self._failing == 1:   # said once; the summary counts them all
+                self.note(f"{exc}; the run goes on (saves that fail after it are counted, not reported)")
             return
+        if self._failing:
+            self.note(f"checkpoint step-{env_steps:012d} was written, after {self._failing} that were not")
+            self._failing = 0
         prune_checkpoints(self.run_dir / "checkpoints", "step-", self.cfg.checkpoint.keep)
 
     def save(self, name: str, env_steps: int, components: dict[str, Any]) -> Path:
@@ -306,6 +314,7 @@ class RunSession:
             "interrupted": stop_reason in ("interrupted", "terminated"),
             "stop_reason": stop_reason,
             "final_checkpoint": not_saved is None,
+            "failed_checkpoints": self.failed_saves + (not_saved is not None),
             "notes": self.notes,
             **self.extra_summary,
             **extra_summary,
