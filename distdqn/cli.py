@@ -10,6 +10,7 @@ one writer (``rundir.py``).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import sys
@@ -23,6 +24,7 @@ from distdqn.errors import CheckpointError, ConfigError, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep Q-Networks, trained fast on one machine and in parallel on Ray.")
+
 
 def _check_devices(cfg) -> None:
     from distdqn.errors import ConfigError
@@ -108,22 +110,21 @@ def train(
 ) -> None:
     """Train a DQN. With no CONFIG, trains CartPole-v1 on the default topology."""
     from distdqn import rundir, signals
-    from distdqn.checkpoint import sweep_temporaries
     from distdqn.config import load_config
     from distdqn.envs import env_info
     from distdqn.local.build import check_replay_memory
     from distdqn.topologies import get_run
 
     overrides = list(set_ or [])
+    if address is not None:   # an override like any other, applied before the config is validated
+        overrides.append(f"cluster.address={json.dumps(address)}")
     ckpt = None
     if resume is not None:
-        rundir.refuse_if_in_use(resume)
-        cfg, ckpt = _resumed_config(resume, config, overrides, seed)
         run_dir = resume if (resume / "checkpoints").is_dir() else resume.parent.parent
+        rundir.refuse_if_in_use(run_dir)   # before reading: the message is about the writer
+        cfg, ckpt = _resumed_config(resume, config, overrides, seed)
     else:
         cfg = load_config(config, overrides, seed)
-    if address is not None:
-        cfg.cluster.address = address
     info = env_info(cfg.env)
     _check_client_envs(cfg)
     _check_devices(cfg)
@@ -135,13 +136,7 @@ def train(
 
     run_dir = run_dir or _default_run_dir(cfg)
     try:
-        with (rundir.RunLock(run_dir) if resume is not None else rundir.new_run_dir(run_dir, overwrite)),\
-                signals.stop_signals():
-            resume_state = None
-            if ckpt is not None:   # the one writer now: what a writer that died left is swept
-                sweep_temporaries(run_dir / "checkpoints")
-                ckpt.check_spaces(info.obs_shape, info.obs_dtype, info.num_actions)
-                resume_state = ckpt.load_all()
+        with rundir.writing(run_dir, overwrite, ckpt, info) as resume_state:   # one writer; signals
             (run_dir / "config.yaml").write_text(cfg.to_yaml())
             typer.echo(f"run directory: {run_dir}", err=True)
             result = get_run(cfg.topology)(cfg, run_dir, info, resume_state)

@@ -16,14 +16,24 @@ Units are in the names: ``*_env_steps`` counts environment steps (one sub-enviro
 
 from __future__ import annotations
 
+import math
 import re
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from distdqn.errors import ConfigError
 
@@ -31,9 +41,27 @@ TOPOLOGIES = ("single", "apex", "sync_ps", "async_ps", "allreduce", "federated")
 """The registered topologies: each has a file ``distdqn/topologies/<name>.py`` with ``run``."""
 
 
+def _finite_numbers(value: Any) -> Any:
+    """Any value, but no NaN or infinity among its numbers (in lists and dicts too)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"Input should hold finite numbers only (got {value})")
+    for item in value.values() if isinstance(value, dict) else value if isinstance(value, list) else ():
+        _finite_numbers(item)
+    return value
+
+
+MakeKwargs = Annotated[dict[str, Any], AfterValidator(_finite_numbers)]
+"""Keyword arguments for ``gymnasium.make``: any values, every number finite."""
+
+
 class _Section(BaseModel):
-    # strict: no silent str -> number coercion; forbid: unknown keys are errors; floats finite.
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
+    # strict: no silent str -> number coercion; forbid: unknown keys are errors; frozen: a
+    # validated config is data, never rewritten (derived values are properties); every float
+    # finite (NaN and infinity are refused).
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+    def check(self, cfg: Config) -> None:
+        """This section's checks against the rest of the config (raise ValueError naming the field)."""
 
 
 class AtariConfig(_Section):
@@ -71,7 +99,7 @@ class EnvConfig(_Section):
     (``pip install 'distdqn[minatar]'``)."""
     num_envs: int = Field(8, ge=1, le=65_536)
     """Sub-environments stepped together as one vector env, per actor process."""
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: MakeKwargs = Field(default_factory=dict)
     """Extra keyword arguments for ``gymnasium.make`` (for example ``{gravity: 9.8}``)."""
     attributes: dict[str, float] = Field(default_factory=dict)
     """Physical parameters set on the environment after it is made, for ids that take them as
@@ -131,11 +159,18 @@ class NetworkConfig(_Section):
             raise ValueError(f"must be a non-empty list of positive integers (got {sizes})")
         return sizes
 
-    @model_validator(mode="after")
-    def _kind_sizes(self) -> NetworkConfig:
-        if self.hidden_sizes is None:   # written into config.yaml resolved, as every default
-            object.__setattr__(self, "hidden_sizes", list(HIDDEN_SIZES[self.kind]))
-        return self
+    @property
+    def layers(self) -> list[int]:
+        """The hidden layers' widths: ``hidden_sizes``, or the kind's usual ones."""
+        return list(self.hidden_sizes) if self.hidden_sizes is not None else list(HIDDEN_SIZES[self.kind])
+
+    @field_serializer("hidden_sizes")
+    def _resolved(self, sizes: list[int] | None) -> list[int]:
+        return self.layers   # config.yaml records the widths used, as every default
+
+    def check(self, cfg: Config) -> None:
+        if self.atoms > 1 and self.v_min >= self.v_max:
+            raise ValueError(f"network.v_max: must be above network.v_min ({self.v_max:g} <= {self.v_min:g})")
 
 
 class ReplayConfig(_Section):
@@ -206,6 +241,28 @@ class LearnerConfig(_Section):
     optimizer left as they were, its priorities not written, counted as ``non_finite_updates``);
     this many in a row end the run with an error. A parameter server likewise never applies a
     non-finite update, and ends the run after this many in a row."""
+
+    def check(self, cfg: Config) -> None:
+        p, n = self.model_parallel, cfg.network
+        if self.batch_size > cfg.replay.capacity:
+            raise ValueError(f"learner.batch_size: must be <= replay.capacity ({self.batch_size} > {cfg.replay.capacity})")
+        if self.kernel == "fused_mlp" and n.atoms > 1:
+            raise ValueError("learner.kernel: fused_mlp computes the one-value-per-action loss; network.atoms > 1 "
+                             "needs auto or autograd")
+        if p == 1:
+            return
+        if cfg.topology not in ("single", "apex"):
+            raise ValueError(f"learner.model_parallel: {cfg.topology} does not split its learners across ranks "
+                             f"(only single and apex do); use 1")
+        if any(h % p for h in n.layers):
+            raise ValueError(f"learner.model_parallel: {p} ranks must divide every hidden size "
+                             f"(network.hidden_sizes is {n.layers})")
+        if n.atoms > 1:
+            raise ValueError("learner.model_parallel: the categorical head (network.atoms > 1) is not split "
+                             "across ranks; use 1")
+        if self.kernel == "fused_mlp":
+            raise ValueError("learner.model_parallel: the fused_mlp kernel does not split across ranks "
+                             "(use learner.kernel auto or autograd)")
 
 
 class ExplorationConfig(_Section):
@@ -333,6 +390,10 @@ class WorkersConfig(_Section):
     """CPUs reserved per worker (its torch threads follow, unless ``train.torch_threads`` is set)."""
     gpus: float = Field(0.0, ge=0.0)
     """GPUs per worker (``learner.device`` auto/cuda uses one when this is > 0)."""
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Ray custom resources each worker needs: where workers may run. For example ``{worker_host:
+    1}`` with ``ray start ... --resources='{"worker_host": 8}'`` on the nodes meant for workers
+    (the driver, and so a parameter server, runs where ``distdqn train`` runs). Empty: any node."""
     stall_timeout_s: float = Field(120.0, gt=0.0)
     """The run ends with an error if no worker call completes for this long."""
 
@@ -351,11 +412,19 @@ class SyncPSConfig(_Section):
     late update is dropped, and counted); the round goes on with those that answered."""
     min_workers: int = Field(1, ge=1)
     """Answers a round needs; with fewer it keeps waiting, up to ``workers.stall_timeout_s``."""
-    transport: Literal["auto", "shm", "ray"] = "auto"
-    """How weights and gradients travel between the server and the workers: ``shm`` through shared
-    memory (every worker on the driver's node, CPU learners: each worker runs its own loop),
-    ``ray`` as the arguments and answers of a Ray call per round (any cluster). ``auto``: shm
-    where it can, else ray."""
+
+    transport: Literal["auto", "shm", "tcp", "ray"] = "auto"
+    """How weights and updates travel between the server and its workers (runtime/updates/):
+    ``shm``: each worker runs its own loop and meets the server in shared memory (every worker on
+    the server's host; CPU learners); ``tcp``: the same loops over a socket to the server (workers
+    on any host; CPU learners); ``ray``: the arguments and answers of a Ray call per update (any
+    cluster, GPU learners). ``auto``: each worker on the cheapest path that reaches it (shm on
+    the server's host, tcp elsewhere, decided by probing), ray for GPU learners."""
+
+    def check(self, cfg: Config) -> None:
+        if self.min_workers > cfg.workers.num_workers:
+            raise ValueError(f"sync_ps.min_workers: must be <= workers.num_workers "
+                             f"({self.min_workers} > {cfg.workers.num_workers})")
 
 
 class AsyncPSConfig(_Section):
@@ -372,9 +441,9 @@ class AsyncPSConfig(_Section):
     """Parameter form: local learner updates per push (a worker pulls fresh weights at every push)."""
     mixing_rate: float = Field(0.5, gt=0.0, le=1.0)
     """eta of the parameter form."""
-    transport: Literal["auto", "shm", "ray"] = "auto"
-    """As ``sync_ps.transport``: ``shm`` (every worker on the driver's node, CPU learners), ``ray``
-    (a Ray call per update, any cluster), ``auto`` (shm where it can)."""
+    transport: Literal["auto", "shm", "tcp", "ray"] = "auto"
+    """As ``sync_ps.transport``: ``shm``, ``tcp`` (the workers' own loops; CPU learners), ``ray`` (a
+    Ray call per update), ``auto`` (each worker on the cheapest path that reaches it)."""
 
 
 class AllReduceConfig(_Section):
@@ -394,7 +463,7 @@ class AllReduceConfig(_Section):
 class ClientConfig(_Section):
     """One federated client's own environment: overrides of ``env.kwargs`` and ``env.attributes``."""
 
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: MakeKwargs = Field(default_factory=dict)
     attributes: dict[str, float] = Field(default_factory=dict)
     """For example ``{length: 0.7, masspole: 0.15}`` for a CartPole with a longer, heavier pole."""
 
@@ -464,15 +533,34 @@ class FederatedConfig(_Section):
     the run says so."""
     dp: DPConfig = Field(default_factory=DPConfig)
     """Client-level differential privacy and its accountant."""
-    poisoned_clients: list[int] = Field(default_factory=list)
-    """For robustness experiments only: these clients send garbage (NaN and 1e6-sized values)
-    instead of their update."""
 
     @property
     def server_learning_rate(self) -> float:
         if self.server_lr is not None:
             return self.server_lr
         return 1.0 if self.server_optimizer in ("fedavg", "fedavgm") else 0.01
+
+    def check(self, cfg: Config) -> None:
+        n, dp = cfg.workers.num_workers, self.dp
+        if self.clients and len(self.clients) != n:
+            raise ValueError(f"federated.clients: one entry per client is needed ({len(self.clients)} given, "
+                             f"workers.num_workers is {n})")
+        if self.min_clients > n:
+            raise ValueError(f"federated.min_clients: must be <= workers.num_workers ({self.min_clients} > {n})")
+        if dp.mode != "off" and dp.clip is None:
+            raise ValueError(f"federated.dp.clip: needed by federated.dp.mode={dp.mode} (the noise is scaled by it)")
+        if dp.mode != "off" and dp.delta >= 1 / n:
+            raise ValueError(f"federated.dp.delta: must be below 1 / workers.num_workers = {1 / n:g} (got {dp.delta:g}; "
+                             f"at 1/n, publishing one client's data whole would meet it)")
+        if dp.mode == "central" and self.aggregator != "fedavg":
+            raise ValueError(f"federated.aggregator: federated.dp.mode=central noises a sum, so it needs fedavg "
+                             f"(got {self.aggregator})")
+        if self.late_updates == "stale_weighted" and self.aggregator != "fedavg":
+            raise ValueError(f"federated.late_updates: stale_weighted weights updates, so it needs "
+                             f"federated.aggregator=fedavg (got {self.aggregator})")
+        if self.late_updates == "stale_weighted" and dp.mode == "central":
+            raise ValueError("federated.late_updates: stale_weighted cannot be used with federated.dp.mode=central "
+                             "(a late update would count in a round it was not sampled for)")
 
 
 class ClusterConfig(_Section):
@@ -504,58 +592,12 @@ class Config(_Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
-    def _check_cross_fields(self) -> Config:
-        if self.learner.batch_size > self.replay.capacity:
-            raise ValueError(
-                f"learner.batch_size: must be <= replay.capacity "
-                f"({self.learner.batch_size} > {self.replay.capacity})"
-            )
-        if self.sync_ps.min_workers > self.workers.num_workers:
-            raise ValueError(
-                f"sync_ps.min_workers: must be <= workers.num_workers "
-                f"({self.sync_ps.min_workers} > {self.workers.num_workers})"
-            )
-        p = self.learner.model_parallel
-        if p > 1 and self.topology not in ("single", "apex"):
-            raise ValueError(f"learner.model_parallel: {self.topology} does not split its learners across ranks "
-                             f"(only single and apex do); use 1")
-        if p > 1 and any(h % p for h in self.network.hidden_sizes):
-            raise ValueError(f"learner.model_parallel: {p} ranks must divide every hidden size "
-                             f"(network.hidden_sizes is {self.network.hidden_sizes})")
-        if self.network.atoms > 1 and self.network.v_min >= self.network.v_max:
-            raise ValueError(f"network.v_max: must be above network.v_min "
-                             f"({self.network.v_max:g} <= {self.network.v_min:g})")
-        if p > 1 and self.network.atoms > 1:
-            raise ValueError("learner.model_parallel: the categorical head (network.atoms > 1) is not split "
-                             "across ranks; use 1")
-        if self.learner.kernel == "fused_mlp" and self.network.atoms > 1:
-            raise ValueError("learner.kernel: fused_mlp computes the one-value-per-action loss; network.atoms > 1 "
-                             "needs auto or autograd")
-        if p > 1 and self.learner.kernel == "fused_mlp":
-            raise ValueError("learner.model_parallel: the fused_mlp kernel does not split across ranks "
-                             "(use learner.kernel auto or autograd)")
-        f, n = self.federated, self.workers.num_workers
-        if f.clients and len(f.clients) != n:
-            raise ValueError(f"federated.clients: one entry per client is needed ({len(f.clients)} given, "
-                             f"workers.num_workers is {n})")
-        if f.min_clients > n:
-            raise ValueError(f"federated.min_clients: must be <= workers.num_workers ({f.min_clients} > {n})")
-        if f.dp.mode != "off" and f.dp.clip is None:
-            raise ValueError(f"federated.dp.clip: needed by federated.dp.mode={f.dp.mode} (the noise is scaled by it)")
-        if f.dp.mode != "off" and f.dp.delta >= 1 / n:
-            raise ValueError(f"federated.dp.delta: must be below 1 / workers.num_workers = {1 / n:g} (got {f.dp.delta:g}; "
-                             f"at 1/n, publishing one client's data whole would meet it)")
-        if f.dp.mode == "central" and f.aggregator != "fedavg":
-            raise ValueError(f"federated.aggregator: federated.dp.mode=central noises a sum, so it needs fedavg "
-                             f"(got {f.aggregator})")
-        if f.late_updates == "stale_weighted" and f.aggregator != "fedavg":
-            raise ValueError(f"federated.late_updates: stale_weighted weights updates, so it needs "
-                             f"federated.aggregator=fedavg (got {f.aggregator})")
-        if f.late_updates == "stale_weighted" and f.dp.mode == "central":
-            raise ValueError("federated.late_updates: stale_weighted cannot be used with federated.dp.mode=central "
-                             "(a late update would count in a round it was not sampled for)")
-        if any(i < 0 or i >= n for i in f.poisoned_clients):
-            raise ValueError(f"federated.poisoned_clients: client indices must be in [0, {n})")
+    def _check_sections(self) -> Config:
+        """Each section's checks against the rest (they live with their section)."""
+        for name in type(self).model_fields:
+            section = getattr(self, name)
+            if isinstance(section, _Section):
+                section.check(self)
         return self
 
     # ---- derived values ----
@@ -574,6 +616,14 @@ class Config(_Section):
         return max(self.train.learning_starts, self.learner.batch_size)
 
     # ---- (de)serialisation ----
+    def __eq__(self, other: object) -> bool:
+        """Configs are equal when they resolve to the same run (a default left unset equals the
+        value it resolves to)."""
+        return isinstance(other, Config) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(self.to_yaml())
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 

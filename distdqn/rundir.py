@@ -8,6 +8,10 @@ refused in one line before anything is written.
 
 ``--overwrite`` replaces a directory only if it looks like a distdqn run: a ``config.yaml`` and
 nothing but what a run writes (``RUN_FILES``); anything else is refused, and nothing deleted.
+
+``writing`` is what ``distdqn train`` holds while a run trains: the lock, the stop signals
+(``signals.py``) and, when resuming, the checkpoint's components, read only once this process is
+the run's one writer (temporaries a writer that died left swept, the spaces checked first).
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
+from distdqn import signals
+from distdqn.checkpoint import Checkpoint, sweep_temporaries
 from distdqn.errors import RunDirectoryError
 
 LOCK = "distdqn.lock"
@@ -134,3 +140,19 @@ def new_run_dir(run_dir: Path, overwrite: bool) -> Iterator[RunLock]:
             else:
                 entry.unlink()
         yield lock
+
+
+@contextlib.contextmanager
+def writing(run_dir: Path, overwrite: bool, resume: Checkpoint | None, info: Any) -> Iterator[dict[str, Any] | None]:
+    """While inside, this process is ``run_dir``'s one writer (a new run's directory made or, with
+    ``overwrite``, emptied; a resumed one locked) and SIGTERM / SIGINT stop the run at its next safe
+    point; yields the components of ``resume`` (None for a new run), read once the lock is held:
+    what a writer that died left is swept, the environment's spaces (``info``) checked, then
+    every component loaded without unpickling code."""
+    with RunLock(run_dir) if resume is not None else new_run_dir(run_dir, overwrite), signals.stop_signals():
+        if resume is None:
+            yield None
+            return
+        sweep_temporaries(run_dir / "checkpoints")
+        resume.check_spaces(info.obs_shape, info.obs_dtype, info.num_actions)
+        yield resume.load_all()

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +17,14 @@ from distdqn.config import load_config
 from distdqn.envs import env_info
 from distdqn.metrics import read_metrics
 from distdqn.runtime.messages import ClientMessage, check_message
-from tests.helpers import freeze_role_mid_run, kill_role_mid_run, metrics_started, ray_env, run_cli
+from tests.helpers import (
+    REPO,
+    freeze_role_mid_run,
+    kill_role_mid_run,
+    metrics_started,
+    ray_env,
+    run_cli,
+)
 
 PRESET = "cartpole-federated"
 QUIET = ["--set", "log.progress=false"]
@@ -76,21 +86,22 @@ def test_a_real_client_sends_only_its_update_a_count_and_scalars():
     size is the update's bytes plus a little (no transitions could hide in it)."""
     import ray
 
+    from distdqn.core import aggregate
     from distdqn.local import build
     from distdqn.runtime.cluster import connect
     from distdqn.runtime.roles.federated_client import FederatedClient
-    from distdqn.runtime.server import ParameterServer
+    from distdqn.runtime.weights import PushedWeights
 
     cfg = load_config(PRESET, ["train.learning_starts=200", "federated.dp.mode=local", "federated.dp.clip=0.05",
                                "federated.dp.noise_multiplier=0.0"])
     info = env_info(cfg.env)
     cluster = connect(None, num_cpus=1)
     try:
-        server = ParameterServer(build.build_learner(cfg, info))
+        learner, pushed = build.build_learner(cfg, info), PushedWeights()
         client = FederatedClient.options(num_cpus=0.5).remote(cfg.for_client(1), info, 1, 4, 7, 0.5)
-        shapes = {k: v.shape for k, v in server.weights().items()}
+        shapes = {k: v.shape for k, v in learner.get_weights().items()}
         for _ in range(2):
-            message = ray.get(client.train_round.remote(server.weights_for(1), 20), timeout=120)
+            message = ray.get(client.train_round.remote(pushed.weights_for(1, learner), 20), timeout=120)
             assert check_message(message, shapes) is None, check_message(message, shapes)
             update_bytes = sum(v.nbytes for v in message.update.values())
             assert len(pickle.dumps(message)) < update_bytes + 2048
@@ -99,7 +110,8 @@ def test_a_real_client_sends_only_its_update_a_count_and_scalars():
             # local DP clipping: the update's L2 norm is at most dp.clip
             norm = np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in message.update.values()))
             assert 0 < norm <= 0.05 * (1 + 1e-5) and message.metrics["update_norm"] >= norm
-            server.apply_delta(message.update, 20)
+            learner.set_weights(aggregate.add_scaled(learner.get_weights(), message.update, 1.0))
+            learner.advance(20)
     finally:
         cluster.shutdown()
 
@@ -125,9 +137,15 @@ def test_federated_solves_cartpole_across_client_variants(tmp_path, ray_cluster)
 @pytest.mark.slow
 @pytest.mark.parametrize("aggregator", ["median", "fedavg"])
 def test_a_poisoned_client_breaks_fedavg_but_not_the_median(tmp_path, ray_cluster, aggregator):
+    """Client 2 is an attacker (tests/poisoned_federated_driver.py: a test's, not a config field)."""
     run_dir = tmp_path / aggregator
-    summary = train(run_dir, ray_cluster, "--seed", "1", "--set", "train.total_env_steps=24000",
-                    "--set", "federated.poisoned_clients=[2]", "--set", f"federated.aggregator={aggregator}")
+    driver = Path(__file__).with_name("poisoned_federated_driver.py")
+    result = subprocess.run([sys.executable, str(driver), "2", "train", PRESET, "--seed", "1", "--run-dir", str(run_dir),
+                             "--address", ray_cluster, *QUIET, "--set", "train.total_env_steps=24000",
+                             "--set", f"federated.aggregator={aggregator}"], cwd=REPO, env=ray_env(),
+                            capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
     finite = all(torch.isfinite(v).all() for v in final_online(run_dir).values())
     if aggregator == "median":
         assert finite

@@ -1,6 +1,6 @@
 """NaN and infinity, caught where they enter: an environment's observations and rewards (the
 Actor), a learner update's loss and gradient (DQNLearner), an update a server would apply
-(``runtime/server.py``, federated's aggregate). Pure functions and one counter.
+(``runtime/parameter_server.py``, federated's ``Rounds.step``). Pure functions and one counter.
 
     finite(value)              no NaN or infinity in an array, a tensor, a number or a dict of arrays
     finite_rows(transitions)   which transitions hold only finite numbers
@@ -60,7 +60,6 @@ class NonFiniteStreak:
         self.total += 1
         self.in_row += 1
         if self.in_row >= self.limit:
-            raise NonFiniteError(f"{self.what}: {self.in_row} updates in a row had a NaN or infinite "
-                                 f"loss or gradient and were skipped ({self.field}={self.limit}); "
-                                 f"the last checkpoint is intact")
+            raise NonFiniteError(f"{self.what}: {self.in_row} updates in a row held a NaN or infinity and "
+                                 f"were not applied ({self.field}={self.limit}); the last checkpoint is intact")
         return False

@@ -138,7 +138,7 @@ class TDUpdate:
         self.updates = 0
         self.target_version = 0     # ``updates`` when the target network last changed
         self.owns_target = owns_target
-        self.non_finite = NonFiniteStreak(cfg.max_non_finite_updates, "learner")   # updates skipped
+        self.non_finite = NonFiniteStreak(cfg.max_non_finite_updates, "learner (its loss or gradient)")   # updates skipped
         use_fused = cfg.kernel == "fused_mlp" or (cfg.kernel == "auto" and fused_mlp.supports(network))
         if cfg.kernel == "fused_mlp" and not fused_mlp.supports(network):
             raise ValueError("learner.kernel fused_mlp needs an MLP network (network.kind: mlp) "

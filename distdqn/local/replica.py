@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from distdqn.config import Config
@@ -139,6 +140,22 @@ class Replica:
         result = self.learner.gradient(batch)
         self.replay.update_priorities(batch.indices, result.priorities)
         return result
+
+    def work(self, gradient: bool, local_steps: int, allow_collect: bool,
+             stats: UpdateStats) -> tuple[np.ndarray | None, int]:
+        """A parameter-server worker's share: one gradient (``gradient``) or ``local_steps`` local
+        updates; returns the vector to push (the flat gradient, or the model: a view of the
+        learner's buffer, valid until the next work) and the learner updates in it, (None, 0)
+        when no batch was owed. Its updates' metrics go into ``stats``."""
+        if gradient:
+            result = self.flat_gradient(allow_collect)
+            if result is None:
+                return None, 0
+            stats.add(result.metrics)
+            return self.learner.flat_grads.numpy(), 1
+        done = self.train(local_steps, allow_collect=allow_collect)
+        stats.merge(done)
+        return (self.learner.flat_params.numpy() if done.count else None), done.count
 
     def train(self, num_updates: int, allow_collect: bool = True) -> UpdateStats:
         """Up to ``num_updates`` local learner updates on the next batches owed."""

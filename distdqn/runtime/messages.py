@@ -7,8 +7,8 @@ schema every topology writes. No Ray here (a boxed object-store reference is jus
     data      Transitions + InsertResult   actor -> replay -> actor (accepted or not, nothing else)
     control   ActorReport             experience actor -> conductor
               LearnerReport           apex learner -> conductor
-              GradientReport          data-parallel worker -> parameter server (gradient form)
-              ModelReport             data-parallel worker -> parameter server (model form)
+              PushReport              parameter-server worker -> server (transport ray)
+              ServeReport             parameter-server worker -> server (transport shm: its loop)
               RankReport              all-reduce rank -> conductor
               ClientMessage           federated client -> server (checked by ``check_message``)
     state     RunCounters, RunState   conductor -> checkpoint -> conductor
@@ -83,31 +83,23 @@ class LearnerReport:
 
 
 @dataclass
-class GradientReport:
-    """A data-parallel worker's gradient on one batch, one flat vector in the learner's layout
-    (``grads`` None: no batch was owed)."""
+class PushReport:
+    """A parameter-server worker's call (transport ray): its update, one flat vector in the
+    learner's layout (a gradient, or its model after ``num_updates`` local updates; None: no batch
+    was owed), made from the weights of ``based_on`` (the server's version)."""
 
-    grads: np.ndarray | None
-    version: int                    # the server version it was computed at
+    vector: np.ndarray | None
+    based_on: int
+    num_updates: int
     updates: UpdateStats
     experience: Experience
-
-
-@dataclass
-class ModelReport:
-    """A data-parallel worker's model after ``updates.count`` local updates from ``version``, one
-    flat vector in the learner's layout."""
-
-    weights: np.ndarray | None
-    version: int
-    updates: UpdateStats
-    experience: Experience
+    busy_s: float                   # the call's time in the worker
 
 
 @dataclass
 class ServeReport:
-    """A data-parallel worker's stretch of its own loop on the shared-memory server channel
-    (parameter servers with ``transport: shm``): the pushes themselves travel in shared memory."""
+    """A parameter-server worker's stretch of its own loop on the shared-memory channel
+    (``transport: shm``): the pushes themselves travel in shared memory."""
 
     updates: UpdateStats
     experience: Experience
@@ -186,6 +178,11 @@ class RunCounters:
     learner_updates: int = 0
     restarts: int = 0               # processes of the run's restartable role that died and were replaced
     non_finite_steps: int = 0       # env steps skipped for a NaN or infinite observation or reward
+    non_finite_updates: int = 0     # updates a server refused to apply for a NaN or infinity
+
+    def summary_fields(self) -> dict[str, Any]:
+        """The summary's part: a topology's own counts (the run's totals are reported apart)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("env_steps", "learner_updates", "restarts")}
 
 
 @dataclass

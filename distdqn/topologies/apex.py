@@ -63,7 +63,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                         + ([replay.load_replay_state.remote(state.replay)] if state.replay else []),
                         timeout=a.stall_timeout_s)
         weights = ray.get(learner.weights.remote(), timeout=a.stall_timeout_s)
-        job.open(fetch(weights.box))
+        job.open()
         ledger = InsertLedger(job.counters, a.num_actors)
 
         # ---- loop: keep every actor and the learner busy; conduct between their calls ----
@@ -98,7 +98,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                     calls.add(learner.train.remote(a.updates_per_call, job.counters.env_steps), "learner")
                 if job.housekeeping(lambda w=weights: fetch(w.box), lambda: _state(job, learner, replay), lambda: {
                         "weight_lag_updates": float(lags.mean()), **busy,
-                        **ray.get(replay.replay_stats.remote(), timeout=a.stall_timeout_s)}, on_thread=True):
+                        **ray.get(replay.replay_stats.remote(), timeout=a.stall_timeout_s)}):
                     break
 
         # ---- tear down: final weights, evaluation, checkpoint, summary ----
@@ -116,6 +116,13 @@ class ApexCounters(RunCounters):
 
     accepted_env_steps: int = 0                  # inserts the replay acknowledged to their actor
     unacknowledged_at_kills_env_steps: int = 0   # sent, unacknowledged when its actor was killed
+
+
+@dataclass(frozen=True)
+class ApexSummary:
+    actor_nodes: dict[str, int]              # actors per node (by the last process of each)
+    replay_inserted_env_steps: int           # what the replay took in
+    unacknowledged_at_end_env_steps: int     # sent by living actors, not (yet) acknowledged
 
 
 class InsertLedger:
@@ -153,8 +160,8 @@ def _finish(job: Conductor, calls: CallsInFlight, actors: Any, learner: Any, rep
     nodes = [p["node_id"] for name, p in job.identities.items() if name.startswith("actor") and p]
     final_state = _state(job, learner, replay)
     ray.get(learner.release_ranks.remote(), timeout=timeout)
-    return job.finish(fetch(weights.box), final_state, actor_nodes={n: nodes.count(n) for n in set(nodes)},
-                      replay_inserted_env_steps=inserted, unacknowledged_at_end_env_steps=ledger.unacknowledged)
+    return job.finish(fetch(weights.box), final_state, ApexSummary({n: nodes.count(n) for n in set(nodes)}, inserted,
+                                                                   ledger.unacknowledged))
 
 
 def _conductor(cfg: Config, run_dir: Path, info: EnvInfo) -> Conductor:

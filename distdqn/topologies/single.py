@@ -54,21 +54,22 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     # ---- resume: restore every component from the checkpoint ----
     if resume is not None:
         state = RunState.from_components(resume, RunCounters)
-        with restoring():
+        with restoring():   # a part that does not fit (a shape, a missing key) is one line
             episodes_go_on = replica.load_state_dict({**state.replicas[0], "learner": state.learner})
-            session.load_state_dict(resume["session"])
+            session.resume(resume["session"])
             set_rng_state(resume["rng"])
+        replica.actor.non_finite_skipped = state.counters.non_finite_steps
         if not episodes_go_on:
             session.note(f"resumed with fresh episodes: {cfg.env.id}'s state is not saved as data")
 
     def checkpoint() -> RunState:
         replica_state = replica.state_dict(cfg.checkpoint.save_replay, with_env=True)
-        counters = RunCounters(replica.env_steps, replica.learner.updates)
+        counters = RunCounters(replica.env_steps, replica.learner.updates,
+                               non_finite_steps=replica.actor.non_finite_skipped)
         return RunState(replica_state.pop("learner"), counters, replicas=[replica_state])
 
     # ---- loop: collect -> store -> sample -> update -> weights sync ----
     session.open(replica.env_steps, replica.learner.updates)
-    session.restore_stats()
     interrupted = False
     learner_busy_s = 0.0   # time in sampling and updates (benchmarks/apex_scaling.py reads its share)
     try:
@@ -85,7 +86,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             learner_busy_s += time.perf_counter() - started
             session.stats.add_updates(updates)
 
-            if session.evaluate_if_due(replica.actor.policy, replica.env_steps):
+            if session.evaluate_if_due(replica.env_steps, replica.learner.get_weights):
                 break
             session.log_if_due(replica.env_steps, replica.learner.updates,
                                epsilon=replica.epsilon(replica.env_steps), replay_size=len(replica.replay),
@@ -95,10 +96,9 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         interrupted = True
 
     # ---- tear down: final evaluation, checkpoint, summary ----
-    replica.sync_policy()
-    result = session.finish(replica.actor.policy, replica.env_steps, replica.learner.updates,
-                            checkpoint().components(), interrupted,
-                            non_finite_steps=replica.actor.non_finite_skipped)
+    state = checkpoint()
+    result = session.finish(replica.learner.get_weights(), replica.env_steps, replica.learner.updates,
+                            state.components(), interrupted, (state.counters,))
     replica.close()
     if cfg.learner.model_parallel > 1:
         replica.learner.close()   # the learner's other ranks end

@@ -1,9 +1,10 @@
-"""A parameter server's exchange with its workers on one node, through POSIX shared memory instead
-of a Ray call per update (sync_ps and async_ps with ``transport: shm``).
+"""The shared-memory path of the update channel's loops (runtime/updates/loops.py): workers on
+the server's host meet it in one POSIX shared-memory segment, with no Ray call and no socket per
+update.
 
-    server (the driver)                      segment                      worker i (its own loop)
+    server (Segment, created)                 segment                      worker i (Segment, attached)
     publish(theta, target) ---> weights[n % 2], version, target version ---> latest(): copy
-    take(i): read, release  <--------------- slot i: a flat gradient  <--- push(g, based_on, k)
+    poll(): read, release   <--------------- slot i: a flat gradient  <--- push(g, based_on, k)
                                               (or model) + counters
 
 Weights: two buffers alternate by publication number n. The server announces ``begun = n`` before
@@ -12,21 +13,21 @@ publication p and keeps the copy only if ``begun`` is still below p + 2 (a seqlo
 cannot have started overwriting that buffer). Slots: worker i writes its slot only when the
 server has released the previous push (``consumed == pushed``), then counts the push; the server
 reads a slot only when ``pushed > consumed``, then releases it. One writer per field, no locks.
-
-A round trip costs two copies of the parameters and the wake-ups, against 4-7 ms for the same
-round through Ray calls on this 2-core machine (benchmarks/RESULTS.md, "A sync_ps round"). Like
-runtime/collectives.py it relies on stores becoming visible in program order (x86's TSO; NumPy
-writes the data before the counter that announces it). Across nodes the Ray calls stay.
+A round trip is two copies of the parameters and the wake-ups. Like runtime/collectives.py it
+relies on stores becoming visible in program order (x86's TSO; NumPy writes the data before the
+counter that announces it).
 """
 
 from __future__ import annotations
 
-import os
-import time
+import uuid
+from multiprocessing import shared_memory
 
 import numpy as np
+import ray
 
 from distdqn.runtime.collectives import close_segment, open_segment
+from distdqn.runtime.updates.waiting import spin_until
 
 _PAD = 8                                            # int64 fields one cache line apart
 BEGUN, PUBLISHED, COLLECT, STOP = range(4)          # server fields
@@ -34,30 +35,18 @@ VERSION, TARGET_VERSION = range(2)                  # per weights buffer
 PUSHED, CONSUMED, BASED_ON, ROUND, NUM_UPDATES, ENV_STEPS = range(6)   # per worker
 
 
-class Stopped(Exception):
-    """The server asked the workers to stop."""
+class Segment:
+    """Both sides of the segment: the server's (``create``) and a worker's (attached). On the
+    server's side it is an ``Endpoint`` of the loops (runtime/updates/loops.py)."""
 
+    path = "shm"
 
-def spin_until(ready, timeout_s: float, stop=None) -> bool:
-    """Wait until ``ready()`` (True) or ``timeout_s`` has passed (False): spin, yielding, for the
-    first 0.2 ms, then sleep 50 us at a time so that a waiting process leaves the cores to those
-    working. Raises ``Stopped`` as soon as ``stop()``."""
-    start = time.perf_counter()
-    while not ready():
-        if stop is not None and stop():
-            raise Stopped
-        waited = time.perf_counter() - start
-        if waited > timeout_s:
-            return False
-        if waited < 2e-4:
-            os.sched_yield()
-        else:
-            time.sleep(5e-5)
-    return True
+    @classmethod
+    def create(cls, num_workers: int, num_params: int) -> Segment:
+        return cls(f"distdqn-ps-{uuid.uuid4().hex[:16]}", num_workers, num_params, create=True)
 
-
-class ServerChannel:
     def __init__(self, name: str, num_workers: int, num_params: int, create: bool):
+        self.name = name
         """``num_params`` float32 per weights vector and per slot; the server ``create``s the
         segment, workers attach to it."""
         self.num_workers, self.num_params, self.created = num_workers, num_params, create
@@ -77,6 +66,13 @@ class ServerChannel:
             self._ctl[COLLECT, 0] = 1
 
     # ---- the server ----
+    def attach_args(self, worker: int) -> tuple:
+        """What worker ``worker``'s ``attach`` call takes to meet the server here."""
+        return ("shm", self.name)
+
+    def joined(self, worker: int, timeout_s: float) -> None:
+        """Worker ``worker`` has attached (nothing to wait for: it opened the segment)."""
+
     def publish(self, online: np.ndarray, target: np.ndarray, version: int, target_version: int) -> None:
         """Make ``online`` (at ``version``) and ``target`` the newest weights."""
         n = int(self._ctl[PUBLISHED, 0]) + 1
@@ -164,3 +160,14 @@ class ServerChannel:
         """Detach; the creator also removes the segment."""
         del self._ctl, self._meta, self._workers, self._weights, self._slots
         close_segment(self._shm, self.created)
+
+
+def sharing_memory(handles: list, timeout_s: float) -> list[bool]:
+    """For each worker, whether it can open a segment this process makes (it is on this host,
+    sharing its /dev/shm: Ray nodes on one machine do, containers and hosts apart do not)."""
+    probe = shared_memory.SharedMemory(name=f"distdqn-probe-{uuid.uuid4().hex[:16]}", create=True, size=8)
+    try:
+        return ray.get([h.opens_shared_memory.remote(probe.name) for h in handles], timeout=timeout_s)
+    finally:
+        probe.close()
+        probe.unlink()
