@@ -120,7 +120,7 @@ def train(
         overrides.append(f"cluster.address={json.dumps(address)}")
     ckpt = None
     if resume is not None:
-        run_dir = resume if (resume / "checkpoints").is_dir() else resume.parent.parent
+        run_dir = rundir.run_dir_of(resume)
         rundir.refuse_if_in_use(run_dir)   # before reading: the message is about the writer
         cfg, ckpt = _resumed_config(resume, config, overrides, seed)
     else:

@@ -109,6 +109,17 @@ def _read_holder(fd: int) -> str:
         return "its writer did not say who it is"
 
 
+def run_dir_of(path: Path) -> Path:
+    """The run directory of what ``--resume`` names: a run directory, its ``checkpoints/``
+    folder, or one checkpoint in it."""
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        return path.parent.parent
+    if path.name == "checkpoints" and not (path / "checkpoints").is_dir():
+        return path.parent
+    return path
+
+
 def is_run_dir(path: Path) -> bool:
     """Whether ``path`` looks like a distdqn run: a config.yaml, and nothing a run does not write."""
     names = {p.name for p in Path(path).iterdir()}

@@ -327,22 +327,33 @@ def test_the_learner_skips_non_finite_updates_and_ends_after_too_many_in_a_row()
         learner.step(_batch(np.nan))
 
 
-def test_a_parameter_server_never_applies_a_non_finite_update():
-    from distdqn.config import load_config
-    from distdqn.envs import env_info
-    from distdqn.local.build import build_learner
-    from distdqn.runtime.server import ParameterServer
-    cfg = load_config(None, [])
-    server = ParameterServer(build_learner(cfg, env_info(cfg.env)))
-    size = server.learner.flat_params.numel()
-    before = server.learner.flat_params.clone()
-    bad = np.full(size, np.nan, np.float32)
-    assert not server.apply_gradient(bad)
-    assert not server.move_toward(bad, 0.5, 1)
-    assert not server.apply_delta({k: np.full_like(v, np.inf) for k, v in server.weights().items()}, 1)
-    assert torch.equal(server.learner.flat_params, before) and server.version == 0
-    assert server.refused.total == 3
-    assert server.apply_gradient(np.zeros(size, np.float32)) and server.version == 1
+def _poisoned_ps_run(run_dir: Path, ray_cluster: str, poisoned: str, *args: str) -> subprocess.CompletedProcess:
+    """A parameter-server run whose workers ``poisoned`` push NaN (tests/poisoned_ps_driver.py)."""
+    return subprocess.run([sys.executable, "-m", "tests.poisoned_ps_driver", poisoned, "train",
+                           "--run-dir", str(run_dir), "--address", ray_cluster, "--set", "log.progress=false", *args], cwd=REPO,
+                          env=ray_env(), capture_output=True, text=True, timeout=600, check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["gradient", "parameter"])
+def test_an_async_server_never_applies_a_worker_s_nan_update(tmp_path, ray_cluster, mode):
+    run_dir = tmp_path / "run"
+    result = _poisoned_ps_run(run_dir, ray_cluster, "1", "cartpole-async_ps", "--set", f"async_ps.mode={mode}",
+                              "--set", "train.total_env_steps=6000", "--set", "eval.interval_env_steps=3000")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["non_finite_updates"] > 0 and summary["learner_updates"] > 0, summary
+    online = open_checkpoint(run_dir).load("learner")["online"]
+    assert all(torch.isfinite(v).all() for v in online.values()), "a NaN update was applied"
+
+
+@pytest.mark.slow
+def test_a_sync_server_refusing_every_round_ends_the_run_in_one_line(tmp_path, ray_cluster):
+    """One worker of two pushes NaN: every round's mean is NaN, none is applied, and after
+    learner.max_non_finite_updates rounds in a row the run ends in one line."""
+    result = _poisoned_ps_run(tmp_path / "run", ray_cluster, "0", "cartpole-sync_ps",
+                              "--set", "learner.max_non_finite_updates=5", "--set", "train.total_env_steps=100000")
+    assert_user_error(result, "the parameter server", "5 updates in a row", "learner.max_non_finite_updates=5")
 
 
 def test_a_replay_bigger_than_the_machine_is_refused_before_anything_starts(tmp_path):
