@@ -133,6 +133,7 @@ def test_a_signal_ends_a_run_at_a_safe_point_with_a_final_checkpoint(tmp_path, s
     assert "Traceback" not in err
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["stop_reason"] == reason and summary["final_checkpoint"]
+    assert summary["non_finite_updates"] == summary["non_finite_steps"] == 0
     ckpt = open_checkpoint(run_dir)
     assert ckpt.path.name == "final" and ckpt.env_steps == summary["env_steps"] > 0
     assert not (run_dir / "distdqn.lock").exists()

@@ -59,13 +59,15 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             session.resume(resume["session"])
             set_rng_state(resume["rng"])
         replica.actor.non_finite_skipped = state.counters.non_finite_steps
+        replica.learner.non_finite.total = state.counters.non_finite_updates
         if not episodes_go_on:
             session.note(f"resumed with fresh episodes: {cfg.env.id}'s state is not saved as data")
 
     def checkpoint() -> RunState:
         replica_state = replica.state_dict(cfg.checkpoint.save_replay, with_env=True)
         counters = RunCounters(replica.env_steps, replica.learner.updates,
-                               non_finite_steps=replica.actor.non_finite_skipped)
+                               non_finite_steps=replica.actor.non_finite_skipped,
+                               non_finite_updates=replica.learner.non_finite.total)
         return RunState(replica_state.pop("learner"), counters, replicas=[replica_state])
 
     # ---- loop: collect -> store -> sample -> update -> weights sync ----
