@@ -26,13 +26,14 @@ Experience Replay", ICLR).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError, RayError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 
 from distdqn.checkpoint import restoring
 from distdqn.config import Config
@@ -69,6 +70,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         # ---- loop: keep every actor and the learner busy; conduct between their calls ----
         blocks_per_call = max(a.blocks_per_call, blocks_per_insert(cfg))   # at least one insert per call
         calls, lags, busy = CallsInFlight(), np.zeros(a.num_actors), {"learner_busy_s": 0.0, "learner_step_s": 0.0}
+        unreachable: dict[int, float] = {}   # actor -> since when its calls come back unreachable
         for _ in range(a.calls_in_flight):
             for i in range(a.num_actors):
                 _collect(calls, actors, i, blocks_per_call)
@@ -77,13 +79,17 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             while job.counters.env_steps < cfg.train.total_env_steps:
                 ref, role, i, generation = job.next_call(calls)
                 if role == "actor" and generation == actors.generations[i]:
-                    report = _actor_report(job, ref)
-                    if report is None:   # the actor died: a new one takes its place, the run goes on
+                    report = _actor_report(job, ref, unreachable, i)
+                    if report is UNREACHABLE:   # its call lost on the way (a link down): asked again
+                        pass
+                    elif report is None:   # the actor died: a new one takes its place, the run goes on
                         ledger.killed(i)
+                        unreachable.pop(i, None)
                         job.replace(i)
                         for _ in range(a.calls_in_flight - 1):
                             _collect(calls, actors, i, blocks_per_call)
                     else:
+                        unreachable.pop(i, None)
                         job.absorb(report.experience)
                         ledger.reported(i, report)
                         lags[i] = report.weight_lag if report.weight_lag is not None else lags[i]
@@ -207,11 +213,23 @@ def _build(cfg: Config, info: EnvInfo, job: Conductor) -> tuple[Any, Any, Any]:
     return learner, replay, actors
 
 
-def _actor_report(job: Conductor, ref: Any) -> Any:
-    """An actor's report, or None if the actor died; a failure of the learner or replay it talks to
-    ends the run with one line."""
+UNREACHABLE = object()
+"""An actor's call that Ray could not deliver or answer (ActorUnavailableError: the connection to
+its host broke; the call may or may not have run). The actor may well be alive: a cut link heals."""
+
+
+def _actor_report(job: Conductor, ref: Any, unreachable: dict[int, float], i: int) -> Any:
+    """Actor ``i``'s report; UNREACHABLE while its host has not been reachable for less than the
+    stall timeout (the call is asked again); None if the actor died or stayed unreachable that
+    long; a failure of the learner or replay it talks to ends the run with one line."""
     try:
         return ray.get(ref, timeout=job.stall_timeout_s)
+    except ActorUnavailableError:
+        since = unreachable.setdefault(i, time.monotonic())
+        if time.monotonic() - since < job.stall_timeout_s:
+            time.sleep(0.2)   # not a busy loop of refused calls while the link is down
+            return UNREACHABLE
+        return None
     except RayError as exc:
         if isinstance(exc, RayActorError) and all(job.alive().values()):
             return None
