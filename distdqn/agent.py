@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from distdqn.checkpoint import BEST, MANIFEST, load_checkpoint, resolve_checkpoint
+from distdqn.checkpoint import BEST, MANIFEST, Checkpoint, open_checkpoint
 from distdqn.config import Config, config_from_dict, parse_yaml
 from distdqn.core.actor import evaluate as evaluate_policy
 from distdqn.core.policy import TorchPolicy
@@ -53,7 +53,7 @@ def checkpoint_path(path: str | Path, which: str | None = None) -> Path:
     if which is None:
         which = BEST if (folder / BEST / MANIFEST).is_file() else "latest"
     if which == "latest":
-        return resolve_checkpoint(path)
+        return open_checkpoint(path).path   # the newest that verifies
     if not (folder / which / MANIFEST).is_file():
         if not path.exists():
             raise CheckpointError(f"{path}: no such run directory or checkpoint")
@@ -65,9 +65,11 @@ def checkpoint_path(path: str | Path, which: str | None = None) -> Path:
 def read_checkpoint(path: Path, keys: tuple[str, ...] | None = None) -> tuple[dict[str, Any], Config, dict[str, Any]]:
     """(components, config, manifest) of the checkpoint directory ``path``; ``keys``: only those
     components (``()``: none)."""
-    components, config_yaml, manifest = load_checkpoint(path, keys)
+    ckpt = open_checkpoint(path)   # verified (sizes, sha256) before anything is read
+    manifest = ckpt.manifest
+    components = {key: ckpt.load(key) for key in manifest["components"] if keys is None or key in keys}
     try:
-        cfg = config_from_dict(parse_yaml(config_yaml, "checkpoint config.yaml"), "checkpoint config.yaml")
+        cfg = config_from_dict(parse_yaml(ckpt.config_yaml, "checkpoint config.yaml"), "checkpoint config.yaml")
     except UserError as exc:
         raise CheckpointError(f"{path}: the checkpoint's config.yaml is invalid: {exc}") from None
     return components, cfg, manifest
@@ -229,6 +231,7 @@ def load(path: str | Path, checkpoint: str | None = None, cfg: Config | None = N
     weights, saved_cfg, manifest = read_weights(where)
     cfg = cfg or saved_cfg
     info = env_info(cfg.env)
+    Checkpoint(where, manifest).check_spaces(info.obs_shape, info.obs_dtype, info.num_actions)
     cfg = resolve_network(cfg, info)
     network = build_network(cfg, info)
     try:

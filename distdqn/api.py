@@ -32,11 +32,12 @@ import gymnasium as gym
 
 from distdqn.agent import Agent, Evaluation, checkpoint_path, read_checkpoint
 from distdqn.agent import load as load_agent
-from distdqn.checkpoint import BEST
+from distdqn.checkpoint import BEST, MUST_MATCH, Checkpoint, open_checkpoint
 from distdqn.config import (
     Config,
     apply_override,
     config_from_dict,
+    parse_yaml,
     raw_config,
     set_field,
 )
@@ -154,10 +155,8 @@ def make_config(config: ConfigLike = None, *, env: EnvLike = None, overrides: Ov
 # ---- checks before anything is written ----
 
 # Fields that must agree between a checkpoint and the config it is resumed with (both resolved
-# for the env: network.kind auto as built).
-_MUST_MATCH = ("topology", "env.id", "env.make", "env.wrappers", "env.kwargs", "env.num_envs", "network.kind",
-               "network.hidden_sizes", "network.dueling", "network.atoms", "network.v_min", "network.v_max",
-               "replay.capacity", "replay.prioritized", "replay.storage", "workers.num_workers")
+# for the env: network.kind auto as built): checkpoint.MUST_MATCH and the user's env's own.
+_MUST_MATCH = (*MUST_MATCH, "env.make", "env.wrappers")
 
 
 def _field(cfg_dict: dict, path: str) -> Any:
@@ -227,6 +226,8 @@ def check(cfg: Config) -> tuple[Config, EnvInfo]:
     _check_client_envs(cfg)
     check_devices(cfg)
     cfg = _check_network(cfg, info)
+    from distdqn.local.build import check_replay_memory
+    check_replay_memory(cfg, info)
     _check_extras(cfg)
     if cfg.topology != "single":  # fail on an unreachable cluster before anything is written
         from distdqn.runtime.cluster import check_reachable
@@ -241,33 +242,29 @@ def default_run_dir(cfg: Config) -> Path:
 
 
 def _resumed(resume: Path, config: ConfigLike, env: EnvLike, overrides: Overrides, seed: int | None,
-             address: str | None) -> tuple[Config, EnvInfo, dict[str, Any], Path]:
-    """The config of a resumed run (the checkpoint's, or ``config``, with the rest applied), its
-    env, the checkpoint's components and the run directory; a config that does not match the
-    checkpoint is an error."""
-    where = checkpoint_path(resume, "latest" if not (Path(resume) / "manifest.json").is_file() else None)
-    _, ckpt_cfg, manifest = read_checkpoint(where, ())   # the config first: checked before any component is read
-    if "learner" not in manifest.get("components", []):
-        raise CheckpointError(f"{where}: {BEST} holds the best evaluation's network only; resume from the run "
+             address: str | None) -> tuple[Path, Config, EnvInfo, Checkpoint]:
+    """The run directory of a resumed run, its config (the checkpoint's, or ``config``, with the
+    rest applied), its env and its checkpoint: the newest that verifies, nothing of it unpickled
+    yet (rundir.writing loads it once the run is locked). A run another process writes, or a
+    config that does not match the checkpoint, is an error."""
+    from distdqn import rundir
+    run_dir = rundir.run_dir_of(resume)
+    rundir.refuse_if_in_use(run_dir)   # before reading: the message is about the writer
+    ckpt = open_checkpoint(resume)
+    for skipped in ckpt.skipped:
+        print(f"[distdqn] passed over: {skipped}; using {ckpt.path}", file=sys.stderr, flush=True)
+    if "learner" not in ckpt.manifest.get("components", []):
+        raise CheckpointError(f"{ckpt.path}: {BEST} holds the best evaluation's network only; resume from the run "
                               "directory (its latest checkpoint)")
+    try:
+        ckpt_cfg = config_from_dict(parse_yaml(ckpt.config_yaml, "checkpoint config.yaml"), "checkpoint config.yaml")
+    except UserError as exc:
+        raise CheckpointError(f"{resume}: the checkpoint's config.yaml is invalid: {exc}") from None
     cfg = make_config(ckpt_cfg if config is None else config, env=env, overrides=overrides, seed=seed,
                       address=address)
     cfg, info = check(cfg)
     check_compatible(ckpt_cfg, cfg, info, resume)
-    components, _, _ = read_checkpoint(where)
-    run_dir = resume if (resume / "checkpoints").is_dir() else where.parent.parent
-    return cfg, info, components, run_dir
-
-
-def _fresh_run_dir(cfg: Config, run_dir: Path | None, overwrite: bool) -> Path:
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise UserError(f"--run-dir: {run_dir} already exists; pass --overwrite to replace it "
-                            f"or --resume {run_dir} to continue it")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    return run_dir, cfg, info, ckpt
 
 
 # ---- the functions ----
@@ -279,23 +276,25 @@ def train(config: ConfigLike = None, *, env: EnvLike = None, overrides: Override
     checkpoint's config unless ``config`` is given; a Python env factory must be handed again).
     ``address``: the Ray cluster to join (distributed topologies; default a local instance).
     ``verbose``: say where the run is written (stderr)."""
+    from distdqn import rundir
     from distdqn.topologies import get_run
 
-    resume_state = None
+    ckpt = None
     if resume is not None:
-        cfg, info, resume_state, run_dir = _resumed(Path(resume), config, env, overrides, seed, address)
+        run_dir, cfg, info, ckpt = _resumed(Path(resume), config, env, overrides, seed, address)
     else:
         cfg = make_config(config, env=env, overrides=overrides, seed=seed, address=address)
         cfg, info = check(cfg)
-        run_dir = _fresh_run_dir(cfg, run_dir, overwrite)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    if verbose:
-        print(f"run directory: {run_dir}", file=sys.stderr, flush=True)
+        run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     try:
-        result = get_run(cfg.topology)(cfg, run_dir, info, resume_state)
+        with rundir.writing(run_dir, overwrite, ckpt, info) as resume_state:   # one writer; signals
+            (run_dir / "config.yaml").write_text(cfg.to_yaml())
+            if verbose:
+                print(f"run directory: {run_dir}", file=sys.stderr, flush=True)
+            result = get_run(cfg.topology)(cfg, run_dir, info, resume_state)
     except UserError:
         # refused before it started (a cluster too small, say): leave no half-made run behind
-        if resume is None and sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]:
+        if resume is None and run_dir.is_dir() and sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]:
             shutil.rmtree(run_dir)
         raise
     return Run(run_dir, cfg, result.summary)

@@ -3,11 +3,14 @@ Python API (``distdqn/api.py``).
 
 User errors (bad config, unknown env id, bad checkpoint, existing run directory) are printed as one
 line, ``error: <what>``, with exit status 2 and no traceback; nothing is created or overwritten
-before the input has been checked.
+before the input has been checked. A run stopped by SIGTERM or SIGINT finishes at its next safe
+point (final checkpoint and summary) and exits 143 / 130 (``signals.py``); one run directory has
+one writer (``rundir.py``).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -33,7 +36,7 @@ def train(
     address: Annotated[str | None, typer.Option(help="Ray cluster address (distributed topologies)")] = None,
 ) -> None:
     """Train a DQN. With no CONFIG, trains CartPole-v1 on the default topology."""
-    from distdqn import api
+    from distdqn import api, signals
     run = api.train(config, overrides=list(set_ or []), seed=seed, run_dir=run_dir, overwrite=overwrite,
                     resume=resume, address=address)
     s, cfg = run.summary, run.config
@@ -42,6 +45,8 @@ def train(
     typer.echo(f"{cfg.env.id} [{cfg.topology}] {solved}; final eval {s['final_eval_return_mean']:.1f} "
                f"+- {s['final_eval_return_std']:.1f}; {s['env_steps']} env steps, "
                f"{s['learner_updates']} updates in {s['wall_s']:.1f} s{_privacy_spent(s)}")
+    if signals.exit_code(s["stop_reason"]):   # stopped by SIGTERM / SIGINT: exit as the signal would
+        raise typer.Exit(signals.exit_code(s["stop_reason"]))
 
 
 def _privacy_spent(summary: dict) -> str:
@@ -163,6 +168,12 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: disk full ({exc.strerror}: {exc.filename or 'a run file'}); the last checkpoint is intact",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

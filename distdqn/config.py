@@ -7,12 +7,16 @@ that describes it in one line (`distdqn presets` lists them). Every field is doc
 declared. Unknown keys, wrong types and out-of-range values are errors that name the field's dotted
 path, for example ``replay.alpha: Input should be less than or equal to 1 (got 1.5)``.
 
+Every float must be finite (NaN and infinity are refused, ``learner.lr: Input should be a finite
+number``), and counts and sizes have upper bounds past which a run cannot be meant.
+
 Units are in the names: ``*_env_steps`` counts environment steps (one sub-environment stepping once),
 ``*_updates`` counts learner updates (one gradient step on one batch).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from importlib import resources
@@ -39,10 +43,24 @@ TOPOLOGIES = ("single", "apex", "sync_ps", "async_ps", "allreduce", "federated")
 """The registered topologies: each has a file ``distdqn/topologies/<name>.py`` with ``run``."""
 
 
+def _finite_numbers(value: Any) -> Any:
+    """Any value, but no NaN or infinity among its numbers (in lists and dicts too)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"Input should hold finite numbers only (got {value})")
+    for item in value.values() if isinstance(value, dict) else value if isinstance(value, list) else ():
+        _finite_numbers(item)
+    return value
+
+
+MakeKwargs = Annotated[dict[str, Any], AfterValidator(_finite_numbers)]
+"""Keyword arguments for ``gymnasium.make``: any values, every number finite."""
+
+
 class _Section(BaseModel):
     # strict: no silent str -> number coercion; forbid: unknown keys are errors; frozen: a
-    # validated config is data, never rewritten (derived values are properties).
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # validated config is data, never rewritten (derived values are properties); every float
+    # finite (NaN and infinity are refused).
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     def check(self, cfg: Config) -> None:
         """This section's checks against the rest of the config (raise ValueError naming the field)."""
@@ -128,9 +146,9 @@ class EnvConfig(_Section):
     """The user's wrappers, applied in order to each environment right after it is made, before
     distdqn's own (the observation encoding): ``[{wrapper: package.module:Wrapper, kwargs: {...}}]``,
     or just ``[package.module:Wrapper]``. Not for ``ALE/`` ids (stepped by ale-py's C++ vector env)."""
-    num_envs: int = Field(8, ge=1)
+    num_envs: int = Field(8, ge=1, le=65_536)
     """Sub-environments stepped together as one vector env, per actor process."""
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: MakeKwargs = Field(default_factory=dict)
     """Extra keyword arguments for ``gymnasium.make`` (for example ``{gravity: 9.8}``)."""
     attributes: dict[str, float] = Field(default_factory=dict)
     """Physical parameters set on the environment after it is made, for ids that take them as
@@ -146,7 +164,12 @@ class EnvConfig(_Section):
     always stepped by ale-py's C++ ``AtariVectorEnv`` (auto or native)."""
     atari: AtariConfig = Field(default_factory=AtariConfig)
     """Preprocessing of ``ALE/`` ids (ignored for other ids)."""
-    step_latency_ms: float = Field(0.0, ge=0.0)
+    non_finite: Literal["error", "skip"] = "error"
+    """What an actor does with a NaN or infinite observation or reward: ``error`` ends the run in
+    one line naming the env and the field; ``skip`` drops the transitions that hold one (the steps
+    counted as the summary's ``non_finite_steps``; a federated client's are not reported), and
+    counts no reward of it in episode returns."""
+    step_latency_ms: float = Field(0.0, ge=0.0, le=60_000.0)
     """A wait added to every step of the vector env, without using the CPU (a sleep): it models
     simulators in other processes or behind a network that answer a step this much later (all
     sub-environments of the vector at once). For benchmarks of scaling past the cores; 0: none."""
@@ -233,8 +256,9 @@ class NetworkConfig(_Section):
 
 
 class ReplayConfig(_Section):
-    capacity: int = Field(50_000, ge=1)
-    """Transitions held; the oldest is overwritten when full."""
+    capacity: int = Field(50_000, ge=1, le=1_000_000_000)
+    """Transitions held; the oldest is overwritten when full. A replay that would not fit in this
+    machine's memory is refused before the run starts."""
     prioritized: bool = False
     """Prioritized replay (Schaul et al. 2016) instead of uniform sampling."""
     alpha: float = Field(0.6, ge=0.0, le=1.0)
@@ -247,7 +271,7 @@ class ReplayConfig(_Section):
     """Env steps over which beta goes from beta_start to beta_end; None: ``train.total_env_steps``."""
     priority_eps: float = Field(1e-6, gt=0.0)
     """Added to |TD error| so that no transition has priority zero."""
-    n_step: int = Field(3, ge=1)
+    n_step: int = Field(3, ge=1, le=1000)
     """Steps summed into each stored transition's return (n-step Q-learning)."""
     storage: Literal["auto", "full", "frames"] = "auto"
     """How observations are stored: ``full`` keeps each transition's obs and next_obs arrays;
@@ -257,7 +281,7 @@ class ReplayConfig(_Section):
 
 
 class LearnerConfig(_Section):
-    lr: float = Field(2.5e-3, gt=0.0)
+    lr: float = Field(2.5e-3, gt=0.0, le=10.0)
     """Adam learning rate (at the start, if ``lr_end`` is set)."""
     lr_end: float | None = Field(None, gt=0.0)
     """If set, the learning rate decays linearly from ``lr`` to this over the run's planned learner
@@ -265,7 +289,7 @@ class LearnerConfig(_Section):
     adam_eps: float = Field(1e-8, gt=0.0)
     gamma: float = Field(0.99, gt=0.0, le=1.0)
     """Discount per environment step; n-step transitions use gamma^n."""
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, le=1_048_576)
     """Transitions per learner update."""
     double_dqn: bool = True
     """Double DQN target (van Hasselt et al. 2016): argmax with the online net, value from the target."""
@@ -294,6 +318,11 @@ class LearnerConfig(_Section):
     model_parallel_timeout_s: float = Field(60.0, gt=0.0)
     """Longest wait for the learner's ranks to form their group and for any exchange between
     them; a rank that dies or stalls ends the run with an error within about this long."""
+    max_non_finite_updates: int = Field(100, ge=1)
+    """A learner update whose loss or gradient is NaN or infinite is skipped (the parameters and
+    optimizer left as they were, its priorities not written, counted as ``non_finite_updates``);
+    this many in a row end the run with an error. A parameter server likewise never applies a
+    non-finite update, and ends the run after this many in a row."""
 
     def check(self, cfg: Config) -> None:
         p, n = self.model_parallel, cfg.network
@@ -328,7 +357,7 @@ class ExplorationConfig(_Section):
 
 
 class TrainConfig(_Section):
-    total_env_steps: int = Field(40_000, ge=1)
+    total_env_steps: int = Field(40_000, ge=1, le=10**13)
     """Environment steps (summed over sub-environments) after which training stops."""
     max_wall_s: float | None = Field(None, gt=0)
     """Wall-clock budget in seconds (a resumed run counts its earlier time): training stops at the
@@ -388,7 +417,12 @@ class LogConfig(_Section):
 
 class CheckpointConfig(_Section):
     interval_env_steps: int | None = Field(None, ge=1)
-    """Environment steps between periodic checkpoints; None saves only the final one."""
+    """Environment steps between periodic checkpoints; None: by ``interval_s`` alone."""
+    interval_s: float | None = Field(300.0, gt=0.0)
+    """Wall-clock seconds between periodic checkpoints (beside ``interval_env_steps``), so that a
+    run killed without warning (SIGKILL, out of memory, a lost machine) loses at most about this
+    much; None: none by time (with interval_env_steps None, only the final checkpoint). SIGTERM
+    and SIGINT end a run with a final checkpoint whatever this is."""
     keep: int = Field(2, ge=1)
     """Periodic checkpoints kept (oldest deleted first); the final one is always kept."""
     save_replay: bool = True
@@ -402,7 +436,7 @@ class CheckpointConfig(_Section):
 class ApexConfig(_Section):
     """Ape-X (Horgan et al. 2018): actors -> central prioritized replay -> learner."""
 
-    num_actors: int = Field(2, ge=1)
+    num_actors: int = Field(2, ge=1, le=4096)
     """Actor processes, each with its own vector env of ``env.num_envs`` sub-environments."""
     base_epsilon: float = Field(0.4, ge=0.0, le=1.0)
     epsilon_alpha: float = Field(7.0, ge=0.0)
@@ -456,7 +490,7 @@ class WorkersConfig(_Section):
     replay (batches drawn per local env step), so with N workers each learner update averages N
     batches and there are replay_ratio / N updates per env step of the whole run."""
 
-    num_workers: int = Field(2, ge=1)
+    num_workers: int = Field(2, ge=1, le=4096)
     cpus: float = Field(1.0, gt=0.0)
     """CPUs reserved per worker (its torch threads follow, unless ``train.torch_threads`` is set)."""
     gpus: float = Field(0.0, ge=0.0)
@@ -534,7 +568,7 @@ class AllReduceConfig(_Section):
 class ClientConfig(_Section):
     """One federated client's own environment: overrides of ``env.kwargs`` and ``env.attributes``."""
 
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: MakeKwargs = Field(default_factory=dict)
     attributes: dict[str, float] = Field(default_factory=dict)
     """For example ``{length: 0.7, masspole: 0.15}`` for a CartPole with a longer, heavier pole."""
 

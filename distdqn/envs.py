@@ -587,6 +587,89 @@ def _layout_of(env: gym.Env) -> ObservationLayout | None:
     return None
 
 
+# ---- an env's state as data (checkpoints never unpickle an environment) ----
+
+# Envs and wrappers whose whole dynamic state is in plain attributes (arrays, numbers, NumPy
+# generators): ``env_state`` saves those of a vector env made only of these, so that a resumed
+# run continues the same episodes. Anything else (Box2D worlds, emulators, subprocesses) resumes
+# with fresh episodes.
+DATA_STATE_ENVS = frozenset({
+    "gymnasium.envs.classic_control.cartpole.CartPoleVectorEnv",
+    "gymnasium.envs.classic_control.cartpole.CartPoleEnv",
+    "gymnasium.envs.classic_control.acrobot.AcrobotEnv",
+    "gymnasium.envs.classic_control.mountain_car.MountainCarEnv",
+    "gymnasium.vector.sync_vector_env.SyncVectorEnv",
+    "gymnasium.wrappers.common.TimeLimit",
+    "gymnasium.wrappers.common.OrderEnforcing",
+    "gymnasium.wrappers.common.PassiveEnvChecker",
+    "distdqn.envs.StepLatency",
+})
+
+
+def _is_data(value) -> bool:
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "biufc"
+    if isinstance(value, bool | int | float | str | type(None) | np.generic):
+        return not isinstance(value, np.generic) or value.dtype.kind in "biufc"
+    if isinstance(value, list | tuple):
+        return all(_is_data(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_data(v) for k, v in value.items())
+    return False
+
+
+def _env_nodes(env) -> list | None:
+    """The vector env, its wrappers and sub-envs in a fixed order; None if one of them is not
+    known to keep its state in data (``DATA_STATE_ENVS``)."""
+    nodes, todo = [], [env]
+    while todo:
+        node = todo.pop(0)
+        if f"{type(node).__module__}.{type(node).__qualname__}" not in DATA_STATE_ENVS:
+            return None
+        nodes.append(node)
+        todo += list(getattr(node, "envs", [])) + ([node.env] if isinstance(getattr(node, "env", None),
+                                                                        gym.Env | gym.vector.VectorEnv) else [])
+    return nodes
+
+
+def env_state(env) -> dict | None:
+    """The env's state as data (arrays, numbers, generator states), or None where the env is not
+    one of ``DATA_STATE_ENVS`` (a resumed run then starts fresh episodes)."""
+    nodes = _env_nodes(env)
+    if nodes is None:
+        return None
+    state = []
+    for node in nodes:
+        attrs, generators = {}, {}
+        for name, value in vars(node).items():
+            if isinstance(value, np.random.Generator):
+                generators[name] = value.bit_generator.state
+            elif name not in ("env", "envs") and _is_data(value):
+                attrs[name] = value.copy() if isinstance(value, np.ndarray) else value
+        state.append({"class": f"{type(node).__module__}.{type(node).__qualname__}",
+                      "attributes": attrs, "generators": generators})
+    return {"nodes": state}
+
+
+def load_env_state(env, state: dict) -> bool:
+    """Put ``env_state``'s data back into a freshly made (and reset) env of the same config;
+    False (the env left as it is) if the env is not made of the same parts."""
+    nodes = _env_nodes(env)
+    saved = state.get("nodes", [])
+    if nodes is None or [f"{type(n).__module__}.{type(n).__qualname__}" for n in nodes] != [s["class"] for s in saved]:
+        return False
+    for node, part in zip(nodes, saved, strict=True):
+        for name, value in part["attributes"].items():
+            setattr(node, name, np.array(value) if isinstance(value, np.ndarray) else value)
+        for name, generator_state in part["generators"].items():
+            generator = getattr(node, name, None)
+            if not isinstance(generator, np.random.Generator):
+                generator = np.random.default_rng()
+                setattr(node, name, generator)
+            generator.bit_generator.state = generator_state
+    return True
+
+
 def env_info(cfg: EnvConfig) -> EnvInfo:
     """Check that DQN can learn the env (discrete actions, array observations) and describe it.
     The user's code (``module:Id``, ``env.make``, ``env.wrappers``) runs here once, in this

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import ray
 from ray._private import ray_constants
 
+from distdqn import signals
 from distdqn.errors import UserError
 
 LOOPBACK = "127.0.0.1"
@@ -109,6 +110,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, timeout_s: 
         text = str(exc).strip()
         first = text.splitlines()[0] if text else ""
         raise ClusterError(f"--address {address or 'local'}: {type(exc).__name__}: {first}") from None
+    signals.reclaim()   # ray.init replaced the run's SIGTERM handler with its own
     resources = ray.cluster_resources()
     return Cluster(address, started_here, len([n for n in ray.nodes() if n.get("Alive")]),
                    resources.get("CPU", 0.0), resources.get("GPU", 0.0), startup_log)

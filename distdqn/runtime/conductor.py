@@ -25,6 +25,7 @@ import ray
 import torch
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayError
 
+from distdqn.checkpoint import restoring
 from distdqn.config import Config
 from distdqn.core.records import Experience, UpdateStats
 from distdqn.envs import EnvInfo, user_module_paths
@@ -94,14 +95,15 @@ class Conductor:
             return None
         state = RunState.from_components(resume, type(self.counters))
         self.counters = state.counters
-        if state.replicas is not None and self.pool is not None:
-            self.pool.load_state_dicts(state.replicas)
-        if self.pool is not None:
-            self.pool.restarts = self.counters.restarts
-        self.session.resume(resume["session"])
-        set_rng_state(resume["rng"])
-        if learner is not None:
-            learner.load_state_dict(state.learner)
+        with restoring():   # a part that does not fit (a shape, a missing key) is one line
+            if state.replicas is not None and self.pool is not None:
+                self.pool.load_state_dicts(state.replicas)
+            if self.pool is not None:
+                self.pool.restarts = self.counters.restarts
+            self.session.resume(resume["session"])
+            set_rng_state(resume["rng"])
+            if learner is not None:
+                learner.load_state_dict(state.learner)
         return state
 
     def open(self) -> None:
@@ -137,6 +139,7 @@ class Conductor:
     def absorb(self, experience: Experience) -> None:
         """Count what a process reports: env steps and ended episodes."""
         self.counters.env_steps += experience.env_steps
+        self.counters.non_finite_steps += experience.non_finite_steps
         self.session.stats.add_episodes(experience.episodes)
         self._last_progress = time.perf_counter()
 

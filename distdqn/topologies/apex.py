@@ -35,6 +35,7 @@ import numpy as np
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 
+from distdqn.checkpoint import restoring
 from distdqn.config import Config
 from distdqn.core.schedules import per_actor_epsilons
 from distdqn.envs import EnvInfo
@@ -58,8 +59,10 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         # ---- resume: learner and replay from the checkpoint (actors start fresh episodes) ----
         state = job.restore(resume)
         if state is not None:
-            ray.get([learner.load_state_dict.remote(state.learner)]
-                    + ([replay.load_replay_state.remote(state.replay)] if state.replay else []), timeout=a.stall_timeout_s)
+            with restoring():
+                ray.get([learner.load_state_dict.remote(state.learner)]
+                        + ([replay.load_replay_state.remote(state.replay)] if state.replay else []),
+                        timeout=a.stall_timeout_s)
         weights = ray.get(learner.weights.remote(), timeout=a.stall_timeout_s)
         job.open()
         ledger = InsertLedger(job.counters, a.num_actors)

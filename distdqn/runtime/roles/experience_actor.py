@@ -78,7 +78,8 @@ class ExperienceActor:
             self._pending_version = self.weights.version
             episodes = Episodes.of(np.concatenate([r.episode_returns for r in rollouts]),
                                    np.concatenate([r.episode_lengths for r in rollouts]))
-            experience = Experience(experience.env_steps + env_steps, experience.episodes + episodes)
+            experience = Experience(experience.env_steps + env_steps, experience.episodes + episodes,
+                                    experience.non_finite_steps + sum(r.non_finite_steps for r in rollouts))
         return ActorReport(experience, refusals, float(np.mean(self._lags)) if self._lags else None,
                            self.weights.version, self._accepted_env_steps)
 

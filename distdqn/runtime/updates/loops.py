@@ -191,7 +191,7 @@ class LoopChannel:
                 self._events.append(WorkerDied(i))
                 continue
             self._events.append(WorkerReport(i, report.experience.episodes, report.updates, report.busy_s,
-                                             report.wait_s))
+                                             report.wait_s, report.experience.non_finite_steps))
             self._queue(i)
 
     def events(self) -> list[WorkerEvent]:
