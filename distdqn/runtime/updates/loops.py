@@ -65,9 +65,6 @@ class WorkerEnd(Protocol):
     def latest(self, online: np.ndarray, target: np.ndarray, held_target: int) -> tuple[int, int, int]: ...
     def push(self, worker: int, vector: np.ndarray | None, based_on: tuple[int, int], num_updates: int,
              env_steps: int, timeout_s: float) -> None: ...
-    def will_pull(self) -> None:
-        """The worker's next call is ``latest``: a path with latency asks for the weights now, so
-        that they travel while the worker computes (shared memory has nothing to ask)."""
     def close(self) -> None: ...
 
 
@@ -141,8 +138,6 @@ class LoopChannel:
         publication, changed or not)."""
         version = (learner.updates, learner.target_version)
         if not self.exchange.sync and version == self._published:
-            for endpoint in self._endpoints.values():
-                getattr(endpoint, "unchanged", lambda: None)()   # a worker that asked is told
             return
         if self._target[0] != learner.target_version:
             self._target = (learner.target_version, learner.get_flat_weights()[1])
@@ -271,8 +266,6 @@ class WorkerLoop:
                 report.wait_s += time.perf_counter() - waited
                 report.pushes += 1
                 self._since_pull = (self._since_pull + 1) % self.exchange.pull_period
-                if not sync and self._since_pull == 0:
-                    end.will_pull()
         except Stopped:
             pass
         report.experience = self.replica.report()

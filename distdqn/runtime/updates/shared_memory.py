@@ -147,9 +147,6 @@ class Segment:
         """Nothing to block on (the workers write the segment): yield the core a moment."""
         time.sleep(min(wait_s, 2e-5))
 
-    def will_pull(self) -> None:
-        """Nothing to ask: ``latest`` reads the segment."""
-
     def push(self, worker: int, vector: np.ndarray | None, based_on: tuple[int, int], num_updates: int,
              env_steps: int, timeout_s: float) -> None:
         """Write ``vector`` (None: no batch was owed), computed from the weights of ``based_on``

@@ -7,8 +7,8 @@ call per update.
       <--------- PUSH header (+ the flat vector) ---------------------  push(): after the ACK of the previous
       ACK ------------------------------------------------------------>  (the server took it: one push in flight)
       WEIGHTS (online, and the target when it changed) ------------->  sync: every publication
-      <--------- PULL ----------------------------------------------     async: every pull_period pushes, right behind a push;
-      WEIGHTS, or CURRENT (nothing newer) --------------------------->   answered at the next publication
+      <--------- PULL ----------------------------------------------     async: every pull_period pushes;
+      WEIGHTS, or CURRENT (nothing newer) --------------------------->   answered at once (the newest, as shm)
       CONTROL (collect / stop) -------------------------------------->
 
 Every message is a fixed header of six int64 (kind and five fields) and, for pushes and weights,
@@ -116,7 +116,7 @@ class SocketServer:
         self._pending: dict[int, tuple[int, ...]] = {}   # worker -> its push's fields, not yet taken
         self._held = [0] * num_workers                     # the publication each worker was last sent
         self._held_target = [-1] * num_workers             # ... and the target version
-        self._wants: set[int] = set()                      # async: asked for weights, not answered
+        self._wants: set[int] = set()                      # async: asked before the first publication
         self._steps = [0] * num_workers
         self._published, self._version, self._target_version = 0, -1, -1
         self._online: np.ndarray | None = None
@@ -157,16 +157,6 @@ class SocketServer:
         for worker in list(self._writers) if self.sync else sorted(self._wants):
             self._send_weights(worker)
 
-    def unchanged(self) -> None:
-        """An async publication that changed nothing: a worker that asked gets the newest it lacks,
-        or is told it holds it."""
-        for worker in sorted(self._wants):
-            if self._held[worker] < self._published:
-                self._send_weights(worker)
-            else:
-                self._wants.discard(worker)
-                self._put(worker, CURRENT, [])
-
     def _send_weights(self, worker: int) -> None:
         """The newest publication, its target only if the worker lacks it (copied now: the
         server's learner goes on changing)."""
@@ -193,17 +183,22 @@ class SocketServer:
             return
         try:
             self._writers[worker].flush()
-            while worker not in self._pending:
+            while True:   # past a pending push too: a PULL behind it is answered before the push is applied
                 fields = reader.read()
                 if fields is None:
                     return
                 if fields[0] == PUSH:
+                    if worker in self._pending:   # one push in flight: the worker waits for the ACK
+                        raise ConnectionError(f"worker {worker} pushed again before its push was taken")
                     self._pending[worker] = fields
                     self._steps[worker] += fields[4]
-                elif fields[0] == PULL:
-                    self._wants.add(worker)
-                    if self._held[worker] < self._published:
+                elif fields[0] == PULL:   # answered now, as shared memory reads the newest at once
+                    if self._online is None:
+                        self._wants.add(worker)   # before the first publication: answered by it
+                    elif self._held[worker] < self._published:
                         self._send_weights(worker)
+                    else:
+                        self._put(worker, CURRENT, [])
         except OSError:
             self._forget(worker)
 
@@ -279,7 +274,6 @@ class SocketWorkerEnd:
         self._flags = COLLECT_FLAG
         self._unacked = 0
         self._answered = False              # async: the last PULL was answered
-        self._asked = False                 # async: a PULL is out
 
     # ---- what the server sent ----
     def _pump(self, wait_s: float) -> None:
@@ -315,20 +309,12 @@ class SocketWorkerEnd:
         self._pump(0.0)
         return self._received[0]
 
-    def will_pull(self) -> None:
-        """Async: ask for the weights now (right behind the push just sent, so the answer holds
-        it), to have them by the time the worker has computed its next push: one round trip per
-        update hidden behind the work instead of waited for."""
-        if not self.sync and not self._asked:
-            self._answered, self._asked = False, True
-            self.sock.sendall(HEADER.pack(PULL, 0, 0, 0, 0, 0))
-
     def latest(self, online: np.ndarray, target: np.ndarray, held_target: int) -> tuple[int, int, int]:
-        """The newest weights (async: asked of the server, if ``will_pull`` did not, and waited for)."""
+        """The newest weights (async: asked of the server, which answers at once, and waited for)."""
         if not self.sync:
-            self.will_pull()
+            self._answered = False
+            self.sock.sendall(HEADER.pack(PULL, 0, 0, 0, 0, 0))
             self._wait(lambda: self._answered, "weights")
-            self._asked = False
         _, _, target_version = self._received
         online[:] = self._online
         if target_version != held_target:
