@@ -134,7 +134,10 @@ class ShardedSampler:
 
     # ---- drawing ----
     def _draw(self) -> tuple[int, list[np.ndarray], list[Any]]:
-        """Ask every shard for its draws of the next group (one call each, not waited for)."""
+        """Ask every shard for its draws of the next group (one call each, not waited for); a
+        learner that has not heard of any transition yet (the leader judged, not this one) asks first."""
+        if sum(s.mass for s in self.statuses) <= 0:
+            self._poll()
         fractions = shards.stratified_fractions(self.rng, self.num_batches, self.batch_size, self.rank, self.world)
         split = shards.split_by_mass(fractions, np.array([s.mass for s in self.statuses]))
         self.updates += self.num_batches
