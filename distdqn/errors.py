@@ -18,3 +18,7 @@ class CheckpointError(UserError):
 
 class EnvironmentSpecError(UserError):
     """The environment id is unknown, or its spaces are not ones DQN can handle."""
+
+
+class RunAborted(UserError):
+    """A process the run cannot do without died or stalled; the last checkpoint is intact."""

@@ -16,7 +16,7 @@ import ray
 from distdqn.config import load_config
 from distdqn.core.transitions import Transitions
 from distdqn.envs import env_info
-from distdqn.runtime import learner_group, shards
+from distdqn.runtime import group, learner_group, shards
 from distdqn.runtime.cluster import connect
 from distdqn.runtime.roles.learner import LearnerWorker
 
@@ -39,7 +39,7 @@ def main(address: str) -> None:
                             terminated=rng.random(PER_SHARD) < 0.05, discount=np.full(PER_SHARD, 0.97, np.float32))
             assert ray.get(shard.add.remote(t, np.ones(PER_SHARD), PER_SHARD), timeout=60).accepted
         learners = [LearnerWorker.options(num_cpus=0).remote(cfg, info, replays, 3 + 1000 * r, r, 2) for r in range(2)]
-        segments = learner_group.form_group(learners, "shm", True, 60)
+        spec = group.form_group(learners, "shm", False, 60, "apex.group_backend", "the test's learners")
         try:
             first = ray.get(learners[0].state_dict.remote(), timeout=60)
             ray.get(learners[1].load_state_dict.remote(first), timeout=60)
@@ -57,7 +57,7 @@ def main(address: str) -> None:
             hashes = ray.get([h.weights_hash.remote() for h in learners], timeout=60)
             ray.get([h.leave_group.remote() for h in learners], timeout=60)
         finally:
-            learner_group.remove_segments(segments)
+            learner_group.remove(spec)
         print(json.dumps([changed, UPDATES * cfg.learner.batch_size // 2, hashes]))
     finally:
         cluster.shutdown()

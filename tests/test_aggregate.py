@@ -101,11 +101,11 @@ def test_privatize_clips_to_the_bound_and_adds_noise_of_the_stated_scale():
 
 
 def test_proximal_gradient_adds_mu_times_the_distance_to_the_anchor():
-    grads, params, anchor = upd([1.0, -1.0], [0.5]), upd([2.0, 2.0], [0.0]), upd([1.0, 4.0], [1.0])
+    grads, params, anchor = (np.array(v, dtype=np.float32) for v in ([1.0, -1.0, 0.5], [2.0, 2.0, 0.0], [1.0, 4.0, 1.0]))
     out = aggregate.proximal_gradient(grads, params, anchor, mu=0.1)
-    np.testing.assert_allclose(out["w"], [1.0 + 0.1 * 1.0, -1.0 + 0.1 * -2.0])
-    np.testing.assert_allclose(out["b"], [0.5 - 0.1])
-    np.testing.assert_array_equal(aggregate.proximal_gradient(grads, params, anchor, mu=0.0)["w"], grads["w"])
+    np.testing.assert_allclose(out, [1.0 + 0.1 * 1.0, -1.0 + 0.1 * -2.0, 0.5 - 0.1], rtol=1e-6)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(aggregate.proximal_gradient(grads, params, anchor, mu=0.0), grads)
 
 
 def test_mean_pairwise_cosine_measures_how_alike_updates_point():

@@ -76,21 +76,22 @@ def test_a_real_client_sends_only_its_update_a_count_and_scalars():
     size is the update's bytes plus a little (no transitions could hide in it)."""
     import ray
 
+    from distdqn.core import aggregate
     from distdqn.local import build
     from distdqn.runtime.cluster import connect
     from distdqn.runtime.roles.federated_client import FederatedClient
-    from distdqn.runtime.server import ParameterServer
+    from distdqn.runtime.weights import PushedWeights
 
     cfg = load_config(PRESET, ["train.learning_starts=200", "federated.dp.mode=local", "federated.dp.clip=0.05",
                                "federated.dp.noise_multiplier=0.0"])
     info = env_info(cfg.env)
     cluster = connect(None, num_cpus=1)
     try:
-        server = ParameterServer(build.build_learner(cfg, info))
+        learner, pushed = build.build_learner(cfg, info), PushedWeights()
         client = FederatedClient.options(num_cpus=0.5).remote(cfg.for_client(1), info, 1, 4, 7, 0.5)
-        shapes = {k: v.shape for k, v in server.weights().items()}
+        shapes = {k: v.shape for k, v in learner.get_weights().items()}
         for _ in range(2):
-            message = ray.get(client.train_round.remote(server.weights_for(1), 20), timeout=120)
+            message = ray.get(client.train_round.remote(pushed.weights_for(1, learner), 20), timeout=120)
             assert check_message(message, shapes) is None, check_message(message, shapes)
             update_bytes = sum(v.nbytes for v in message.update.values())
             assert len(pickle.dumps(message)) < update_bytes + 2048
@@ -99,7 +100,8 @@ def test_a_real_client_sends_only_its_update_a_count_and_scalars():
             # local DP clipping: the update's L2 norm is at most dp.clip
             norm = np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in message.update.values()))
             assert 0 < norm <= 0.05 * (1 + 1e-5) and message.metrics["update_norm"] >= norm
-            server.apply_delta(message.update, 20)
+            learner.set_weights(aggregate.add_scaled(learner.get_weights(), message.update, 1.0))
+            learner.advance(20)
     finally:
         cluster.shutdown()
 

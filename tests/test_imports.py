@@ -53,10 +53,24 @@ def test_messages_are_ray_free():
 
 def test_one_file_per_process_role():
     roles = {p.stem: p.read_text() for p in modules_under("runtime/roles") if p.stem != "__init__"}
-    assert set(roles) == {"experience_actor", "learner", "replay_server", "replica_worker", "federated_client",
+    assert set(roles) == {"experience_actor", "learner", "replay_server", "ps_worker", "allreduce_rank", "federated_client",
                            "model_parallel_rank"}
     for name, text in roles.items():
         assert text.count("@ray.remote") == 1, name
+
+
+def test_roles_and_transports_never_import_who_conducts_them():
+    # a role or a transport returns events; it never calls back into the conductor or a topology
+    conducting = ("distdqn.runtime.conductor", "distdqn.runtime.parameter_server", "distdqn.topologies")
+    for path in modules_under("runtime/roles") + modules_under("runtime/updates") + [PACKAGE / "runtime" / "group.py"]:
+        assert not uses(path, conducting), (path.name, uses(path, conducting))
+
+
+def test_the_conductor_knows_no_topology_role_or_transport():
+    # adding a topology, a role or a transport never touches the conductor
+    specific = ("distdqn.runtime.roles", "distdqn.runtime.updates", "distdqn.runtime.parameter_server",
+                "distdqn.runtime.group", "distdqn.topologies")
+    assert not uses(PACKAGE / "runtime" / "conductor.py", specific)
 
 
 def test_only_runtime_and_topologies_import_ray():
@@ -78,3 +92,5 @@ def test_the_scan_sees_imports():
     assert "torch" in imported_modules(PACKAGE / "core" / "learner.py")
     assert "distdqn.envs" in imported_modules(PACKAGE / "local" / "build.py")
     assert "ray" in imported_modules(PACKAGE / "runtime" / "roles" / "learner.py")
+    assert "distdqn.runtime.conductor" in imported_modules(PACKAGE / "runtime" / "parameter_server.py")
+    assert modules_under("runtime/updates") and modules_under("runtime/roles")

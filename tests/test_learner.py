@@ -20,12 +20,18 @@ torch.set_num_threads(1)
 OBS_DIM, NUM_ACTIONS = 4, 3
 
 
-def make_learner(seed: int = 0, dueling: bool = False, hidden=(16, 16), **cfg) -> DQNLearner:
+def make_learner(seed: int = 0, dueling: bool = False, hidden=(16, 16), owns_target: bool = True,
+                 **cfg) -> DQNLearner:
     torch.manual_seed(seed)
     net = MLPQNetwork(OBS_DIM, NUM_ACTIONS, list(hidden), dueling)
     base = {"lr": 1e-2, "device": "cpu", "target_update_period": 5}
     base.update(cfg)
-    return DQNLearner(net, LearnerConfig(**base))
+    return DQNLearner(net, LearnerConfig(**base), owns_target=owns_target)
+
+
+def grads_of(learner: DQNLearner) -> dict[str, np.ndarray]:
+    """The gradient ``gradient`` left in the learner's flat buffer, per parameter (copies)."""
+    return {name: p.grad.detach().numpy().copy() for name, p in learner.online.named_parameters()}
 
 
 def random_batch(rng: np.random.Generator, size: int = 32, prioritized: bool = True) -> Batch:
@@ -90,8 +96,8 @@ def test_fused_kernel_gradient_matches_autograd_on_one_batch():
     for dueling in (False, True):
         fused = make_learner(dueling=dueling, kernel="fused_mlp", max_grad_norm=None)
         autograd = make_learner(dueling=dueling, kernel="autograd", max_grad_norm=None)
-        grads_fused, res_f = fused.compute_grads(batch)
-        grads_auto, res_a = autograd.compute_grads(batch)
+        res_f, res_a = fused.gradient(batch), autograd.gradient(batch)
+        grads_fused, grads_auto = grads_of(fused), grads_of(autograd)
         for name, grad in grads_auto.items():
             np.testing.assert_allclose(grads_fused[name], grad, atol=1e-6, rtol=1e-5, err_msg=name)
         assert res_f.metrics["grad_norm"] == pytest.approx(res_a.metrics["grad_norm"], rel=1e-5)
@@ -108,7 +114,8 @@ def test_auto_kernel_picks_fused_for_mlp_only_and_fused_rejects_cnn():
 
 @pytest.mark.parametrize("kernel", ["fused_mlp", "autograd"])
 @pytest.mark.parametrize("max_grad_norm", [None, 0.1])
-def test_compute_grads_then_apply_grads_equals_step(kernel, max_grad_norm):
+def test_gradient_then_apply_gradient_equals_step(kernel, max_grad_norm):
+    """gradient -> apply_gradient (the vector handed back, or what flat_grads holds) is step."""
     a = make_learner(kernel=kernel, max_grad_norm=max_grad_norm, target_update_period=3)
     b = make_learner(kernel=kernel, max_grad_norm=max_grad_norm, target_update_period=3)
     rng = np.random.default_rng(2)
@@ -116,12 +123,13 @@ def test_compute_grads_then_apply_grads_equals_step(kernel, max_grad_norm):
         batch = random_batch(rng)
         before = params(b)
         result_a = a.step(batch)
-        grads, result_b = b.compute_grads(batch)
-        assert_params_close(params(b), before)              # compute_grads changes nothing
+        result_b = b.gradient(batch)
+        grads = b.flat_grads.numpy().copy()
+        assert_params_close(params(b), before)              # gradient changes nothing
         if max_grad_norm is not None:
-            norm = np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads.values()))
-            assert norm <= max_grad_norm * (1 + 1e-4)         # the returned gradient is clipped
-        b.apply_grads(grads)
+            norm = float(np.linalg.norm(grads.astype(np.float64)))
+            assert norm <= max_grad_norm * (1 + 1e-4)         # the gradient left is clipped
+        b.apply_gradient(grads if b.updates % 2 else None)   # by vector, or in place
         np.testing.assert_array_equal(result_a.priorities, result_b.priorities)
         assert result_a.metrics == result_b.metrics
         assert_params_close(params(a), params(b))
@@ -131,7 +139,7 @@ def test_compute_grads_then_apply_grads_equals_step(kernel, max_grad_norm):
 
 @pytest.mark.parametrize("kernel", ["fused_mlp", "autograd"])
 def test_flat_gradient_and_flat_weights_are_the_dict_forms(kernel):
-    """The shared-memory server channel's forms: gradient() + apply_flat_grads() is step(), and
+    """The shared-memory server channel's forms: gradient() + apply_gradient(vector) is step(), and
     flat weights set from another learner (online and target) act as set_weights does, the fused
     kernel included (the target is copied into its parameters, never rebound)."""
     a = make_learner(kernel=kernel, target_update_period=3)
@@ -142,7 +150,7 @@ def test_flat_gradient_and_flat_weights_are_the_dict_forms(kernel):
     for _ in range(3):   # 8 updates in all: the target is from update 6
         batch = random_batch(rng)
         result_a, result_c = a.step(batch), c.gradient(batch)
-        c.apply_flat_grads(c.flat_grads.numpy().copy())
+        c.apply_gradient(c.flat_grads.numpy().copy())
         np.testing.assert_array_equal(result_a.priorities, result_c.priorities)
         assert_params_close(params(a), params(c))
         assert_params_close(params(a, "target"), params(c, "target"))
@@ -166,9 +174,13 @@ def test_flat_gradient_and_flat_weights_are_the_dict_forms(kernel):
 def test_grad_norm_metric_is_the_norm_before_clipping():
     rng = np.random.default_rng(12)
     batch = random_batch(rng)
-    unclipped, _ = make_learner(max_grad_norm=None).compute_grads(batch)
+    free, capped = make_learner(max_grad_norm=None), None
+    free.gradient(batch)
+    unclipped = grads_of(free)
     norm = np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in unclipped.values()))
-    clipped, result = make_learner(max_grad_norm=norm / 4).compute_grads(batch)
+    capped = make_learner(max_grad_norm=norm / 4)
+    result = capped.gradient(batch)
+    clipped = grads_of(capped)
     assert result.metrics["grad_norm"] == pytest.approx(norm, rel=1e-5)
     for name in unclipped:   # clipping scales the whole gradient by one factor
         np.testing.assert_allclose(clipped[name], unclipped[name] / 4, rtol=1e-4, atol=1e-7)
@@ -345,16 +357,21 @@ def test_update_descends_a_fixed_regression(kernel, dueling):
     assert losses[-1] < losses[0] / 20
 
 
-# ---- what the data-parallel topologies use: reduce_grads, advance, target weights ----
+# ---- what the data-parallel topologies use: a gradient averaged in place, advance, target weights ----
 
-def test_step_with_reduce_grads_equals_apply_grads_of_the_reduced_gradient():
-    """step(batch, reduce) == compute_grads -> reduce -> apply_grads (the all-reduce path)."""
+def test_a_gradient_averaged_in_place_is_the_one_applied():
+    """gradient -> average flat_grads in place -> apply_gradient() (the all-reduce path) applies
+    the averaged gradient, as apply_gradient(averaged vector) does, and not the local one."""
     batch = random_batch(np.random.default_rng(5))
-    a, b = make_learner(seed=2), make_learner(seed=2)
-    a.step(batch, reduce_grads=lambda grads: [g.mul_(0.5) for g in grads])
-    grads, _ = b.compute_grads(batch)
-    b.apply_grads({k: v * 0.5 for k, v in grads.items()})
+    a, b, c = make_learner(seed=2), make_learner(seed=2), make_learner(seed=2)
+    a.gradient(batch)
+    a.flat_grads.mul_(0.5)
+    a.apply_gradient()
+    b.gradient(batch)
+    b.apply_gradient(b.flat_grads.numpy() * 0.5)
+    c.step(batch)
     assert_params_close(params(a), params(b))
+    assert not all(torch.equal(v, params(c)[k]) for k, v in params(a).items())
     assert a.updates == b.updates == 1
 
 
@@ -385,8 +402,7 @@ def test_advance_soft_equals_k_soft_updates_toward_fixed_weights():
 
 
 def test_a_learner_that_does_not_own_its_target_never_changes_it():
-    learner = make_learner(target_update_period=1)
-    learner.owns_target = False
+    learner = make_learner(target_update_period=1, owns_target=False)
     before = params(learner, "target")
     for _ in range(3):
         learner.step(random_batch(np.random.default_rng(1)))

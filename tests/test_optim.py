@@ -59,10 +59,10 @@ def test_learner_learning_rate_decays_linearly_to_lr_end():
 
     learner = DQNLearner(build_q_network("mlp", (3,), 2, [8]), LearnerConfig(lr=1e-2, lr_end=1e-3),
                          lr_decay_updates=10)
-    grads = {k: torch.zeros_like(v).numpy() for k, v in learner.online.named_parameters()}
+    grads = torch.zeros_like(learner.flat_grads).numpy()
     seen = []
     for _ in range(15):
-        learner.apply_grads(grads)
+        learner.apply_gradient(grads)
         seen.append(learner.optimizer.lr)
     assert seen[0] == pytest.approx(1e-2)
     assert seen[5] == pytest.approx(1e-2 + 0.5 * (1e-3 - 1e-2))

@@ -11,13 +11,13 @@ import uuid
 import numpy as np
 import pytest
 
-from distdqn.runtime.server_channel import ServerChannel, Stopped
+from distdqn.runtime.updates.shared_memory import Segment, Stopped
 
 SIZE = 50_000   # large enough that a copy takes longer than a publication's announcement
 
 
 def _reader(name: str, workers: int, out) -> None:
-    channel = ServerChannel(name, workers, SIZE, create=False)
+    channel = Segment(name, workers, SIZE, create=False)
     online, target = np.empty(SIZE, np.float32), np.empty(SIZE, np.float32)
     held_target, seen, torn = -1, [], 0
     while not channel.stopped:
@@ -34,7 +34,7 @@ def _reader(name: str, workers: int, out) -> None:
 
 
 def _pusher(name: str, worker: int, workers: int, pushes: int, out) -> None:
-    channel = ServerChannel(name, workers, SIZE, create=False)
+    channel = Segment(name, workers, SIZE, create=False)
     for k in range(pushes):
         channel.push(worker, np.full(SIZE, 1000 * worker + k, np.float32), (k, k), 1, 3, timeout_s=30)
     channel.close()
@@ -43,7 +43,7 @@ def _pusher(name: str, worker: int, workers: int, pushes: int, out) -> None:
 
 def test_readers_never_see_a_torn_publication():
     name = f"distdqn-test-{uuid.uuid4().hex[:12]}"
-    server = ServerChannel(name, 2, SIZE, create=True)
+    server = Segment(name, 2, SIZE, create=True)
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     readers = [ctx.Process(target=_reader, args=(name, 2, out)) for _ in range(2)]
@@ -68,7 +68,7 @@ def test_readers_never_see_a_torn_publication():
 
 def test_every_push_arrives_once_in_order():
     name = f"distdqn-test-{uuid.uuid4().hex[:12]}"
-    server = ServerChannel(name, 2, SIZE, create=True)
+    server = Segment(name, 2, SIZE, create=True)
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     pushers = [ctx.Process(target=_pusher, args=(name, w, 2, 200, out)) for w in range(2)]
@@ -90,13 +90,13 @@ def test_every_push_arrives_once_in_order():
     for w in (0, 1):
         assert received[w] == [(k, k) for k in range(200)]
     with pytest.raises(FileNotFoundError):   # the creator removed the segment
-        ServerChannel(name, 2, SIZE, create=False)
+        Segment(name, 2, SIZE, create=False)
 
 
 def test_a_stopped_server_ends_a_workers_wait_and_a_silent_one_times_out():
     name = f"distdqn-test-{uuid.uuid4().hex[:12]}"
-    server = ServerChannel(name, 1, 10, create=True)
-    worker = ServerChannel(name, 1, 10, create=False)
+    server = Segment(name, 1, 10, create=True)
+    worker = Segment(name, 1, 10, create=False)
     worker.push(0, np.ones(10, np.float32), (0, 0), 1, 0, timeout_s=1)   # the slot was free
     start = time.perf_counter()
     with pytest.raises(TimeoutError, match="server took no push"):   # the first push was never taken

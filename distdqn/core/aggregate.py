@@ -124,11 +124,10 @@ def privatize(update: Arrays, clip: float, noise_multiplier: float,
     return clipped, norm
 
 
-def proximal_gradient(grads: Arrays, params: Arrays, anchor: Arrays, mu: float) -> dict[str, np.ndarray]:
+def proximal_gradient(grads: np.ndarray, params: np.ndarray, anchor: np.ndarray, mu: float) -> np.ndarray:
     """FedProx (Li et al. 2020): the gradient of loss + mu/2 ||theta - anchor||^2, that is
-    grads + mu (params - anchor), parameter by parameter."""
-    return {k: (np.asarray(g) + mu * (np.asarray(params[k]) - np.asarray(anchor[k]))).astype(np.asarray(g).dtype)
-            for k, g in grads.items()}
+    grads + mu (params - anchor), on flat vectors (the learner's layout)."""
+    return (grads + mu * (params - anchor)).astype(grads.dtype)
 
 
 def is_finite(update: Arrays) -> bool:

@@ -1,28 +1,30 @@
-"""DQNLearner: online and target networks, the optimizer, and the TD update.
+"""The learners: what every learner does, what a gradient learner adds, and DQNLearner (online
+and target networks, the optimizer, the TD update), which is both.
 
-    step(batch)          -> StepResult(metrics, priorities)     one update (single, Ape-X)
-    step(batch, reduce_grads)                                     the same, with the clipped gradient
-                                                                  averaged across replicas first (all-reduce)
-    compute_grads(batch) -> (grads, StepResult)                   gradient only (parameter servers):
-    apply_grads(grads)                                            the optimizer step with a given gradient
-    gradient(batch) / apply_flat_grads(vector)                    the same pair on flat vectors (the
-                                                                  shared-memory server channel)
-    advance(num_updates)                                          count updates made elsewhere (model averaging)
-    get_weights() / set_weights(weights, target)                  dict of NumPy arrays, for broadcast
-    get_flat_weights() / set_flat_weights(online, target)         the same as two flat vectors
-    state_dict() / load_state_dict(state)                         online, target, optimizer, counter
+    Learner                      every learner: the one logical learner each topology trains
+      step(batch)                  -> StepResult(metrics, priorities): one update
+      get_weights() / get_target_weights() / set_weights(weights, target)   dicts of NumPy arrays
+      state_dict() / load_state_dict(state)                 online, target, optimizer, counters
+      updates, target_version
+    GradientLearner(Learner)     a data-parallel replica or a parameter server's learner
+      gradient(batch)              -> StepResult, the clipped gradient left in ``flat_grads``
+      apply_gradient(grads=None)   the optimizer step with ``grads`` (one flat vector) or with
+                                   what ``flat_grads`` holds (averaged in place by all-reduce)
+      advance(num_updates)         count updates made elsewhere (model averaging)
+      flat_params, flat_grads, get_flat_weights() / set_flat_weights(online, target)
 
-Gradients are clipped where they are computed (per worker), so one worker's ``compute_grads`` ->
-``apply_grads`` is exactly ``step``.
+Gradients are clipped where they are computed (per worker), so one worker's ``gradient`` ->
+``apply_gradient`` is exactly ``step``. The learner split over ranks (core/tensor_parallel.py,
+local/model_parallel.py) is a Learner, not a GradientLearner.
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -50,6 +52,35 @@ class StepResult:
                                 # cross-entropy of a distributional (C51) network
 
 
+class Learner(Protocol):
+    """What every learner does (DQNLearner; a learner split over ranks, as rank 0 sees it)."""
+
+    @property
+    def updates(self) -> int: ...
+    @property
+    def target_version(self) -> int: ...
+    def step(self, batch: Batch) -> StepResult: ...
+    def get_weights(self) -> dict[str, np.ndarray]: ...
+    def get_target_weights(self) -> dict[str, np.ndarray]: ...
+    def set_weights(self, weights: Mapping[str, np.ndarray],
+                    target: Mapping[str, np.ndarray] | None = None) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+class GradientLearner(Learner, Protocol):
+    """What a learner adds for data parallelism: its gradient out, a gradient in, flat vectors."""
+
+    flat_params: torch.Tensor
+    flat_grads: torch.Tensor
+
+    def gradient(self, batch: Batch) -> StepResult: ...
+    def apply_gradient(self, grads: np.ndarray | None = None) -> None: ...
+    def advance(self, num_updates: int) -> None: ...
+    def get_flat_weights(self) -> tuple[np.ndarray, np.ndarray]: ...
+    def set_flat_weights(self, online: np.ndarray | None, target: np.ndarray | None = None) -> None: ...
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -73,8 +104,16 @@ def flatten_parameters(params: list[nn.Parameter]) -> tuple[torch.Tensor, torch.
     return flat, grads
 
 
-class DQNLearner:
-    def __init__(self, network: nn.Module, cfg: LearnerConfig, lr_decay_updates: int | None = None):
+class TDUpdate:
+    """What every learner computes with: online and target networks whose parameters and gradients
+    are views of one flat buffer each, Adam, the target updates, and the TD update itself
+    (``step``). DQNLearner adds the weights, state and gradient calls; the learner split over
+    ranks (core/tensor_parallel.py) adds its collective ones. ``owns_target``: it updates its own
+    target network (False: a server keeps the target network and sends it, as in sync_ps,
+    async_ps and federated)."""
+
+    def __init__(self, network: nn.Module, cfg: LearnerConfig, lr_decay_updates: int | None = None,
+                 owns_target: bool = True):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.online = network.to(self.device)
@@ -82,7 +121,7 @@ class DQNLearner:
         self.target.requires_grad_(False)
         self.params = list(self.online.parameters())
         # one buffer for all parameters and one for their gradients (the fused path, autograd and
-        # apply_grads write into the views): clipping, reducing and the optimizer step are one
+        # apply_gradient write into the views): clipping, reducing and the optimizer step are one
         # kernel call on one tensor each, whatever the number of layers
         self.flat_params, self.flat_grads = flatten_parameters(self.params)
         self.optimizer = Adam([self.flat_params], lr=cfg.lr, eps=cfg.adam_eps)
@@ -92,7 +131,7 @@ class DQNLearner:
         self.target_updater = TargetUpdater(cfg.target_update, cfg.target_update_period, cfg.tau)
         self.updates = 0
         self.target_version = 0     # ``updates`` when the target network last changed
-        self.owns_target = True     # False: a server keeps the target network and sends it here
+        self.owns_target = owns_target
         use_fused = cfg.kernel == "fused_mlp" or (cfg.kernel == "auto" and fused_mlp.supports(network))
         if cfg.kernel == "fused_mlp" and not fused_mlp.supports(network):
             raise ValueError("learner.kernel fused_mlp needs an MLP network (network.kind: mlp) "
@@ -100,14 +139,6 @@ class DQNLearner:
         self.distributional = getattr(network, "atoms", 1) > 1
         self._fused = (fused_mlp.FusedMLPUpdate(self.online, self.target, cfg.double_dqn, cfg.loss,
                                                 cfg.huber_delta) if use_fused else None)
-
-    def __deepcopy__(self, memo: dict) -> DQNLearner:
-        """A new learner with this one's state (copying the attributes one by one would give the
-        copy parameters that are no longer views of its flat buffers)."""
-        clone = DQNLearner(copy.deepcopy(self.online, memo), self.cfg, self._lr_decay_updates)
-        clone.load_state_dict(self.state_dict())
-        clone.owns_target = self.owns_target
-        return clone
 
     # ---- the update ----
     def _tensors(self, batch: Batch) -> tuple[torch.Tensor, ...]:
@@ -169,43 +200,44 @@ class DQNLearner:
         if self.owns_target and self.target_updater.after_update(self.updates, self.target, self.online):
             self.target_version = self.updates
 
-    def step(self, batch: Batch, reduce_grads: Callable[[list[torch.Tensor]], None] | None = None) -> StepResult:
-        """One learner update on ``batch``; returns metrics and the new priorities. ``reduce_grads``,
-        if given, replaces the clipped gradient in place before the optimizer step (all-reduce
-        averages it across replicas); it gets the flat gradient, ``[flat_grads]``, whose parameters
-        are ``[flat_params]``."""
+    def _clipped_gradient(self, batch: Batch) -> StepResult:
         loss, td_errors, q_mean = self._gradients(batch)
         grad_norm = self._clip()
-        if reduce_grads is not None:
-            reduce_grads([self.flat_grads])
-        self._optimizer_step()
         return self._result(loss, td_errors, q_mean, grad_norm)
+
+    def step(self, batch: Batch) -> StepResult:
+        """One learner update on ``batch``; returns metrics and the new priorities."""
+        result = self._clipped_gradient(batch)
+        self._optimizer_step()
+        return result
+
+    @staticmethod
+    def _result(loss, td_errors, q_mean, grad_norm) -> StepResult:
+        metrics = torch.stack([loss, q_mean, grad_norm]).cpu().tolist()
+        return StepResult({"loss": metrics[0], "q_mean": metrics[1], "grad_norm": metrics[2]},
+                          td_errors.abs().cpu().numpy())
+
+
+class DQNLearner(TDUpdate):
+    """The learner of one process: a GradientLearner."""
+
+    def __deepcopy__(self, memo: dict) -> DQNLearner:
+        """A new learner with this one's state (copying the attributes one by one would give the
+        copy parameters that are no longer views of its flat buffers)."""
+        clone = DQNLearner(copy.deepcopy(self.online, memo), self.cfg, self._lr_decay_updates, self.owns_target)
+        clone.load_state_dict(self.state_dict())
+        return clone
 
     def gradient(self, batch: Batch) -> StepResult:
         """The clipped gradient on ``batch``, left in ``flat_grads`` (parameters unchanged)."""
-        loss, td_errors, q_mean = self._gradients(batch)
-        grad_norm = self._clip()
-        return self._result(loss, td_errors, q_mean, grad_norm)
+        return self._clipped_gradient(batch)
 
-    def compute_grads(self, batch: Batch) -> tuple[dict[str, np.ndarray], StepResult]:
-        """The clipped gradient on ``batch`` as NumPy arrays (parameters unchanged)."""
-        result = self.gradient(batch)
-        return self.grads(), result
-
-    def grads(self) -> dict[str, np.ndarray]:
-        """The gradient now in ``flat_grads``, per parameter (copies)."""
-        return {name: p.grad.detach().cpu().numpy().copy() for name, p in self.online.named_parameters()}
-
-    def apply_grads(self, grads: Mapping[str, np.ndarray]) -> None:
-        """One optimizer step with the given gradient (for example a mean over workers)."""
-        with torch.no_grad():
-            for name, p in self.online.named_parameters():
-                p.grad.copy_(torch.as_tensor(grads[name]))
-        self._optimizer_step()
-
-    def apply_flat_grads(self, grads: np.ndarray) -> None:
-        """``apply_grads`` with the gradient as one flat vector (the layout of ``flat_grads``)."""
-        self.flat_grads.copy_(torch.from_numpy(grads))
+    def apply_gradient(self, grads: np.ndarray | None = None) -> None:
+        """One optimizer step with ``grads`` (one flat vector in the layout of ``flat_grads``: a
+        mean over workers, or one worker's), or with what ``flat_grads`` holds now (None: the
+        clipped gradient ``gradient`` left there, averaged in place by an all-reduce)."""
+        if grads is not None:
+            self.flat_grads.copy_(torch.from_numpy(grads))
         self._optimizer_step()
 
     def advance(self, num_updates: int) -> None:
@@ -215,12 +247,6 @@ class DQNLearner:
         before, self.updates = self.updates, self.updates + num_updates
         if self.target_updater.after_updates(before, self.updates, self.target, self.online):
             self.target_version = self.updates
-
-    @staticmethod
-    def _result(loss, td_errors, q_mean, grad_norm) -> StepResult:
-        metrics = torch.stack([loss, q_mean, grad_norm]).cpu().tolist()
-        return StepResult({"loss": metrics[0], "q_mean": metrics[1], "grad_norm": metrics[2]},
-                          td_errors.abs().cpu().numpy())
 
     # ---- weights and state ----
     def get_weights(self) -> dict[str, np.ndarray]:

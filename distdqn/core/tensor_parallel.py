@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from distdqn.core.learner import DQNLearner
+from distdqn.core.learner import TDUpdate
 from distdqn.core.networks import DuelingHead, MLPQNetwork, NatureCNN
 
 if TYPE_CHECKING:
@@ -199,11 +199,12 @@ class ShardLayout:
         return torch.cat([self.join(k, [p[k] for p in parts]).reshape(-1) for k in self.keys])
 
 
-class ShardedLearner(DQNLearner):
+class ShardedLearner(TDUpdate):
     """One rank's part of a DQNLearner split over ``comm.world_size`` ranks: its shards of the online
     and target networks, their gradients and Adam moments. ``network`` is the full network (it is
-    split in place). Every method is collective; the full-state methods return on rank 0 only
-    (None elsewhere) and take their argument on rank 0 only."""
+    split in place). ``step`` is collective, and so are the calls of the full (unsplit) state:
+    ``gather_*`` return it on rank 0 only (None elsewhere), ``scatter_*`` take it on rank 0 only.
+    To the rest of the system the ranks are one Learner (local/model_parallel.py)."""
 
     def __init__(self, network: nn.Module, cfg: LearnerConfig, comm: Collective,
                  lr_decay_updates: int | None = None):
@@ -225,15 +226,6 @@ class ShardedLearner(DQNLearner):
             replicated = torch.stack([g.square().sum() for g in self._replicated_grads]).sum()
             local = local - replicated * (1.0 - 1.0 / self.comm.world_size)
         return self.comm.all_reduce_(local.reshape(1)).sqrt().reshape(())
-
-    def compute_grads(self, batch):
-        raise NotImplementedError("a learner split over ranks does not hand out gradients (data parallelism)")
-
-    def apply_grads(self, grads):
-        raise NotImplementedError("a learner split over ranks does not take gradients (data parallelism)")
-
-    def advance(self, num_updates: int):
-        raise NotImplementedError("a learner split over ranks does not count updates made elsewhere")
 
     # ---- the full (unsplit) state: gathered to rank 0, scattered from it ----
     def _gather(self, local_flat: torch.Tensor) -> torch.Tensor | None:
@@ -267,15 +259,15 @@ class ShardedLearner(DQNLearner):
     def _as_state_dict(self, full_flat: torch.Tensor) -> dict[str, torch.Tensor]:
         return {k: v.clone() for k, v in self.layout.unflatten(full_flat, full=True).items()}
 
-    def get_weights(self) -> dict[str, np.ndarray] | None:
+    def gather_weights(self) -> dict[str, np.ndarray] | None:
         full = self._gather(self.flat_params)
         return None if full is None else {k: v.cpu().numpy() for k, v in self._as_state_dict(full).items()}
 
-    def get_target_weights(self) -> dict[str, np.ndarray] | None:
+    def gather_target_weights(self) -> dict[str, np.ndarray] | None:
         full = self._gather(self._target_flat())
         return None if full is None else {k: v.cpu().numpy() for k, v in self._as_state_dict(full).items()}
 
-    def set_weights(self, weights: Mapping[str, np.ndarray] | None,
+    def scatter_weights(self, weights: Mapping[str, np.ndarray] | None,
                     target: Mapping[str, np.ndarray] | None = None, with_target: bool = False) -> None:
         """Rank 0 passes the weights (``with_target`` on every rank says whether a target comes too)."""
         self._scatter(self._flat_of(weights) if weights is not None else None, self.flat_params)
@@ -284,7 +276,7 @@ class ShardedLearner(DQNLearner):
             self._scatter(self._flat_of(target) if target is not None else None, received)
             self._set_target_flat(received)
 
-    def state_dict(self) -> dict[str, Any] | None:
+    def gather_state(self) -> dict[str, Any] | None:
         """The state of the unsplit learner, as ``DQNLearner.state_dict`` gives it (rank 0)."""
         online = self._gather(self.flat_params)
         target = self._gather(self._target_flat())
@@ -299,7 +291,7 @@ class ShardedLearner(DQNLearner):
                               "eps": opt.eps},
                 "updates": self.updates, "target_version": self.target_version}
 
-    def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
+    def scatter_state(self, state: Mapping[str, Any] | None) -> None:
         """Load an unsplit learner's state (rank 0 passes it; the others None)."""
         lead = self.comm.rank == 0
         if lead:

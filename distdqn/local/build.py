@@ -26,8 +26,8 @@ def planned_updates(cfg: Config) -> int:
     return int(cfg.train.total_env_steps * cfg.train.replay_ratio)
 
 
-def build_learner(cfg: Config, info: EnvInfo) -> DQNLearner:
-    return DQNLearner(build_network(cfg, info), cfg.learner, lr_decay_updates=planned_updates(cfg))
+def build_learner(cfg: Config, info: EnvInfo, owns_target: bool = True) -> DQNLearner:
+    return DQNLearner(build_network(cfg, info), cfg.learner, planned_updates(cfg), owns_target)
 
 
 def build_policy(cfg: Config, info: EnvInfo, weights):

@@ -2,7 +2,7 @@
 rest of the system sees, the other ranks' loop, and ``single``'s ranks as local processes. No Ray:
 apex's ranks are Ray actors (runtime/roles/model_parallel_rank.py) that run the same loop.
 
-    rank 0: ModelParallelLearner (DQNLearner's calls)          rank r = 1 .. P-1: follow()
+    rank 0: ModelParallelLearner (a Learner's calls)           rank r = 1 .. P-1: follow()
       announce(command) ------ command group ----------------->  next command (no deadline: rank 0 may idle)
       the batch, the state --- data group -------------------->  ...
       ShardedLearner.step  <== all-reduces, data group ==>       ShardedLearner.step
@@ -16,7 +16,7 @@ everything a command then exchanges fail within the timeout when a rank has died
 
 ``single`` starts its P - 1 other ranks as local processes (``split_locally``, the spawn method):
 it is a one-process topology with no Ray, and the ranks need nothing from Ray (no object store,
-no scheduling across nodes), only a process each and a TCP rendezvous on this machine.
+no scheduling across nodes), only a process each and a rendezvous on this machine's loopback.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from distdqn.core.tensor_parallel import Collective, ShardedLearner
 from distdqn.core.transitions import Batch
 from distdqn.envs import EnvInfo
 from distdqn.errors import UserError
-from distdqn.local import build
+from distdqn.local import build, rendezvous
 
 # what rank 0 announces (the second number of the header is the command's argument)
 STEP, WEIGHTS, TARGET_WEIGHTS, SET_WEIGHTS, STATE, LOAD_STATE, STOP = range(7)
@@ -49,21 +49,15 @@ class ModelParallelError(UserError):
     """A rank of the learner died or stalled: the run cannot go on (the last checkpoint is intact)."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
-def join_group(address: str, port: int, rank: int, cfg: Config) -> tuple[Collective, Any]:
-    """Form (or join) the learner's ranks' group at ``address:port``, rank 0 hosting the TCP
-    rendezvous as in ``allreduce``: gloo on CPU, nccl on CUDA. Returns the data group (collective
-    timeout ``learner.model_parallel_timeout_s``) and the command group (no deadline, gloo)."""
+def join_group(address: str, port: int, rank: int, cfg: Config,
+               listener: socket.socket | None = None) -> tuple[Collective, Any]:
+    """Form (or join) the learner's ranks' group at ``address:port`` (the loopback: the ranks
+    share one node), rank 0 hosting the store on ``listener`` (local/rendezvous.py): gloo on
+    CPU, nccl on CUDA. Returns the data group (collective timeout
+    ``learner.model_parallel_timeout_s``) and the command group (no deadline, gloo)."""
     device = resolve_device(cfg.learner.device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank,
-                            world_size=cfg.learner.model_parallel,
-                            timeout=datetime.timedelta(seconds=cfg.learner.model_parallel_timeout_s))
+    rendezvous.init_group("nccl" if device.type == "cuda" else "gloo", address, port, rank,
+                          cfg.learner.model_parallel, cfg.learner.model_parallel_timeout_s, listener)
     commands = dist.new_group(backend="gloo", timeout=_NO_DEADLINE)
     return Collective(dist.group.WORLD, rank, cfg.learner.model_parallel, device), commands
 
@@ -136,15 +130,15 @@ def follow(shard: ShardedLearner, channel: Channel) -> None:
         if command == STEP:
             shard.step(channel.batch(None, argument))
         elif command == WEIGHTS:
-            shard.get_weights()
+            shard.gather_weights()
         elif command == TARGET_WEIGHTS:
-            shard.get_target_weights()
+            shard.gather_target_weights()
         elif command == SET_WEIGHTS:
-            shard.set_weights(None, None, with_target=bool(argument))
+            shard.scatter_weights(None, None, with_target=bool(argument))
         elif command == STATE:
-            shard.state_dict()
+            shard.gather_state()
         elif command == LOAD_STATE:
-            shard.load_state_dict(None)
+            shard.scatter_state(None)
         elif command == STOP:
             return
         else:
@@ -157,10 +151,8 @@ def build_shard(cfg: Config, info: EnvInfo, comm: Collective) -> ShardedLearner:
 
 
 class ModelParallelLearner:
-    """Rank 0 of the learner's P ranks: to the rest of the system, one learner with DQNLearner's
-    calls (step, weights, state), each of them made by every rank."""
-
-    owns_target = True
+    """Rank 0 of the learner's P ranks: to the rest of the system, one Learner (core/learner.py:
+    step, weights, state), each call made by every rank."""
 
     def __init__(self, shard: ShardedLearner, channel: Channel):
         self.shard, self.channel = shard, channel
@@ -191,28 +183,26 @@ class ModelParallelLearner:
                 f"learner.model_parallel: a rank of {self.comm.world_size} died or stalled during {what} "
                 f"({first[:200]}); the run stopped (the last checkpoint is intact)") from None
 
-    def step(self, batch: Batch, reduce_grads: Callable | None = None) -> StepResult:
-        if reduce_grads is not None:
-            raise NotImplementedError("a learner split over ranks is not also a data-parallel replica")
+    def step(self, batch: Batch) -> StepResult:
         return self._all_ranks("an update", STEP, len(batch),
                                lambda: self.shard.step(self.channel.batch(batch, len(batch))))
 
     def get_weights(self) -> dict[str, np.ndarray]:
-        return self._all_ranks("gathering the weights", WEIGHTS, 0, self.shard.get_weights)
+        return self._all_ranks("gathering the weights", WEIGHTS, 0, self.shard.gather_weights)
 
     def get_target_weights(self) -> dict[str, np.ndarray]:
-        return self._all_ranks("gathering the target weights", TARGET_WEIGHTS, 0, self.shard.get_target_weights)
+        return self._all_ranks("gathering the target weights", TARGET_WEIGHTS, 0, self.shard.gather_target_weights)
 
     def set_weights(self, weights: Mapping[str, np.ndarray], target: Mapping[str, np.ndarray] | None = None) -> None:
         self._all_ranks("setting the weights", SET_WEIGHTS, int(target is not None),
-                        lambda: self.shard.set_weights(weights, target, with_target=target is not None))
+                        lambda: self.shard.scatter_weights(weights, target, with_target=target is not None))
 
     def state_dict(self) -> dict[str, Any]:
         """The unsplit learner's state (loadable by a learner on any number of ranks)."""
-        return self._all_ranks("gathering the state", STATE, 0, self.shard.state_dict)
+        return self._all_ranks("gathering the state", STATE, 0, self.shard.gather_state)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._all_ranks("loading the state", LOAD_STATE, 0, lambda: self.shard.load_state_dict(state))
+        self._all_ranks("loading the state", LOAD_STATE, 0, lambda: self.shard.scatter_state(state))
 
     def close(self) -> None:
         """The other ranks leave (local ones end); the group is left."""
@@ -229,11 +219,13 @@ class ModelParallelLearner:
         self.local_processes = []
 
 
-def lead(full: DQNLearner, cfg: Config, info: EnvInfo, address: str, port: int) -> ModelParallelLearner:
-    """Rank 0: form the group at ``address:port`` with the other ranks (joining meanwhile) and
-    hand every rank its part of ``full``'s state (its weights, target, Adam moments, counters)."""
+def lead(full: DQNLearner, cfg: Config, info: EnvInfo, listener: socket.socket) -> ModelParallelLearner:
+    """Rank 0: form the group on ``listener`` (``rendezvous.listen``: its address and port are
+    where the others join, meanwhile) and hand every rank its part of ``full``'s state (its
+    weights, target, Adam moments, counters)."""
+    address, port = listener.getsockname()
     try:
-        comm, commands = join_group(address, port, 0, cfg)
+        comm, commands = join_group(address, port, 0, cfg, listener)
     except RuntimeError as exc:
         raise ModelParallelError(f"learner.model_parallel: the learner's {cfg.learner.model_parallel} ranks did "
                                  f"not form their group ({str(exc).strip().splitlines()[0][:200]})") from None
@@ -259,7 +251,7 @@ def _local_rank(cfg: Config, info: EnvInfo, port: int, rank: int, threads: int) 
     if resolve_device(cfg.learner.device).type == "cuda":
         torch.cuda.set_device(rank)
     try:
-        serve(cfg, info, "127.0.0.1", port, rank)
+        serve(cfg, info, rendezvous.LOOPBACK, port, rank)
     except Exception as exc:  # noqa: BLE001 -- rank 0 reports the failure; this rank ends in one line
         print(f"[distdqn] learner rank {rank}: {type(exc).__name__}: {str(exc).strip()[:200]}",
               file=sys.stderr, flush=True)
@@ -270,7 +262,8 @@ def split_locally(full: DQNLearner, cfg: Config, info: EnvInfo, threads: int) ->
     """``full`` on ``learner.model_parallel`` ranks: this process (rank 0) and local processes
     started here, ``threads`` torch threads each; they end with the learner's ``close`` (or
     with this process: they are daemons, and lose their connection to rank 0)."""
-    port = free_port()
+    listener = rendezvous.listen(rendezvous.LOOPBACK)
+    port = listener.getsockname()[1]
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_local_rank, args=(cfg, info, port, rank, threads), daemon=True,
                                  name=f"distdqn-learner-rank{rank}")
@@ -278,7 +271,7 @@ def split_locally(full: DQNLearner, cfg: Config, info: EnvInfo, threads: int) ->
     for process in processes:
         process.start()
     try:
-        learner = lead(full, cfg, info, "127.0.0.1", port)
+        learner = lead(full, cfg, info, listener)
     except BaseException:
         for process in processes:
             process.terminate()

@@ -22,8 +22,10 @@ the number of workers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from distdqn.config import Config
@@ -43,12 +45,15 @@ def replica_seed(seed: int, index: int, generation: int = 0) -> int:
 
 
 class Replica:
-    def __init__(self, cfg: Config, info: EnvInfo, index: int, num_replicas: int, seed: int):
+    def __init__(self, cfg: Config, info: EnvInfo, index: int, num_replicas: int, seed: int,
+                 owns_target: bool = True):
+        """``owns_target``: the replica's learner updates its own target network (False: a server
+        keeps it and sends it)."""
         torch.manual_seed(seed)
         self.cfg = cfg
         self.index = index
         self.num_replicas = num_replicas
-        self.learner = build.build_learner(cfg, info)
+        self.learner = build.build_learner(cfg, info, owns_target)
         self.actor = build.build_actor(cfg, info, self.learner.get_weights(), seed=seed)
         self.replay = build.build_replay(cfg, info, seed=seed + 1)
         self.ratio = build.build_replay_ratio(cfg)
@@ -98,9 +103,15 @@ class Replica:
         self.batches_drawn += owed
         return self.replay.sample_batches(owed, self.cfg.learner.batch_size, self.beta(self.run_env_steps))
 
-    def learn(self, batch: Batch, reduce_grads=None) -> StepResult:
-        """One learner update on ``batch``; its new priorities go back into the replay."""
-        result = self.learner.step(batch, reduce_grads)
+    def learn(self, batch: Batch, average: Callable[[torch.Tensor], None] | None = None) -> StepResult:
+        """One learner update on ``batch``; its new priorities go back into the replay. ``average``
+        (all-reduce) replaces the clipped gradient, in place, by its mean over the replicas first."""
+        if average is None:
+            result = self.learner.step(batch)
+        else:
+            result = self.learner.gradient(batch)
+            average(self.learner.flat_grads)
+            self.learner.apply_gradient()
         self.replay.update_priorities(batch.indices, result.priorities)
         return result
 
@@ -120,11 +131,6 @@ class Replica:
         self.store(self.collect())
         self._pending.extend(self.sample_owed())
 
-    def gradient(self, allow_collect: bool = True) -> tuple[dict | None, dict[str, float]]:
-        """The clipped gradient on the next batch (parameters unchanged), or (None, {})."""
-        result = self.flat_gradient(allow_collect)
-        return (None, {}) if result is None else (self.learner.grads(), result.metrics)
-
     def flat_gradient(self, allow_collect: bool = True) -> StepResult | None:
         """The clipped gradient on the next batch, left in ``learner.flat_grads`` (no copy): its
         result, or None if no batch is owed and collecting is not allowed."""
@@ -135,14 +141,30 @@ class Replica:
         self.replay.update_priorities(batch.indices, result.priorities)
         return result
 
-    def train(self, num_updates: int, reduce_grads=None, allow_collect: bool = True) -> UpdateStats:
+    def work(self, gradient: bool, local_steps: int, allow_collect: bool,
+             stats: UpdateStats) -> tuple[np.ndarray | None, int]:
+        """A parameter-server worker's share: one gradient (``gradient``) or ``local_steps`` local
+        updates; returns the vector to push (the flat gradient, or the model: a view of the
+        learner's buffer, valid until the next work) and the learner updates in it, (None, 0)
+        when no batch was owed. Its updates' metrics go into ``stats``."""
+        if gradient:
+            result = self.flat_gradient(allow_collect)
+            if result is None:
+                return None, 0
+            stats.add(result.metrics)
+            return self.learner.flat_grads.numpy(), 1
+        done = self.train(local_steps, allow_collect=allow_collect)
+        stats.merge(done)
+        return (self.learner.flat_params.numpy() if done.count else None), done.count
+
+    def train(self, num_updates: int, allow_collect: bool = True) -> UpdateStats:
         """Up to ``num_updates`` local learner updates on the next batches owed."""
         stats = UpdateStats()
         for _ in range(num_updates):
             batch = self.next_batch(allow_collect)
             if batch is None:
                 break
-            stats.add(self.learn(batch, reduce_grads).metrics)
+            stats.add(self.learn(batch).metrics)
         return stats
 
     def report(self) -> Experience:

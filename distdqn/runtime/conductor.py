@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +27,13 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 from distdqn.config import Config
 from distdqn.core.records import Experience, UpdateStats
 from distdqn.envs import EnvInfo
-from distdqn.errors import UserError
+from distdqn.errors import RunAborted
 from distdqn.local import affinity, build
 from distdqn.local.session import RunResult, RunSession, seed_everything, set_rng_state
 from distdqn.runtime.cluster import connect, require_resources
 from distdqn.runtime.messages import RunCounters, RunState
 from distdqn.runtime.pool import RolePool
 from distdqn.runtime.process import keep_driver_off, process_identity
-from distdqn.runtime.server import ParameterServer, resolve_transport
-
-
-class RunAborted(UserError):
-    """A process the run cannot do without died or stalled; the last checkpoint is intact."""
 
 
 class Conductor:
@@ -53,7 +48,7 @@ class Conductor:
         self.session = RunSession(cfg, run_dir, info)
         self.pool: RolePool | None = None            # the restartable role
         self.essential: dict[str, Any] = {}          # name -> handle of roles the run cannot lose
-        self.server: ParameterServer | None = None
+        self._closers: list[Callable[[], None]] = []   # what a topology started, closed first
         self.policy = None
         self.identities: dict[str, Any] = {}         # role -> process, as in processes.json
         self.interrupted = False
@@ -85,31 +80,15 @@ class Conductor:
             lambda i, seed: (self.cfg.for_client(i), self.info, i, w.num_workers, seed, w.cpus, *extra_args),
             {"num_cpus": w.cpus, "num_gpus": w.gpus}, placement)
 
-    def start_server(self, resume: dict[str, Any] | None, worker_class: Any,
-                     *extra_args: Any) -> tuple[ParameterServer, RolePool]:
-        """The parameter server (sync_ps, async_ps, federated: a learner in this process) and its
-        workers (``start_workers``), restored from ``resume`` if given; then ``open``."""
-        self.server = ParameterServer(build.build_learner(self.cfg, self.info))
-        pool = self.start_workers(worker_class, *extra_args)
-        self.restore(resume)
-        self.open(self.server.weights())
-        return self.server, pool
-
-    def start_replica_server(self, resume: dict[str, Any] | None,
-                             worker_class: Any) -> tuple[ParameterServer, RolePool, str]:
-        """sync_ps and async_ps: the server (it keeps the target network) and its replica workers
-        (``start_server``), and the transport between them (``<topology>.transport``, auto resolved)."""
-        server, pool = self.start_server(resume, worker_class, False)
-        return server, pool, resolve_transport(self.cfg, self.cfg.topology, pool)
-
     def keep_off(self, isolation_refs: list) -> None:
         """The driver (and the Ray instance it started) keeps off the cores apex's learners took."""
         isolations = ray.get(list(isolation_refs), timeout=self.stall_timeout_s)
         self._driver_cpus = keep_driver_off(isolations, self.cluster.started_here)
 
     # ---- start and resume ----
-    def restore(self, resume: dict[str, Any] | None) -> RunState | None:
-        """The checkpoint's RunState, with the counters, session, RNG and the pool's replicas restored."""
+    def restore(self, resume: dict[str, Any] | None, learner: Any = None) -> RunState | None:
+        """The checkpoint's RunState, with the counters, session, RNG, the pool's replicas and (a
+        server's) ``learner`` restored."""
         if resume is None:
             return None
         state = RunState.from_components(resume, type(self.counters))
@@ -120,8 +99,8 @@ class Conductor:
             self.pool.restarts = self.counters.restarts
         self.session.load_state_dict(resume["session"])
         set_rng_state(resume["rng"])
-        if self.server is not None:
-            self.server.learner.load_state_dict(state.learner)
+        if learner is not None:
+            learner.load_state_dict(state.learner)
         return state
 
     def open(self, weights: dict[str, np.ndarray]) -> None:
@@ -169,26 +148,8 @@ class Conductor:
         """Start a new process in the place of the pool's process ``index``, which died; the run goes on."""
         self.pool.restart(index)
         self.counters.restarts = self.pool.restarts
-        if self.server is not None:
-            self.server.forget(index)
         self.session.note(f"{self.pool.role} {index} died and was restarted")
         self.record_processes(wait=False)   # the new process is not waited for: the others go on
-
-    def collect_late(self, late: dict[Any, int], absorb: Callable[[Any], None], wait_s: float = 0.0) -> None:
-        """Answers of calls that missed their round (``late``: ref -> worker), waiting up to
-        ``wait_s`` for the first, each handed to ``absorb`` (which counts its experience, and
-        drops or keeps its update, made on old weights); a worker that died is replaced."""
-        if not late:
-            return
-        if wait_s > 0:
-            ray.wait(list(late), num_returns=1, timeout=wait_s)
-        for ref in ray.wait(list(late), num_returns=len(late), timeout=0)[0]:
-            index = late.pop(ref)
-            report = self.pool.result(ref)
-            if report is None:
-                self.replace(index)
-            else:
-                absorb(report)
 
     def next_call(self, calls: CallsInFlight) -> tuple[Any, str, int, int]:
         """The next call of ``calls`` to finish, as (ref, role, index, generation); the run
@@ -224,42 +185,35 @@ class Conductor:
                           f"the last checkpoint is intact")
 
     def housekeeping(self, weights: Callable[[], dict[str, np.ndarray]], state: Callable[[], RunState],
-                     log_extra: dict[str, Any] | Callable[[], dict[str, Any]] = dict,
-                     on_thread: bool = False) -> bool:
-        """Evaluate, log and checkpoint when due; True when the run should stop (solved).
-        ``log_extra``: the row's extra fields, or a function that gives them (called only when a
-        row is due). ``on_thread``: evaluate on a thread while the caller goes on conducting (apex)."""
+                     log_extra: Callable[[], dict[str, Any]] = dict) -> bool:
+        """Evaluate, log and checkpoint when due; True when the run should stop (solved, or out of
+        time). An evaluation runs on a thread while the caller goes on conducting (its roles kept
+        busy); ``log_extra`` gives a row's extra fields (called only when a row is due)."""
         s, c = self.session, self.counters
         if self.pool is not None and self.pool.starting:   # a restarted process's identity, once it is up
             self.record_processes(wait=False)
-        if on_thread:
-            if s.due_for_evaluation(c.env_steps) and not s.evaluating:
-                self.policy.set_weights(weights())
-                s.start_evaluation(self.policy, c.env_steps)
-            if s.poll_evaluation():
-                return True
-        else:
-            if s.due_for_evaluation(c.env_steps):
-                self.policy.set_weights(weights())
-            if s.evaluate_if_due(self.policy, c.env_steps):
-                return True
+        if s.due_for_evaluation(c.env_steps) and not s.evaluating:
+            self.policy.set_weights(weights())
+            s.start_evaluation(self.policy, c.env_steps)
+        if s.poll_evaluation():
+            return True
         if s.due_for_log(c.env_steps):
-            extra = log_extra() if callable(log_extra) else log_extra
-            s.log_if_due(c.env_steps, c.learner_updates, **{self._restarts_key(): c.restarts, **extra})
+            s.log_if_due(c.env_steps, c.learner_updates, **{self._restarts_key(): c.restarts, **log_extra()})
         s.checkpoint_if_due(c.env_steps, lambda: state().components())
         return False
+
+    def add_closer(self, close: Callable[[], None]) -> None:
+        """Something a topology started that must end with the run, however it ends (closed first,
+        newest first): a channel's shared memory, say."""
+        self._closers.append(close)
 
     def replicas(self) -> list[dict[str, Any] | None]:
         """Every worker's replica state (replay included when checkpoint.save_replay)."""
         return self.pool.state_dicts(self.cfg.checkpoint.save_replay)
 
     # ---- the end ----
-    def finish(self, weights: dict[str, np.ndarray], state: RunState, pending: Iterable = (),
-               **summary: Any) -> RunResult:
-        """Final evaluation, checkpoint and summary; calls still ``pending`` are cancelled first (a
-        running call is not interrupted: Ray only drops queued ones)."""
-        for ref in pending:
-            ray.cancel(ref, force=False)
+    def finish(self, weights: dict[str, np.ndarray], state: RunState, **summary: Any) -> RunResult:
+        """Final evaluation, checkpoint and summary."""
         if self.pool is not None and self.pool.starting:
             self.record_processes()
         self.session.poll_evaluation(wait=True)   # the policy is the evaluation thread's until it ends
@@ -276,6 +230,8 @@ class Conductor:
         return f"{self.pool.role if self.pool is not None else 'worker'}_restarts"
 
     def close(self) -> None:
+        while self._closers:
+            self._closers.pop()()
         self.session.close()
         if self.pool is not None:
             self.pool.shutdown()

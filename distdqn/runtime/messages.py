@@ -9,8 +9,8 @@ schema every topology writes. No Ray here (a boxed object-store reference is jus
     control   ActorReport             experience actor -> conductor
               ReplayStats             replay (or shard) -> conductor
               LearnerReport           apex learner -> conductor
-              GradientReport          data-parallel worker -> parameter server (gradient form)
-              ModelReport             data-parallel worker -> parameter server (model form)
+              PushReport              parameter-server worker -> server (transport ray)
+              ServeReport             parameter-server worker -> server (transport shm: its loop)
               RankReport              all-reduce rank -> conductor
               ClientMessage           federated client -> server (checked by ``check_message``)
     state     RunCounters, RunState   conductor -> checkpoint -> conductor
@@ -162,31 +162,23 @@ class LearnerTimes:
 
 
 @dataclass
-class GradientReport:
-    """A data-parallel worker's gradient on one batch, one flat vector in the learner's layout
-    (``grads`` None: no batch was owed)."""
+class PushReport:
+    """A parameter-server worker's call (transport ray): its update, one flat vector in the
+    learner's layout (a gradient, or its model after ``num_updates`` local updates; None: no batch
+    was owed), made from the weights of ``based_on`` (the server's version)."""
 
-    grads: np.ndarray | None
-    version: int                    # the server version it was computed at
+    vector: np.ndarray | None
+    based_on: int
+    num_updates: int
     updates: UpdateStats
     experience: Experience
-
-
-@dataclass
-class ModelReport:
-    """A data-parallel worker's model after ``updates.count`` local updates from ``version``, one
-    flat vector in the learner's layout."""
-
-    weights: np.ndarray | None
-    version: int
-    updates: UpdateStats
-    experience: Experience
+    busy_s: float                   # the call's time in the worker
 
 
 @dataclass
 class ServeReport:
-    """A data-parallel worker's stretch of its own loop on the shared-memory server channel
-    (parameter servers with ``transport: shm``): the pushes themselves travel in shared memory."""
+    """A parameter-server worker's stretch of its own loop on the shared-memory channel
+    (``transport: shm``): the pushes themselves travel in shared memory."""
 
     updates: UpdateStats
     experience: Experience
@@ -203,7 +195,6 @@ class RankReport:
     learner_updates: int
     busy_s: float
     experience: Experience
-    weights: Weights | None = None   # rank 0 publishes its weights with each call
     exchange_wait_s: float = float("nan")   # of busy_s, waiting for the other ranks (shm backend)
     collected_at: list[int] = field(default_factory=list)   # the updates before which it collected
 

@@ -1,8 +1,8 @@
 """The weights channel, as Acme's VariableSource / VariableClient: a learner or server publishes
 ``Weights(version, [ref])``, each weights put into the object store once and read by every
 receiver (zero-copy on the same node); each actor or worker holds a WeightsClient that takes the
-newest publication, offered with a call (servers push with each call) or asked of the source
-every ``update_period`` steps without waiting for the answer (apex actors pull).
+newest publication, offered with a call (servers push with each call: ``PushedWeights``) or asked
+of the source every ``update_period`` steps without waiting for the answer (apex actors pull).
 """
 
 from __future__ import annotations
@@ -56,6 +56,33 @@ class WeightsPublisher:
             self._putting = None
 
 
+class PushedWeights:
+    """A server's side of weights pushed with its calls: each version of the online and target
+    weights put into the object store once, and for each receiver what it already holds, so
+    that a part it holds does not travel again (the target network changes only every
+    ``target_update_period`` updates)."""
+
+    def __init__(self):
+        self._online: tuple[int, list] | None = None   # (version, [ref]) of the last put
+        self._target: tuple[int, list] | None = None
+        self._held: dict[int, tuple[int, int]] = {}    # receiver -> (online, target) versions it was sent
+
+    def weights_for(self, receiver: int, learner: Any) -> Weights:
+        """The learner's current online and target weights, less what ``receiver`` holds."""
+        if self._online is None or self._online[0] != learner.updates:
+            self._online = (learner.updates, [ray.put(learner.get_weights())])
+        if self._target is None or self._target[0] != learner.target_version:
+            self._target = (learner.target_version, [ray.put(learner.get_target_weights())])
+        held = self._held.get(receiver, (-1, -1))
+        self._held[receiver] = (self._online[0], self._target[0])
+        return Weights(self._online[0], [] if held[0] == self._online[0] else self._online[1],
+                       self._target[0], [] if held[1] == self._target[0] else self._target[1])
+
+    def forget(self, receiver: int) -> None:
+        """``receiver`` was replaced: it holds nothing yet."""
+        self._held.pop(receiver, None)
+
+
 class WeightsClient:
     """The receiving side: the versions held, and newer publications taken. ``source`` (an actor
     handle with a ``published()`` call) and ``update_period``: ``update()`` asks the source every
@@ -99,3 +126,10 @@ class WeightsClient:
     def reset(self) -> None:
         """Forget what is held (a replica whose state was just loaded from a checkpoint)."""
         self.version, self.target_version = -1, -1
+
+
+def take_weights(learner: Any, client: WeightsClient, weights: Weights | None) -> None:
+    """Set ``learner`` to the pushed weights that are newer than those ``client`` holds."""
+    online, target = client.offer(weights)
+    if online is not None or target is not None:
+        learner.set_weights(online if online is not None else learner.get_weights(), target)

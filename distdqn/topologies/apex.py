@@ -51,8 +51,9 @@ from distdqn.core.schedules import per_actor_epsilons
 from distdqn.envs import EnvInfo
 from distdqn.errors import CheckpointError
 from distdqn.local.session import RunResult
-from distdqn.runtime import learner_group, shards
+from distdqn.runtime import group, learner_group, shards
 from distdqn.runtime.conductor import CallsInFlight, Conductor
+from distdqn.runtime.group import GroupSpec
 from distdqn.runtime.messages import ActorReport, LearnerTimes, ReplayStats, RunCounters, RunState
 from distdqn.runtime.placement import Demand, cluster_nodes, require_placement
 from distdqn.runtime.pool import RolePool
@@ -67,6 +68,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     a = cfg.apex
     job = _conductor(cfg, run_dir, info)
     procs = ApexProcesses()
+    job.add_closer(procs.close)   # closed before Ray is (a Ray call after that would start it again)
     try:
         # ---- build: placed on paper first; the replay (or its shards), the learners, the actors ----
         _build(cfg, info, job, procs, resume)
@@ -109,13 +111,12 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                         weights = report.weights or weights
                     _train(calls, procs, i, job)
                 if job.housekeeping(lambda w=weights: fetch(w.box), lambda: _state(job, procs),
-                                    lambda: _log_row(procs, times, lags, a.stall_timeout_s), on_thread=True):
+                                    lambda: _log_row(procs, times, lags, a.stall_timeout_s)):
                     break
 
         # ---- tear down: final weights, evaluation, checkpoint, summary ----
         return _finish(job, calls, procs, ledger)
     finally:
-        procs.close()   # before the conductor ends Ray (a Ray call after that would start it again)
         job.close()
 
 
@@ -163,7 +164,7 @@ class ApexProcesses:
     sharded: bool = False
     actors: Any = None
     learner_pool: RolePool | None = None   # learners beyond one, in a placement group
-    segments: str = ""                     # the group's shared memory, removed at the end
+    group_spec: GroupSpec | None = None    # their group (its shared memory removed at the end)
 
     @property
     def leader(self) -> Any:
@@ -175,7 +176,7 @@ class ApexProcesses:
     def close(self) -> None:
         if self.learner_pool is not None and ray.is_initialized():
             self.learner_pool.shutdown()
-        learner_group.remove_segments(self.segments)
+        learner_group.remove(self.group_spec)
 
 
 def _conductor(cfg: Config, run_dir: Path, info: EnvInfo) -> Conductor:
@@ -245,8 +246,9 @@ def _start_learners(cfg: Config, info: EnvInfo, job: Conductor, procs: ApexProce
     if a.isolate_learner:   # one block of cores per learner on its node, all of them or none
         isolations = [h.isolate.remote(int(np.ceil(a.learner_cpus)), nodes[:r].count(nodes[r]), nodes.count(nodes[r]))
                       for r, h in enumerate(procs.learners)]
-    backend = learner_group.resolve_backend(a.group_backend, set(nodes), a.learner_gpus)
-    procs.segments = learner_group.form_group(procs.learners, backend, len(set(nodes)) == 1, a.stall_timeout_s)
+    cuda = a.learner_gpus > 0 and cfg.learner.device != "cpu"
+    procs.group_spec = group.form_group(procs.learners, a.group_backend, cuda, a.stall_timeout_s,
+                                        "apex.group_backend", "apex's learners")
     first = ray.get(procs.leader.state_dict.remote(), timeout=a.stall_timeout_s)
     ray.get([h.load_state_dict.remote(first) for h in procs.learners[1:]], timeout=a.stall_timeout_s)
     return isolations

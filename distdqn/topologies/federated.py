@@ -25,6 +25,7 @@ is abandoned, and the run says so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,16 +36,18 @@ import ray
 from distdqn.config import Config
 from distdqn.core import aggregate, privacy
 from distdqn.core.actor import evaluate
+from distdqn.core.learner import DQNLearner
 from distdqn.core.records import Episodes, Experience, UpdateStats
 from distdqn.core.server_optimizer import ServerOptimizer
 from distdqn.core.staleness import staleness_weight
 from distdqn.envs import EnvInfo, make_vector_env
+from distdqn.local import build
 from distdqn.local.session import RunResult
 from distdqn.runtime.conductor import Conductor, worker_conductor
 from distdqn.runtime.messages import ClientMessage, RunCounters, RunState, check_message
 from distdqn.runtime.pool import RolePool
 from distdqn.runtime.roles.federated_client import FederatedClient
-from distdqn.runtime.server import ParameterServer
+from distdqn.runtime.weights import PushedWeights
 
 
 @dataclass
@@ -65,9 +68,13 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     job = worker_conductor(cfg, run_dir, info, FederatedCounters())
     try:
         # ---- build: the server's model and step here; clients (each its env variant) on the cluster ----
-        server, pool = job.start_server(resume, FederatedClient)   # resumed: the global model only
-        rounds = Rounds(job, server, pool, resume)
+        learner = build.build_learner(cfg, info)   # the global model, its optimizer unused: the server steps
+        pool = job.start_workers(FederatedClient)
+        job.restore(resume, learner)                # resumed: the global model only
+        job.open(learner.get_weights())
+        rounds = Rounds(job, learner, pool, resume)
         variants = [make_vector_env(cfg.for_client(i).env, cfg.eval.num_envs, evaluation=True) for i in range(len(f.clients))]
+        variant_policy = build.build_policy(cfg, info, learner.get_weights())
         client_returns: list[float] = []
         c = job.counters
 
@@ -77,7 +84,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                 sampled = rounds.sample()
                 if sampled is None:   # every client is still busy with an earlier round
                     job.check_stall()
-                    job.collect_late(rounds.late, rounds.take_late, wait_s=1.0)
+                    rounds.collect_late(wait_s=1.0)
                     continue
                 if not sampled:   # central DP's Poisson sampling drew no client: nothing is released
                     continue
@@ -87,8 +94,8 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                     continue
                 job.progressed()
                 if variants and job.session.due_for_evaluation(c.env_steps):
-                    client_returns = _evaluate_variants(job, server.weights(), variants)
-                stop = job.housekeeping(server.weights, rounds.state, lambda m=messages, r=client_returns:
+                    client_returns = _evaluate_variants(job.cfg, variant_policy, learner.get_weights(), variants)
+                stop = job.housekeeping(learner.get_weights, rounds.state, lambda m=messages, r=client_returns:
                                         _round_row(job, m, r, rounds.accountant))
                 if job.session.solved_at is not None and c.rounds_to_solve is None:
                     c.rounds_to_solve = c.rounds
@@ -96,8 +103,9 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                     break
 
         # ---- tear down: the global model on every variant, final evaluation, checkpoint, summary ----
-        client_returns = _evaluate_variants(job, server.weights(), variants, close=True)
-        return job.finish(server.weights(), rounds.state(), rounds.late, aggregator=f.aggregator,
+        client_returns = _evaluate_variants(cfg, variant_policy, learner.get_weights(), variants, close=True)
+        rounds.close()
+        return job.finish(learner.get_weights(), rounds.state(), aggregator=f.aggregator,
                           server_optimizer=f.server_optimizer, late_updates=f.late_updates,
                           client_eval_returns=client_returns, **_privacy_summary(cfg, rounds.accountant))
     finally:
@@ -108,9 +116,10 @@ class Rounds:
     """The server's side of the rounds: which clients train, their calls and late answers, the
     aggregate and the server's step, and the privacy accountant."""
 
-    def __init__(self, job: Conductor, server: ParameterServer, pool: RolePool, resume: dict[str, Any] | None):
+    def __init__(self, job: Conductor, learner: DQNLearner, pool: RolePool, resume: dict[str, Any] | None):
         cfg, f, c = job.cfg, job.cfg.federated, job.counters
-        self.job, self.server, self.pool, self.f = job, server, pool, f
+        self.job, self.learner, self.pool, self.f = job, learner, pool, f
+        self.weights = PushedWeights()
         self.optimizer = ServerOptimizer(f.server_optimizer, f.server_learning_rate, f.server_beta1,
                                          f.server_beta2, f.server_tau)
         if resume is not None and resume.get("server_optimizer") is not None:
@@ -118,11 +127,12 @@ class Rounds:
         self.accountant = None if f.dp.mode == "off" else privacy.PrivacyAccountant(
             f.dp.mode, f.dp.noise_multiplier, f.clients_per_round, f.dp.delta, pool.count,
             c.dp_rounds, c.dp_client_rounds)
-        self.shapes = {k: v.shape for k, v in server.weights().items()}
+        self.shapes = {k: v.shape for k, v in learner.get_weights().items()}
         self.rng = np.random.default_rng(cfg.seed + 17)
         self.dp_rng = np.random.default_rng(cfg.seed + 23)
         self.late: dict[Any, int] = {}              # calls that missed their round -> client
         self.waiting: list[ClientMessage] = []      # late updates for the next aggregate (stale_weighted)
+        job.add_closer(self.close)
 
     def sample(self) -> list[int] | None:
         """The next round's clients (counted as a round, and by the accountant: an upper bound on
@@ -141,13 +151,32 @@ class Rounds:
     def train(self, sampled: list[int]) -> list[ClientMessage]:
         """The sampled clients' local training from the global weights: the well-formed updates
         that came back within ``federated.round_timeout_s``; the others are late."""
-        calls = {self.pool.handles[i].train_round.remote(self.server.weights_for(i), self.f.local_steps): i
+        calls = {self.pool.handles[i].train_round.remote(self.weights.weights_for(i, self.learner), self.f.local_steps): i
                  for i in sampled}
         ready, missed = ray.wait(list(calls), num_returns=len(calls), timeout=self.f.round_timeout_s)
         self.late.update({ref: calls[ref] for ref in missed})
         self.job.counters.skipped += len(missed)
-        self.job.collect_late(self.late, self.take_late)
-        return _accepted(self.job, self.pool, calls, ready, self.shapes)
+        self.collect_late()
+        return _accepted(self.job, self.pool, calls, ready, self.shapes, self._replace)
+
+    def collect_late(self, wait_s: float = 0.0) -> None:
+        """Answers of calls that missed their round, waiting up to ``wait_s`` for the first; a
+        client that died is replaced."""
+        if not self.late:
+            return
+        if wait_s > 0:
+            ray.wait(list(self.late), num_returns=1, timeout=wait_s)
+        for ref in ray.wait(list(self.late), num_returns=len(self.late), timeout=0)[0]:
+            index = self.late.pop(ref)
+            message = self.pool.result(ref)
+            if message is None:
+                self._replace(index)
+            else:
+                self.take_late(message)
+
+    def _replace(self, index: int) -> None:
+        self.job.replace(index)
+        self.weights.forget(index)   # the new client holds nothing yet
 
     def take_late(self, message: Any) -> None:
         """A late answer: its steps and episodes count; its update waits for the next aggregate
@@ -169,15 +198,23 @@ class Rounds:
             self.job.session.note(f"round {c.rounds}: {len(messages)} of {asked} sampled clients answered, "
                                   f"fewer than federated.min_clients={f.min_clients}; the global model is unchanged")
             return False
-        delta = _aggregate(self.job.cfg, self.server.version, messages, stale, self.pool.count, self.dp_rng)
+        delta = _aggregate(self.job.cfg, self.learner.updates, messages, stale, self.pool.count, self.dp_rng)
         c.late_used += len(stale)
-        self.server.apply_delta(self.optimizer.step(delta), f.local_steps)
-        c.learner_updates = self.server.version
+        step = self.optimizer.step(delta)   # theta <- theta + server_optimizer(Delta), counted as E updates
+        self.learner.set_weights(aggregate.add_scaled(self.learner.get_weights(), step, 1.0))
+        self.learner.advance(f.local_steps)
+        c.learner_updates = self.learner.updates
         return True
 
     def state(self) -> RunState:
-        return RunState(self.server.learner.state_dict(), self.job.counters,
+        return RunState(self.learner.state_dict(), self.job.counters,
                         server_optimizer=self.optimizer.state_dict())
+
+    def close(self) -> None:
+        """Calls still late are dropped (a running call is not interrupted: Ray only drops queued ones)."""
+        for ref in self.late:
+            ray.cancel(ref, force=False)
+        self.late.clear()
 
 
 def _sample(rng: np.random.Generator, idle: list[int], num_clients: int, rate: float, poisson: bool) -> list[int]:
@@ -214,14 +251,15 @@ def _privacy_summary(cfg: Config, accountant: privacy.PrivacyAccountant | None) 
             "dp_epsilon": epsilon if np.isfinite(epsilon) else None, "dp_delta": dp.delta}
 
 
-def _accepted(job: Conductor, pool: Any, calls: dict, ready: list, shapes: dict) -> list[ClientMessage]:
+def _accepted(job: Conductor, pool: Any, calls: dict, ready: list, shapes: dict,
+              replace: Callable[[int], None]) -> list[ClientMessage]:
     """The well-formed messages among the answers in ``ready``; a dead client is replaced."""
     messages = []
     for ref in ready:
         message = pool.result(ref)
         if message is None:   # the client died: a new device takes its place
             job.counters.skipped += 1
-            job.replace(calls[ref])
+            replace(calls[ref])
             continue
         _absorb(job, message)
         problem = check_message(message, shapes)
@@ -262,12 +300,12 @@ def _absorb(job: Conductor, message: Any) -> None:
                                     {k: v * message.local_updates for k, v in message.metrics.items()}))
 
 
-def _evaluate_variants(job: Conductor, weights: dict, variants: list, close: bool = False) -> list[float]:
+def _evaluate_variants(cfg: Config, policy: Any, weights: dict, variants: list, close: bool = False) -> list[float]:
     """The global model's greedy return on each client's environment variant (``close``: then
     close the variants' environments)."""
-    job.policy.set_weights(weights)
-    returns = [float(evaluate(job.policy, env, job.cfg.eval.episodes, job.cfg.eval.epsilon,
-                              seed=job.cfg.seed * 31 + i).mean()) for i, env in enumerate(variants)]
+    policy.set_weights(weights)
+    returns = [float(evaluate(policy, env, cfg.eval.episodes, cfg.eval.epsilon, seed=cfg.seed * 31 + i).mean())
+               for i, env in enumerate(variants)]
     for env in variants if close else []:
         env.close()
     return returns

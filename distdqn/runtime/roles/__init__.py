@@ -7,7 +7,9 @@ bounded amount of work and return typed reports (runtime/messages.py):
     learner            apex: the learner, training from the replay (hosted in its own process by
                        default) and publishing weights
     model_parallel_rank  apex, learner.model_parallel > 1: rank r > 0 of the learner split over ranks
-    replica_worker     sync_ps, async_ps, allreduce: a Replica (env, local replay, learner replica)
+    ps_worker          sync_ps, async_ps: a Replica (env, local replay, learner replica) turning the
+                       server's weights into updates, over the update channel (runtime/updates/)
+    allreduce_rank     allreduce: a Replica that averages its gradient with the other ranks' (runtime/group.py)
     federated_client   federated: a client's Replica on its environment variant; sends only a
                        ClientMessage
 """

@@ -17,8 +17,7 @@ from distdqn.envs import EnvInfo
 from distdqn.local.replica import Replica
 from distdqn.runtime.messages import ClientMessage, Weights
 from distdqn.runtime.process import process_identity, set_worker_threads
-from distdqn.runtime.roles.replica_worker import take_weights
-from distdqn.runtime.weights import WeightsClient
+from distdqn.runtime.weights import WeightsClient, take_weights
 
 
 @ray.remote
@@ -26,8 +25,7 @@ class FederatedClient:
     def __init__(self, cfg: Config, info: EnvInfo, index: int, num_clients: int, seed: int, cpus: float):
         set_worker_threads(cpus, cfg.train.torch_threads)
         self.cfg, self.index = cfg, index
-        self.replica = Replica(cfg, info, index, num_clients, seed)
-        self.replica.learner.owns_target = False   # the server keeps the target network
+        self.replica = Replica(cfg, info, index, num_clients, seed, owns_target=False)   # the server keeps it
         self.weights = WeightsClient()
         self.rng = np.random.default_rng(seed + 99)
         self.poisoned = index in cfg.federated.poisoned_clients   # a test's attacker: sends garbage
@@ -37,11 +35,11 @@ class FederatedClient:
         each gradient with the proximal term toward the global weights); the update, clipped and
         noised here under local DP (under central DP the server does both)."""
         f = self.cfg.federated
-        take_weights(self.replica, self.weights, weights)
+        take_weights(self.replica.learner, self.weights, weights)
         learner = self.replica.learner
         start = learner.get_weights()
         learner.set_weights(start)   # a fresh start from the global model, as in FedAvg
-        updates = self._local_updates(num_updates, start, f.proximal_mu)
+        updates = self._local_updates(num_updates, f.proximal_mu)
         update = aggregate.difference(learner.get_weights(), start)
         metrics = updates.means()
         if f.dp.mode == "local":
@@ -55,14 +53,16 @@ class FederatedClient:
                              seen.episodes.count, float(seen.episodes.return_mean),
                              float(seen.episodes.length_mean), {k: float(v) for k, v in metrics.items()})
 
-    def _local_updates(self, num_updates: int, anchor: dict[str, np.ndarray], mu: float) -> UpdateStats:
+    def _local_updates(self, num_updates: int, mu: float) -> UpdateStats:
+        """FedProx (mu > 0): each gradient with the proximal term toward the global weights."""
         if mu == 0:
             return self.replica.train(num_updates)
         stats, learner = UpdateStats(), self.replica.learner
+        anchor = learner.flat_params.numpy().copy()
         for _ in range(num_updates):
-            grads, metrics = self.replica.gradient()
-            learner.apply_grads(aggregate.proximal_gradient(grads, learner.get_weights(), anchor, mu))
-            stats.add(metrics)
+            stats.add(self.replica.flat_gradient().metrics)
+            learner.apply_gradient(aggregate.proximal_gradient(learner.flat_grads.numpy(), learner.flat_params.numpy(),
+                                                               anchor, mu))
         return stats
 
     def identity(self) -> dict[str, Any]:

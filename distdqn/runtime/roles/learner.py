@@ -28,8 +28,9 @@ from distdqn.core.ratelimit import RateLimitedReplay
 from distdqn.core.records import UpdateStats
 from distdqn.core.transitions import Batch
 from distdqn.envs import EnvInfo
-from distdqn.local import build, model_parallel
-from distdqn.runtime.learner_group import LearnerGroup, parameter_hash, rendezvous_address
+from distdqn.local import build, model_parallel, rendezvous
+from distdqn.runtime.group import GroupMember, GroupSpec, weights_hash
+from distdqn.runtime.learner_group import Agreement
 from distdqn.runtime.messages import LearnerReport, Weights
 from distdqn.runtime.process import Isolation, claim_cores, process_identity, set_worker_threads
 from distdqn.runtime.roles.replay_server import (
@@ -76,7 +77,7 @@ class ServedReplay:
 
 
 @ray.remote(concurrency_groups={"replay": REPLAY_CALLS, "weights": 2})
-class LearnerWorker(ReplayHost):
+class LearnerWorker(ReplayHost, GroupMember):
     def __init__(self, cfg: Config, info: EnvInfo, replays: list | None, seed: int, rank: int = 0,
                  num_learners: int = 1):
         """``replays``: None (the replay lives here), one ReplayServer, or the shards; ``rank`` of
@@ -86,7 +87,8 @@ class LearnerWorker(ReplayHost):
         self.cfg, self.info, self.rank, self.num_learners = cfg, info, rank, num_learners
         self.learner = build.build_learner(cfg, info)
         self.gated = gated_replay(cfg, info, seed - 1) if replays is None else None   # hosted here
-        self.group: LearnerGroup | None = None
+        self.agreement: Agreement | None = None
+        self._exchange_s = 0.0   # in the group's exchanges (gradients and agreements)
         if replays is None:
             self.source = HostedReplay(cfg, self.gated)
         elif len(replays) == 1 and num_learners == 1:
@@ -103,36 +105,50 @@ class LearnerWorker(ReplayHost):
         ``block`` of the last ``blocks`` (one per learner on the node); None: none to spare."""
         return claim_cores(num_cpus, block, blocks)
 
-    # ---- apex.num_learners > 1: this learner's group ----
-    def rendezvous_address(self, one_node: bool) -> tuple[str, int]:
-        return rendezvous_address(one_node)
+    # ---- apex.num_learners > 1: this learner's group (runtime/group.py) ----
+    def group_vector(self) -> torch.Tensor:
+        return self.learner.flat_grads
 
-    def join_group(self, backend: str, address: str, port: int, rank: int, num_learners: int,
-                   timeout_s: float) -> None:
-        self.group = LearnerGroup(backend, address, port, rank, num_learners, self.learner.flat_grads.numel(),
-                                  timeout_s)
+    def join_group(self, spec: GroupSpec, rank: int) -> str:
+        backend = super().join_group(spec, rank)
+        self.agreement = Agreement(spec, rank)
+        return backend
 
     def leave_group(self) -> None:
-        if self.group is not None:
-            self.group.close()
-            self.group = None
+        if self.agreement is not None:
+            self.agreement.close()
+            self.agreement = None
+        super().leave_group()
+
+    def _reduce(self, grads: list[torch.Tensor]) -> None:
+        """``reduce_grads`` of the learner's step: the group's mean of the clipped gradient."""
+        start = time.perf_counter()
+        self.averager.mean_(grads[0])
+        self._exchange_s += time.perf_counter() - start
 
     def _agree(self, flag: bool) -> bool:
-        return self.group.agree(flag) if self.group is not None else flag
+        if self.agreement is None:
+            return flag
+        start = time.perf_counter()
+        agreed = self.agreement.agree(flag)
+        self._exchange_s += time.perf_counter() - start
+        return agreed
 
     def weights_hash(self) -> str:
         """A hash of the online and target parameters (the group's replicas have equal hashes)."""
-        return parameter_hash(self.learner)
+        return weights_hash(self.learner.get_weights(), self.learner.get_target_weights())
 
     # ---- learner.model_parallel > 1: this process is rank 0 of the learner's ranks ----
     def rendezvous_port(self) -> int:
-        """A free port on this node for the ranks' rendezvous (their TCP store lives here)."""
-        return model_parallel.free_port()
+        """A port on this node's loopback for the ranks' rendezvous (their store lives here, bound
+        now: the ranks share this node, nothing else can reach it)."""
+        self._listener = rendezvous.listen(rendezvous.LOOPBACK)
+        return self._listener.getsockname()[1]
 
     def lead_ranks(self, port: int) -> None:
         """Form the group with the other ranks (joining at ``port`` meanwhile) and hand them their
         parts of the learner: from now on every call to the learner is made by all ranks."""
-        self.learner = model_parallel.lead(self.learner, self.cfg, self.info, "127.0.0.1", port)
+        self.learner = model_parallel.lead(self.learner, self.cfg, self.info, self._listener)
 
     def release_ranks(self) -> None:
         """The other ranks end their call (the learner's last use: after the final state)."""
@@ -158,10 +174,10 @@ class LearnerWorker(ReplayHost):
         a = self.cfg.apex
         stats = UpdateStats()
         start, waited, stepping = time.perf_counter(), 0.0, 0.0
-        exchanged = self.group.wait_s if self.group is not None else 0.0
+        exchanged = self._exchange_s
         published_before = self.publisher.newest.version
         beta = self.beta(env_steps)
-        reduce_grads = self.group.mean_ if self.group is not None else None
+        reduce_grads = self._reduce if self.averager is not None else None
         while stats.count < num_updates:
             t = time.perf_counter()
             stacked = self.source.next(beta)
@@ -184,7 +200,7 @@ class LearnerWorker(ReplayHost):
         newest = self.publisher.newest
         return LearnerReport(stats, self.learner.updates, time.perf_counter() - start - waited, waited, stepping,
                              newest if newest.version > published_before else None,
-                             (self.group.wait_s if self.group is not None else 0.0) - exchanged)
+                             self._exchange_s - exchanged)
 
     # ---- state ----
     def state_dict(self) -> dict[str, Any]:

@@ -2,9 +2,9 @@
 local/model_parallel.py). It runs on the learner's node, joins the group that the learner (rank 0)
 forms there, and in one long call makes every call rank 0 announces, until rank 0 ends it.
 
-``split_learner`` starts the ranks beside the learner and forms the group (the rendezvous
-``allreduce`` uses: rank 0 hosts a TCP store at a free port, every rank joins with
-torch.distributed, gloo on CPU, nccl on GPUs).
+``split_learner`` starts the ranks beside the learner and forms the group (rank 0 hosts the
+store on a loopback port, local/rendezvous.py; every rank joins with torch.distributed, gloo on
+CPU, nccl on GPUs).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from distdqn.config import Config
 from distdqn.envs import EnvInfo
-from distdqn.local import affinity, model_parallel
+from distdqn.local import affinity, model_parallel, rendezvous
 from distdqn.runtime.process import Isolation, process_identity, set_worker_threads
 
 
@@ -31,7 +31,7 @@ class ModelParallelRank:
         learner's isolated cores, if it has some (they were claimed for all its ranks)."""
         if isolation is not None:
             affinity.pin(isolation.cpus)
-        model_parallel.serve(self.cfg, self.info, "127.0.0.1", port, self.rank)
+        model_parallel.serve(self.cfg, self.info, rendezvous.LOOPBACK, port, self.rank)
 
     @ray.method(concurrency_group="control")
     def identity(self) -> dict[str, Any]:
