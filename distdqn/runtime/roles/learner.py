@@ -24,6 +24,7 @@ import ray
 import torch
 
 from distdqn.config import Config
+from distdqn.core.learner import StepResult
 from distdqn.core.ratelimit import RateLimitedReplay
 from distdqn.core.records import UpdateStats
 from distdqn.core.transitions import Batch
@@ -120,11 +121,16 @@ class LearnerWorker(ReplayHost, GroupMember):
             self.agreement = None
         super().leave_group()
 
-    def _reduce(self, grads: list[torch.Tensor]) -> None:
-        """``reduce_grads`` of the learner's step: the group's mean of the clipped gradient."""
+    def _update(self, batch: Batch) -> StepResult:
+        """One update: alone, a step; in a group, the clipped gradient averaged over the group first."""
+        if self.averager is None:
+            return self.learner.step(batch)
+        result = self.learner.gradient(batch)
         start = time.perf_counter()
-        self.averager.mean_(grads[0])
+        self.averager.mean_(self.learner.flat_grads)
         self._exchange_s += time.perf_counter() - start
+        self.learner.apply_gradient()
+        return result
 
     def _agree(self, flag: bool) -> bool:
         if self.agreement is None:
@@ -177,7 +183,6 @@ class LearnerWorker(ReplayHost, GroupMember):
         exchanged = self._exchange_s
         published_before = self.publisher.newest.version
         beta = self.beta(env_steps)
-        reduce_grads = self._reduce if self.averager is not None else None
         while stats.count < num_updates:
             t = time.perf_counter()
             stacked = self.source.next(beta)
@@ -187,7 +192,7 @@ class LearnerWorker(ReplayHost, GroupMember):
             indices, priorities = [], []
             t = time.perf_counter()
             for batch in stacked.split(a.batches_per_sample):
-                result = self.learner.step(batch, reduce_grads)
+                result = self._update(batch)
                 indices.append(batch.indices)
                 priorities.append(result.priorities)
                 stats.add(result.metrics)
