@@ -38,10 +38,11 @@ from benchmarks.common import header
 from distdqn.metrics import read_metrics
 
 
-def train(args: list[str], run_dir: Path) -> dict:
+def train(args: list[str], run_dir: Path, tree: Path | None = None) -> dict:
+    """One `distdqn train` run (of the checkout ``tree``, default this one's working directory)."""
     cmd = [sys.executable, "-m", "distdqn.cli", "train", *args, "--run-dir", str(run_dir),
            "--set", "log.progress=false"]
-    done = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tree)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr[-1500:]}")
     summary = json.loads((run_dir / "summary.json").read_text())

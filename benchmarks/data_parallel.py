@@ -3,7 +3,7 @@ during training (issue 13's measure).
 
     python -m benchmarks.data_parallel [--config cartpole] [--seeds 3] [--steps 30000] [--workers 2]
                                        [--setups single allreduce-shm sync_ps sync_ps-ray async_ps ...]
-                                       [--set key=value ...]
+                                       [--set key=value ...] [--baseline DIR]
 
 Every run is a `distdqn train` process, one at a time, seed by seed with every setup in turn (this
 machine's speed drifts over minutes, so each run sits next to single's of the same seed). Each
@@ -12,7 +12,9 @@ times the batches per env step of the whole run (the per-worker replay ratio is 
 env steps/s: the median of the per-interval rates in metrics.jsonl, start-up and the final
 evaluation left out; "x single" is the median over seeds of the ratio to single's run of the same
 seed. Beside it, the run's time outside the steady rate (wall time minus env steps / steady rate:
-Ray's start-up, the final evaluation).
+Ray's start-up, the final evaluation). ``--baseline DIR`` (another checkout, e.g. a `git worktree`
+of the commit before a change) runs every setup there too, right after the same setup and seed
+here: the "x baseline" column is the median over seeds of this tree's rate over the baseline's.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--setups", nargs="+", default=DEFAULT_SETUPS, choices=list(SETUPS))
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value, for every run")
+    parser.add_argument("--baseline", type=Path, help="another checkout whose runs pair with these, seed by seed")
     args = parser.parse_args()
     common = [args.config, "--set", f"train.total_env_steps={args.steps}",
               "--set", f"eval.interval_env_steps={args.steps}", "--set", "eval.stop_when_solved=false",
@@ -59,28 +62,43 @@ def main() -> None:
     setups = ["single", *(s for s in args.setups if s != "single")]
     print(header(f"Data-parallel topologies beside single ({args.config}, {args.workers} workers, "
                  f"{args.steps} env steps, {', '.join(args.overrides) or 'no overrides'})"))
-    print("| setup | steady env steps/s (x single) | steady updates/s | where the time goes (steady) "
+    if args.baseline is not None:
+        print(f"Each setup also from the checkout {args.baseline} (`git -C {args.baseline} rev-parse --short HEAD`: "
+              f"{_commit(args.baseline)}), right after this tree's run of the same seed.\n")
+    print("| setup | steady env steps/s (x single) | x baseline | steady updates/s | where the time goes (steady) "
           "| outside the steady rate (s) | run wall (s) | final eval |")
-    print("|---|---|---|---|---|---|---|")
-    runs: dict[str, list[dict]] = {name: [] for name in setups}
+    print("|---|---|---|---|---|---|---|---|")
+    trees = {"": None} if args.baseline is None else {"": None, " (baseline)": args.baseline}
+    runs: dict[str, list[dict]] = {name + t: [] for name in setups for t in trees}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
             for name in setups:
-                run_dir = Path(tmp) / f"{name}-{seed}"
-                summary = train([*common, *SETUPS[name], "--seed", str(seed)], run_dir)
-                # the run's time beyond its env steps at the steady rate: start-up, final evaluation
-                summary["outside_s"] = summary["wall_s"] - summary["env_steps"] / summary["steady_env_steps_per_s"]
-                runs[name].append(summary)
-    for name in setups:
-        done = runs[name]
+                for suffix, tree in trees.items():
+                    run_dir = Path(tmp) / f"{name}{suffix.strip().strip('()')}-{seed}"
+                    summary = train([*common, *SETUPS[name], "--seed", str(seed)], run_dir, tree)
+                    # the run's time beyond its env steps at the steady rate: start-up, final evaluation
+                    summary["outside_s"] = summary["wall_s"] - summary["env_steps"] / summary["steady_env_steps_per_s"]
+                    runs[name + suffix].append(summary)
+    for label, done in runs.items():
+        single = runs["single" + label.removeprefix(label.split(" ")[0])]
         paired = statistics.median(r["steady_env_steps_per_s"] / s["steady_env_steps_per_s"]
-                                   for r, s in zip(done, runs["single"], strict=True))
-        print(f"| {name} | {statistics.median(r['steady_env_steps_per_s'] for r in done):,.0f} ({paired:.2f}x) | "
+                                   for r, s in zip(done, single, strict=True))
+        base = runs.get(label + " (baseline)")
+        vs_base = (f"{statistics.median(r['steady_env_steps_per_s'] / b['steady_env_steps_per_s'] for r, b in zip(done, base, strict=True)):.2f}x"
+                   if base else "-")
+        print(f"| {label} | {statistics.median(r['steady_env_steps_per_s'] for r in done):,.0f} ({paired:.2f}x) | {vs_base} | "
               f"{statistics.median(r['steady_updates_per_s'] for r in done):,.0f} | "
               f"{_shares(done, args.workers)} | "
               f"{statistics.median(r['outside_s'] for r in done):.1f} | "
               f"{statistics.median(r['wall_s'] for r in done):.1f} | "
               f"{statistics.median(r['final_eval_return_mean'] for r in done):.0f} |", flush=True)
+
+
+def _commit(tree: Path) -> str:
+    import subprocess
+    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=False)
+    return done.stdout.strip() or "unknown"
 
 
 def _shares(runs: list[dict], workers: int) -> str:

@@ -7,6 +7,7 @@ before the input has been checked.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -127,14 +128,14 @@ def train(
     from distdqn.topologies import get_run
 
     overrides = list(set_ or [])
+    if address is not None:   # an override like any other, applied before the config is validated
+        overrides.append(f"cluster.address={json.dumps(address)}")
     resume_state = None
     if resume is not None:
         cfg, resume_state = _resumed_config(resume, config, overrides, seed)
         run_dir = resume if (resume / "checkpoints").is_dir() else resume.parent.parent
     else:
         cfg = load_config(config, overrides, seed)
-    if address is not None:
-        cfg.cluster.address = address
     info = env_info(cfg.env)
     _check_client_envs(cfg)
     _check_devices(cfg)

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from distdqn.errors import ConfigError
 
@@ -29,8 +37,12 @@ TOPOLOGIES = ("single", "apex", "sync_ps", "async_ps", "allreduce", "federated")
 
 
 class _Section(BaseModel):
-    # strict: no silent str -> number coercion; forbid: unknown keys are errors.
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+    # strict: no silent str -> number coercion; forbid: unknown keys are errors; frozen: a
+    # validated config is data, never rewritten (derived values are properties).
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    def check(self, cfg: Config) -> None:
+        """This section's checks against the rest of the config (raise ValueError naming the field)."""
 
 
 class AtariConfig(_Section):
@@ -123,11 +135,18 @@ class NetworkConfig(_Section):
             raise ValueError(f"must be a non-empty list of positive integers (got {sizes})")
         return sizes
 
-    @model_validator(mode="after")
-    def _kind_sizes(self) -> NetworkConfig:
-        if self.hidden_sizes is None:   # written into config.yaml resolved, as every default
-            object.__setattr__(self, "hidden_sizes", list(HIDDEN_SIZES[self.kind]))
-        return self
+    @property
+    def layers(self) -> list[int]:
+        """The hidden layers' widths: ``hidden_sizes``, or the kind's usual ones."""
+        return list(self.hidden_sizes) if self.hidden_sizes is not None else list(HIDDEN_SIZES[self.kind])
+
+    @field_serializer("hidden_sizes")
+    def _resolved(self, sizes: list[int] | None) -> list[int]:
+        return self.layers   # config.yaml records the widths used, as every default
+
+    def check(self, cfg: Config) -> None:
+        if self.atoms > 1 and self.v_min >= self.v_max:
+            raise ValueError(f"network.v_max: must be above network.v_min ({self.v_max:g} <= {self.v_min:g})")
 
 
 class ReplayConfig(_Section):
@@ -192,6 +211,28 @@ class LearnerConfig(_Section):
     model_parallel_timeout_s: float = Field(60.0, gt=0.0)
     """Longest wait for the learner's ranks to form their group and for any exchange between
     them; a rank that dies or stalls ends the run with an error within about this long."""
+
+    def check(self, cfg: Config) -> None:
+        p, n = self.model_parallel, cfg.network
+        if self.batch_size > cfg.replay.capacity:
+            raise ValueError(f"learner.batch_size: must be <= replay.capacity ({self.batch_size} > {cfg.replay.capacity})")
+        if self.kernel == "fused_mlp" and n.atoms > 1:
+            raise ValueError("learner.kernel: fused_mlp computes the one-value-per-action loss; network.atoms > 1 "
+                             "needs auto or autograd")
+        if p == 1:
+            return
+        if cfg.topology not in ("single", "apex"):
+            raise ValueError(f"learner.model_parallel: {cfg.topology} does not split its learners across ranks "
+                             f"(only single and apex do); use 1")
+        if any(h % p for h in n.layers):
+            raise ValueError(f"learner.model_parallel: {p} ranks must divide every hidden size "
+                             f"(network.hidden_sizes is {n.layers})")
+        if n.atoms > 1:
+            raise ValueError("learner.model_parallel: the categorical head (network.atoms > 1) is not split "
+                             "across ranks; use 1")
+        if self.kernel == "fused_mlp":
+            raise ValueError("learner.model_parallel: the fused_mlp kernel does not split across ranks "
+                             "(use learner.kernel auto or autograd)")
 
 
 class ExplorationConfig(_Section):
@@ -320,8 +361,7 @@ class ApexConfig(_Section):
     """The run ends with an error if no actor or learner call completes for this long (also the
     longest wait of a learner for the others of its group)."""
 
-    @model_validator(mode="after")
-    def _check_shards_and_learners(self) -> ApexConfig:
+    def check(self, cfg: Config) -> None:
         shards = self.replay_shards
         if shards != "per_host" and (isinstance(shards, str) or shards < 1):
             raise ValueError(f"apex.replay_shards: must be at least 1, or per_host (got {shards!r})")
@@ -331,10 +371,8 @@ class ApexConfig(_Section):
                                  f"apex.{name}={value} needs replay_host=process")
         if self.group_backend == "shm" and self.learner_gpus > 0:
             raise ValueError("apex.group_backend: shm averages CPU gradients; GPU learners need nccl or auto")
-        return self
-
-    def check_against(self, cfg: Config) -> None:
-        """apex's checks that read other sections (called by Config's validator)."""
+        if cfg.topology != "apex":
+            return
         if cfg.learner.batch_size % self.num_learners:
             raise ValueError(f"apex.num_learners: {self.num_learners} learners cannot share "
                              f"learner.batch_size {cfg.learner.batch_size} equally")
@@ -355,6 +393,10 @@ class WorkersConfig(_Section):
     """CPUs reserved per worker (its torch threads follow, unless ``train.torch_threads`` is set)."""
     gpus: float = Field(0.0, ge=0.0)
     """GPUs per worker (``learner.device`` auto/cuda uses one when this is > 0)."""
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Ray custom resources each worker needs: where workers may run. For example ``{worker_host:
+    1}`` with ``ray start ... --resources='{"worker_host": 8}'`` on the nodes meant for workers
+    (the driver, and so a parameter server, runs where ``distdqn train`` runs). Empty: any node."""
     stall_timeout_s: float = Field(120.0, gt=0.0)
     """The run ends with an error if no worker call completes for this long."""
 
@@ -373,11 +415,19 @@ class SyncPSConfig(_Section):
     late update is dropped, and counted); the round goes on with those that answered."""
     min_workers: int = Field(1, ge=1)
     """Answers a round needs; with fewer it keeps waiting, up to ``workers.stall_timeout_s``."""
-    transport: Literal["auto", "shm", "ray"] = "auto"
-    """How weights and gradients travel between the server and the workers: ``shm`` through shared
-    memory (every worker on the driver's node, CPU learners: each worker runs its own loop),
-    ``ray`` as the arguments and answers of a Ray call per round (any cluster). ``auto``: shm
-    where it can, else ray."""
+
+    transport: Literal["auto", "shm", "tcp", "ray"] = "auto"
+    """How weights and updates travel between the server and its workers (runtime/updates/):
+    ``shm``: each worker runs its own loop and meets the server in shared memory (every worker on
+    the server's host; CPU learners); ``tcp``: the same loops over a socket to the server (workers
+    on any host; CPU learners); ``ray``: the arguments and answers of a Ray call per update (any
+    cluster, GPU learners). ``auto``: each worker on the cheapest path that reaches it (shm on
+    the server's host, tcp elsewhere, decided by probing), ray for GPU learners."""
+
+    def check(self, cfg: Config) -> None:
+        if self.min_workers > cfg.workers.num_workers:
+            raise ValueError(f"sync_ps.min_workers: must be <= workers.num_workers "
+                             f"({self.min_workers} > {cfg.workers.num_workers})")
 
 
 class AsyncPSConfig(_Section):
@@ -394,9 +444,9 @@ class AsyncPSConfig(_Section):
     """Parameter form: local learner updates per push (a worker pulls fresh weights at every push)."""
     mixing_rate: float = Field(0.5, gt=0.0, le=1.0)
     """eta of the parameter form."""
-    transport: Literal["auto", "shm", "ray"] = "auto"
-    """As ``sync_ps.transport``: ``shm`` (every worker on the driver's node, CPU learners), ``ray``
-    (a Ray call per update, any cluster), ``auto`` (shm where it can)."""
+    transport: Literal["auto", "shm", "tcp", "ray"] = "auto"
+    """As ``sync_ps.transport``: ``shm``, ``tcp`` (the workers' own loops; CPU learners), ``ray`` (a
+    Ray call per update), ``auto`` (each worker on the cheapest path that reaches it)."""
 
 
 class AllReduceConfig(_Section):
@@ -486,15 +536,34 @@ class FederatedConfig(_Section):
     the run says so."""
     dp: DPConfig = Field(default_factory=DPConfig)
     """Client-level differential privacy and its accountant."""
-    poisoned_clients: list[int] = Field(default_factory=list)
-    """For robustness experiments only: these clients send garbage (NaN and 1e6-sized values)
-    instead of their update."""
 
     @property
     def server_learning_rate(self) -> float:
         if self.server_lr is not None:
             return self.server_lr
         return 1.0 if self.server_optimizer in ("fedavg", "fedavgm") else 0.01
+
+    def check(self, cfg: Config) -> None:
+        n, dp = cfg.workers.num_workers, self.dp
+        if self.clients and len(self.clients) != n:
+            raise ValueError(f"federated.clients: one entry per client is needed ({len(self.clients)} given, "
+                             f"workers.num_workers is {n})")
+        if self.min_clients > n:
+            raise ValueError(f"federated.min_clients: must be <= workers.num_workers ({self.min_clients} > {n})")
+        if dp.mode != "off" and dp.clip is None:
+            raise ValueError(f"federated.dp.clip: needed by federated.dp.mode={dp.mode} (the noise is scaled by it)")
+        if dp.mode != "off" and dp.delta >= 1 / n:
+            raise ValueError(f"federated.dp.delta: must be below 1 / workers.num_workers = {1 / n:g} (got {dp.delta:g}; "
+                             f"at 1/n, publishing one client's data whole would meet it)")
+        if dp.mode == "central" and self.aggregator != "fedavg":
+            raise ValueError(f"federated.aggregator: federated.dp.mode=central noises a sum, so it needs fedavg "
+                             f"(got {self.aggregator})")
+        if self.late_updates == "stale_weighted" and self.aggregator != "fedavg":
+            raise ValueError(f"federated.late_updates: stale_weighted weights updates, so it needs "
+                             f"federated.aggregator=fedavg (got {self.aggregator})")
+        if self.late_updates == "stale_weighted" and dp.mode == "central":
+            raise ValueError("federated.late_updates: stale_weighted cannot be used with federated.dp.mode=central "
+                             "(a late update would count in a round it was not sampled for)")
 
 
 class ClusterConfig(_Section):
@@ -526,60 +595,12 @@ class Config(_Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
-    def _check_cross_fields(self) -> Config:
-        if self.learner.batch_size > self.replay.capacity:
-            raise ValueError(
-                f"learner.batch_size: must be <= replay.capacity "
-                f"({self.learner.batch_size} > {self.replay.capacity})"
-            )
-        if self.sync_ps.min_workers > self.workers.num_workers:
-            raise ValueError(
-                f"sync_ps.min_workers: must be <= workers.num_workers "
-                f"({self.sync_ps.min_workers} > {self.workers.num_workers})"
-            )
-        if self.topology == "apex":
-            self.apex.check_against(self)
-        p = self.learner.model_parallel
-        if p > 1 and self.topology not in ("single", "apex"):
-            raise ValueError(f"learner.model_parallel: {self.topology} does not split its learners across ranks "
-                             f"(only single and apex do); use 1")
-        if p > 1 and any(h % p for h in self.network.hidden_sizes):
-            raise ValueError(f"learner.model_parallel: {p} ranks must divide every hidden size "
-                             f"(network.hidden_sizes is {self.network.hidden_sizes})")
-        if self.network.atoms > 1 and self.network.v_min >= self.network.v_max:
-            raise ValueError(f"network.v_max: must be above network.v_min "
-                             f"({self.network.v_max:g} <= {self.network.v_min:g})")
-        if p > 1 and self.network.atoms > 1:
-            raise ValueError("learner.model_parallel: the categorical head (network.atoms > 1) is not split "
-                             "across ranks; use 1")
-        if self.learner.kernel == "fused_mlp" and self.network.atoms > 1:
-            raise ValueError("learner.kernel: fused_mlp computes the one-value-per-action loss; network.atoms > 1 "
-                             "needs auto or autograd")
-        if p > 1 and self.learner.kernel == "fused_mlp":
-            raise ValueError("learner.model_parallel: the fused_mlp kernel does not split across ranks "
-                             "(use learner.kernel auto or autograd)")
-        f, n = self.federated, self.workers.num_workers
-        if f.clients and len(f.clients) != n:
-            raise ValueError(f"federated.clients: one entry per client is needed ({len(f.clients)} given, "
-                             f"workers.num_workers is {n})")
-        if f.min_clients > n:
-            raise ValueError(f"federated.min_clients: must be <= workers.num_workers ({f.min_clients} > {n})")
-        if f.dp.mode != "off" and f.dp.clip is None:
-            raise ValueError(f"federated.dp.clip: needed by federated.dp.mode={f.dp.mode} (the noise is scaled by it)")
-        if f.dp.mode != "off" and f.dp.delta >= 1 / n:
-            raise ValueError(f"federated.dp.delta: must be below 1 / workers.num_workers = {1 / n:g} (got {f.dp.delta:g}; "
-                             f"at 1/n, publishing one client's data whole would meet it)")
-        if f.dp.mode == "central" and f.aggregator != "fedavg":
-            raise ValueError(f"federated.aggregator: federated.dp.mode=central noises a sum, so it needs fedavg "
-                             f"(got {f.aggregator})")
-        if f.late_updates == "stale_weighted" and f.aggregator != "fedavg":
-            raise ValueError(f"federated.late_updates: stale_weighted weights updates, so it needs "
-                             f"federated.aggregator=fedavg (got {f.aggregator})")
-        if f.late_updates == "stale_weighted" and f.dp.mode == "central":
-            raise ValueError("federated.late_updates: stale_weighted cannot be used with federated.dp.mode=central "
-                             "(a late update would count in a round it was not sampled for)")
-        if any(i < 0 or i >= n for i in f.poisoned_clients):
-            raise ValueError(f"federated.poisoned_clients: client indices must be in [0, {n})")
+    def _check_sections(self) -> Config:
+        """Each section's checks against the rest (they live with their section)."""
+        for name in type(self).model_fields:
+            section = getattr(self, name)
+            if isinstance(section, _Section):
+                section.check(self)
         return self
 
     # ---- derived values ----
@@ -598,6 +619,14 @@ class Config(_Section):
         return max(self.train.learning_starts, self.learner.batch_size)
 
     # ---- (de)serialisation ----
+    def __eq__(self, other: object) -> bool:
+        """Configs are equal when they resolve to the same run (a default left unset equals the
+        value it resolves to)."""
+        return isinstance(other, Config) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(self.to_yaml())
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -658,8 +687,8 @@ def _format_validation_error(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"]
         msg = msg.removeprefix("Value error, ")
-        if ": " in msg and (not loc or msg.startswith(f"{loc}.")):
-            messages.append(msg)  # a cross-field check (or a section's) names its own path
+        if ": " in msg and not loc:
+            messages.append(msg)  # a cross-field check names its own path
             continue
         if err["type"] == "extra_forbidden":
             msg = "unknown key"

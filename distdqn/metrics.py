@@ -36,6 +36,12 @@ class TrainingStats:
         self._updates = UpdateStats()
         self.episodes = 0
 
+    def rebase(self, start_time: float, since: float, env_steps: int, learner_updates: int) -> None:
+        """Count wall time from ``start_time`` and the first row's rates from these counts at
+        ``since`` (a run opens, or resumes)."""
+        self.start_time = start_time
+        self._last = (since, env_steps, learner_updates)
+
     def add_episodes(self, episodes: Episodes) -> None:
         if not episodes.count:
             return

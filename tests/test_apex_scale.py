@@ -206,3 +206,61 @@ def test_a_lost_learner_or_shard_ends_the_run_in_one_line(tmp_path, ray_cluster,
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and role in errors[0] and "checkpoint is intact" in errors[0], err[-2000:]
     assert not list(Path("/dev/shm").glob("distdqn-*"))
+
+
+# ---- the leader's word to its group (runtime/learner_group.py: Agreement), without Ray ----
+
+
+def _agreeing_member(spec, rank: int, flags: list[bool], out) -> None:
+    import torch
+
+    from distdqn.runtime.group import Averager
+    from distdqn.runtime.learner_group import Agreement
+
+    listener = None
+    if rank == 0 and spec.backend != "shm":
+        import socket
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((spec.address, spec.port))
+        listener.listen(16)
+    if spec.backend == "shm" and rank > 0:   # rank 0 makes the segments (form_group joins it first)
+        import time
+        while not Path(f"/dev/shm/{spec.segment}-agree").exists():
+            time.sleep(0.01)
+    averager = Averager(spec, rank, 4, torch.device("cpu"), listener)   # as join_group: the Averager first
+    agreement = Agreement(spec, rank)
+    heard = [agreement.agree(flag if rank == 0 else not flag) for flag in flags]   # the others say the opposite
+    agreement.close()
+    averager.close()
+    out.put((rank, heard))
+
+
+@pytest.mark.parametrize("backend, host_of", [("shm", (0, 0, 0)), ("hierarchical", (0, 0, 1)), ("gloo", (0, 0, 1))])
+def test_every_learner_hears_the_leaders_word_whatever_the_backend(backend, host_of):
+    """Rank 0's flag reaches every member, whatever the others pass, in shared memory, across
+    hosts (here segments of one machine, gloo on the loopback) or on a flat gloo group."""
+    import multiprocessing as mp
+    import uuid
+
+    from distdqn.local.rendezvous import LOOPBACK, listen
+    from distdqn.runtime.group import GroupSpec
+    from distdqn.runtime.learner_group import remove
+
+    probe = listen(LOOPBACK)
+    port = probe.getsockname()[1]
+    probe.close()   # rank 0 binds it again in its own process
+    spec = GroupSpec(backend, len(host_of), 30.0, host_of, segment=f"distdqn-test-{uuid.uuid4().hex[:12]}",
+                     address=LOOPBACK, port=port)
+    flags = [bool(b) for b in np.random.default_rng(4).integers(0, 2, 40)]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    members = [ctx.Process(target=_agreeing_member, args=(spec, r, flags, out)) for r in range(len(host_of))]
+    for p in members:
+        p.start()
+    heard = dict(out.get(timeout=120) for _ in members)
+    for p in members:
+        p.join(timeout=30)
+    remove(spec)
+    assert all(heard[r] == flags for r in range(len(host_of))), heard
+    assert not list(Path("/dev/shm").glob(f"{spec.segment}*"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,3 +67,62 @@ def test_a_missing_rank_ends_the_wait_with_an_error():
     assert time.perf_counter() - start < 5
     exchange.close()
     unlink(name)   # already gone: no error
+
+
+def _member(spec, rank: int, steps: int, out) -> None:
+    import torch
+
+    from distdqn.runtime.group import Averager
+    averager = Averager(spec, rank, SIZE, torch.device("cpu"), _rebind(spec) if rank == 0 else None)
+    rng = np.random.default_rng(rank)
+    results = []
+    for step in range(steps):
+        vector = torch.from_numpy((rng.normal(size=SIZE) + step).astype(np.float32))
+        if rank == 2 and step % 5 == 0:
+            time.sleep(0.01)
+        averager.mean_(vector)
+        results.append(vector.numpy().copy())
+    averager.close()
+    out.put((rank, np.stack(results)))
+
+
+def _rebind(spec):
+    """Rank 0's store socket, bound in its own process to the port the test chose."""
+    import socket
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((spec.address, spec.port))
+    sock.listen(16)
+    return sock
+
+
+@pytest.mark.parametrize("host_of", [(0, 0, 1, 1), (0, 0, 0, 1), (0, 1, 1)])
+def test_a_hierarchical_all_reduce_gives_every_member_the_same_mean(host_of):
+    """Shared memory among each host's members, gloo among one leader per host (here the hosts
+    are segments of one machine, the leaders' gloo on the loopback): every member ends with the
+    mean over all of them, bit-identical, whatever the hosts' sizes."""
+    from distdqn.local.rendezvous import LOOPBACK, listen
+    from distdqn.runtime.group import GroupSpec, remove
+
+    probe = listen(LOOPBACK)
+    port = probe.getsockname()[1]
+    probe.close()   # rank 0 binds it again in its own process
+    spec = GroupSpec("hierarchical", len(host_of), 30.0, host_of, segment=f"distdqn-test-{uuid.uuid4().hex[:12]}",
+                     address=LOOPBACK, port=port)
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_member, args=(spec, r, 30, out)) for r in range(len(host_of))]
+    for p in procs:
+        p.start()
+    results = dict(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+    remove(spec)
+    expected = np.stack([np.add.reduce(np.stack([(np.random.default_rng(r).normal(size=(30, SIZE))
+                                                  + np.arange(30)[:, None]).astype(np.float32)[s]
+                                                 for r in range(len(host_of))]), axis=0) / len(host_of)
+                         for s in range(30)])
+    np.testing.assert_allclose(results[0], expected, rtol=1e-5, atol=1e-5)
+    for r in range(1, len(host_of)):
+        np.testing.assert_array_equal(results[r], results[0])   # identical replicas need identical means
+    assert not list(Path("/dev/shm").glob(f"{spec.segment}*"))

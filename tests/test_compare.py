@@ -13,18 +13,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import distdqn.compare
+import distdqn.compare.run
 from distdqn.cli import app
-from distdqn.compare import (
-    RunOutcome,
-    Spread,
-    aggregate,
-    config_labels,
-    failure_line,
-    markdown_table,
-    median_curve,
-    run_one,
-)
+from distdqn.compare import config_labels
+from distdqn.compare.plots import median_curve
+from distdqn.compare.report import Spread, aggregate, markdown_table
+from distdqn.compare.run import RunOutcome, failure_line, run_one
 from tests.helpers import REPO, run_cli
 from tests.test_cli_errors import assert_user_error
 
@@ -236,7 +230,7 @@ run_dir.joinpath("summary.json").write_text(json.dumps({
 def test_a_failed_run_is_recorded_and_the_comparison_goes_on(tmp_path, monkeypatch):
     fake = tmp_path / "fake_train.py"
     fake.write_text(FAKE_TRAIN)
-    monkeypatch.setattr(distdqn.compare, "train_argv", lambda plan, entry, seed, run_dir: [
+    monkeypatch.setattr(distdqn.compare.run, "train_argv", lambda plan, entry, seed, run_dir: [
         sys.executable, str(fake), entry.label, str(seed), str(run_dir)])
     base, small = write_configs(tmp_path)
     out = tmp_path / "report"
@@ -272,7 +266,7 @@ def test_existing_report_directory_is_refused_and_left_alone(tmp_path):
 
 
 def test_git_commit_outside_a_checkout_and_dirty_inside(tmp_path):
-    from distdqn.compare import git_commit
+    from distdqn.compare.report import git_commit
 
     assert git_commit(tmp_path) == "unknown"
     git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
@@ -306,13 +300,13 @@ run_dir.joinpath("summary.json").write_text(json.dumps({
 def test_sweep_reports_throughput_speed_up_and_efficiency_against_the_value(tmp_path, monkeypatch):
     fake = tmp_path / "fake_train.py"
     fake.write_text(FAKE_SWEEP_TRAIN)
-    seen, real_argv = [], distdqn.compare.train_argv
+    seen, real_argv = [], distdqn.compare.run.train_argv
 
     def argv(plan, entry, seed, run_dir):
         seen.append(real_argv(plan, entry, seed, run_dir))   # what `distdqn train` would have been given
         return [sys.executable, str(fake), entry.sweep_value, str(seed), str(run_dir)]
 
-    monkeypatch.setattr(distdqn.compare, "train_argv", argv)
+    monkeypatch.setattr(distdqn.compare.run, "train_argv", argv)
     out = tmp_path / "report"
     result = CliRunner().invoke(app, ["compare", "cartpole-allreduce", "--seeds", "1", "--out", str(out),
                                       "--sweep", "workers.num_workers=1,2,4"])

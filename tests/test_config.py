@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from distdqn.config import Config, load_config, preset_names
 from distdqn.errors import ConfigError
@@ -49,6 +50,14 @@ def test_seed_argument_wins():
     assert load_config(None, ["seed=3"], seed=9).seed == 9
 
 
+def test_a_validated_config_is_never_rewritten():
+    cfg = load_config(None)
+    with pytest.raises(ValidationError):
+        cfg.learner.lr = 1.0
+    with pytest.raises(ValidationError):
+        cfg.cluster.address = "10.0.0.1:6379"
+
+
 def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(None, ["learner.lr=1e-3", "env.kwargs={sutton_barto_reward: true}"])
     path = tmp_path / "resolved.yaml"
@@ -82,7 +91,6 @@ def test_derived_learning_start_covers_a_batch():
     (["federated.dp.mode=local", "federated.dp.clip=1.0", "federated.dp.delta=0.5"],
      "federated.dp.delta: must be below 1 / workers.num_workers = 0.5"),
     (["federated.dp_clip=1.0"], "federated.dp_clip: unknown key"),
-    (["federated.poisoned_clients=[5]"], "federated.poisoned_clients"),
     (["topology=gossip"], "topology"),
     (["network.atoms=51", "network.v_min=5", "network.v_max=5"], "network.v_max: must be above network.v_min"),
     (["network.atoms=51", "learner.kernel=fused_mlp"], "learner.kernel: fused_mlp computes the one-value"),
@@ -138,5 +146,17 @@ def test_step_latency_waits_without_using_the_cpu():
 
 @pytest.mark.parametrize("kind, sizes", [("mlp", [128, 128]), ("nature_cnn", [512]), ("minatar_cnn", [128])])
 def test_hidden_sizes_default_to_the_kinds_own_and_a_set_value_wins(kind, sizes):
-    assert load_config(None, [f"network.kind={kind}"]).network.hidden_sizes == sizes
-    assert load_config(None, [f"network.kind={kind}", "network.hidden_sizes=[64]"]).network.hidden_sizes == [64]
+    cfg = load_config(None, [f"network.kind={kind}"])
+    assert cfg.network.layers == sizes and cfg.network.hidden_sizes is None   # derived, not written back
+    assert cfg.to_dict()["network"]["hidden_sizes"] == sizes                 # the run records what it used
+    assert load_config(None, [f"network.kind={kind}", "network.hidden_sizes=[64]"]).network.layers == [64]
+
+
+def test_every_registered_transport_is_a_config_value_and_cheapest_first():
+    from typing import get_args
+
+    from distdqn.config import AsyncPSConfig, SyncPSConfig
+    from distdqn.runtime.updates.transports import PATHS
+    for section in (SyncPSConfig, AsyncPSConfig):
+        assert get_args(section.model_fields["transport"].annotation) == ("auto", *PATHS, "ray")
+    assert PATHS == ("shm", "tcp")   # auto takes the first that reaches

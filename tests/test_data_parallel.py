@@ -76,10 +76,11 @@ def test_sync_ps_with_one_worker_is_single_update_for_update(tmp_path, ray_clust
 
 
 @pytest.mark.parametrize("topology", ["sync_ps", "async_ps"])
-@pytest.mark.parametrize("transport", ["shm", "ray"])
+@pytest.mark.parametrize("transport", ["shm", "tcp", "ray"])
 def test_parameter_servers_over_shared_memory_and_ray_calls(tmp_path, ray_cluster, topology, transport):
-    """Both ways a server and its workers exchange (their own loops over shared memory; a Ray
-    call per update) learn; shm reports the roles' busy and wait times and leaves no segment."""
+    """Every way a server and its workers exchange (their own loops over shared memory or a
+    socket; a Ray call per update) learns; the loops report the roles' busy and wait times and
+    leave no segment."""
     run_dir = tmp_path / "run"
     summary = train(run_dir, ray_cluster, f"cartpole-{topology}", "--seed", "1",
                     "--set", "train.total_env_steps=4000", "--set", f"{topology}.transport={transport}",
@@ -88,7 +89,7 @@ def test_parameter_servers_over_shared_memory_and_ray_calls(tmp_path, ray_cluste
     assert summary["learner_updates"] >= 250, summary
     rows = read_metrics(run_dir)
     assert any((r.get("loss") or 0) > 0 for r in rows)   # the workers' update metrics reach the rows
-    if transport == "shm":
+    if transport != "ray":
         busy = [r for r in rows if "worker_busy_s" in r]
         assert busy and busy[-1]["worker_busy_s"] > 0 and busy[-1]["server_wait_s"] >= 0
     assert not list(Path("/dev/shm").glob("distdqn-*"))
@@ -109,7 +110,7 @@ def test_allreduce_replicas_are_identical_after_k_updates(tmp_path, ray_cluster,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("transport", ["shm", "ray"])
+@pytest.mark.parametrize("transport", ["shm", "tcp", "ray"])
 def test_async_ps_restarts_a_killed_worker_and_finishes(tmp_path, ray_cluster, transport):
     run_dir = tmp_path / "run"
     args = ["cartpole-async_ps", "--seed", "2", "--run-dir", str(run_dir), "--address", ray_cluster,

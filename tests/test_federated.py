@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +17,14 @@ from distdqn.config import load_config
 from distdqn.envs import env_info
 from distdqn.metrics import read_metrics
 from distdqn.runtime.messages import ClientMessage, check_message
-from tests.helpers import freeze_role_mid_run, kill_role_mid_run, metrics_started, ray_env, run_cli
+from tests.helpers import (
+    REPO,
+    freeze_role_mid_run,
+    kill_role_mid_run,
+    metrics_started,
+    ray_env,
+    run_cli,
+)
 
 PRESET = "cartpole-federated"
 QUIET = ["--set", "log.progress=false"]
@@ -127,9 +137,15 @@ def test_federated_solves_cartpole_across_client_variants(tmp_path, ray_cluster)
 @pytest.mark.slow
 @pytest.mark.parametrize("aggregator", ["median", "fedavg"])
 def test_a_poisoned_client_breaks_fedavg_but_not_the_median(tmp_path, ray_cluster, aggregator):
+    """Client 2 is an attacker (tests/poisoned_federated_driver.py: a test's, not a config field)."""
     run_dir = tmp_path / aggregator
-    summary = train(run_dir, ray_cluster, "--seed", "1", "--set", "train.total_env_steps=24000",
-                    "--set", "federated.poisoned_clients=[2]", "--set", f"federated.aggregator={aggregator}")
+    driver = Path(__file__).with_name("poisoned_federated_driver.py")
+    result = subprocess.run([sys.executable, str(driver), "2", "train", PRESET, "--seed", "1", "--run-dir", str(run_dir),
+                             "--address", ray_cluster, *QUIET, "--set", "train.total_env_steps=24000",
+                             "--set", f"federated.aggregator={aggregator}"], cwd=REPO, env=ray_env(),
+                            capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
     finite = all(torch.isfinite(v).all() for v in final_online(run_dir).values())
     if aggregator == "median":
         assert finite

@@ -11,7 +11,8 @@ import uuid
 import numpy as np
 import pytest
 
-from distdqn.runtime.updates.shared_memory import Segment, Stopped
+from distdqn.runtime.updates.shared_memory import Segment
+from distdqn.runtime.updates.waiting import Stopped
 
 SIZE = 50_000   # large enough that a copy takes longer than a publication's announcement
 

@@ -4,6 +4,8 @@ the overflow bin are dropped (Gorila / A3C bound the delay the same way)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -33,16 +35,24 @@ class StalenessHistogram:
                 for i, c in enumerate(self.counts) if c}
 
 
-def staleness_stats(counts: np.ndarray) -> dict[str, float]:
-    """Mean, 90th percentile and max of staleness from bin counts (the overflow bin counts as bound + 1)."""
+@dataclass(frozen=True)
+class StalenessStats:
+    """Mean, 90th percentile and max of the staleness of some updates (None: there were none)."""
+
+    staleness_mean: float | None = None
+    staleness_p90: float | None = None
+    staleness_max: float | None = None
+
+
+def staleness_stats(counts: np.ndarray) -> StalenessStats:
+    """The stats of staleness from bin counts (the overflow bin counts as bound + 1)."""
     total = int(counts.sum())
     if total == 0:
-        return {}
+        return StalenessStats()
     values = np.arange(len(counts))
     cumulative = np.cumsum(counts)
-    return {"staleness_mean": float((values * counts).sum() / total),
-            "staleness_p90": float(values[np.searchsorted(cumulative, 0.9 * total)]),
-            "staleness_max": float(values[counts > 0].max())}
+    return StalenessStats(float((values * counts).sum() / total),
+                          float(values[np.searchsorted(cumulative, 0.9 * total)]), float(values[counts > 0].max()))
 
 
 def staleness_weight(staleness: int, exponent: float) -> float:

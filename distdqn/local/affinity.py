@@ -2,9 +2,9 @@
 
 Where the learner is the bottleneck, each process that the OS scheduler puts on the learner's core
 takes time from it, and Ray workers run at nice 15 under a driver and Ray daemons at nice 0, so
-any of them that wakes on that core preempts the learner at once. In an apex run on 2 cores the
-learner's thread spent about 20% of the wall time runnable but waiting for a core (its
-/proc schedstat), beside 88% running. The learner's thread therefore takes ``ceil(apex.learner_cpus)``
+any of them that wakes on that core preempts the learner at once (its /proc schedstat shows the
+time it spends runnable but waiting for a core: ``python -m benchmarks.core_contention``,
+benchmarks/RESULTS.md). The learner's thread therefore takes ``ceil(apex.learner_cpus)``
 cores of its node (the highest-numbered it may use) and everything else keeps off them: the
 learner process's other threads (Ray's, and those serving inserts), actors, a replay server, the
 driver, and the Ray instance the run started, if it did.

@@ -17,7 +17,7 @@ from distdqn.envs import EnvInfo, make_vector_env
 
 def build_network(cfg: Config, info: EnvInfo) -> torch.nn.Module:
     n = cfg.network
-    return build_q_network(n.kind, info.obs_shape, info.num_actions, n.hidden_sizes, n.dueling,
+    return build_q_network(n.kind, info.obs_shape, info.num_actions, n.layers, n.dueling,
                            n.atoms, n.v_min, n.v_max)
 
 
@@ -32,7 +32,7 @@ def build_learner(cfg: Config, info: EnvInfo, owns_target: bool = True) -> DQNLe
 
 def build_policy(cfg: Config, info: EnvInfo, weights):
     n = cfg.network
-    return make_policy(n.kind, info.obs_shape, info.num_actions, n.hidden_sizes, n.dueling, weights,
+    return make_policy(n.kind, info.obs_shape, info.num_actions, n.layers, n.dueling, weights,
                        n.atoms, n.v_min, n.v_max)
 
 

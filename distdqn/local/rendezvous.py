@@ -45,11 +45,12 @@ def interface_of(address: str) -> str | None:
 
 
 def init_group(backend: str, address: str, port: int, rank: int, world_size: int, timeout_s: float,
-               listener: socket.socket | None = None) -> None:
+               listener: socket.socket | None = None, local_address: str | None = None) -> None:
     """Join (rank 0: host, on ``listener``) the group whose store is at ``address:port``; gloo
-    exchanges on the interface of ``address`` (its connections stay on the loopback on one host)."""
+    exchanges on the interface of ``local_address`` (this process's own address on the network
+    that reaches the others; default ``address``: on one host, the loopback)."""
     timeout = datetime.timedelta(seconds=timeout_s)
-    interface = interface_of(address)
+    interface = interface_of(local_address or address)
     if interface is not None:
         os.environ["GLOO_SOCKET_IFNAME"] = interface
     if rank == 0:

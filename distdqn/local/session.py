@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from distdqn.checkpoint import prune_checkpoints, save_checkpoint
 from distdqn.config import Config
 from distdqn.core.actor import evaluate
 from distdqn.envs import EnvInfo, make_vector_env
+from distdqn.local import build
 from distdqn.metrics import MetricsWriter, TrainingStats
 
 
@@ -77,8 +78,11 @@ def restore_env(snapshot: bytes) -> Any:
 class RunSession:
     """Evaluation, metrics, checkpoints and the summary for one run (or one resumed segment)."""
 
-    def __init__(self, cfg: Config, run_dir: Path, info: EnvInfo, extra_summary: dict | None = None):
-        self.cfg = cfg
+    def __init__(self, cfg: Config, run_dir: Path, info: EnvInfo, background_evaluation: bool = False):
+        """``background_evaluation``: evaluations run on a thread while the caller goes on (a driver
+        that conducts other processes keeps them busy meanwhile); else at once, in the caller."""
+        self.cfg, self.info = cfg, info
+        self.background_evaluation = background_evaluation
         self.run_dir = run_dir
         self.start = time.perf_counter()
         self.wall_offset = 0.0          # wall seconds of earlier segments of a resumed run
@@ -97,8 +101,7 @@ class RunSession:
         self._last_logged_env_steps = -1
         self._eval_logged = True   # the last evaluation is in a metrics row
         self.notes: list[str] = []
-        self._restored_stats: tuple[int, list] | None = None
-        self.extra_summary = extra_summary or {}
+        self._policy = None             # the evaluations' greedy policy (weights set per evaluation)
         self._eval_thread: threading.Thread | None = None
         self._eval_box: dict[str, Any] = {}
         self._eval_env_steps = 0
@@ -106,43 +109,78 @@ class RunSession:
 
     # ---- lifecycle ----
     def open(self, env_steps: int = 0, learner_updates: int = 0) -> None:
-        self.stats = TrainingStats(self.start, env_steps, learner_updates)
+        """Start the metrics (after ``resume``, if resuming), counting rates from these counts."""
+        self.stats.rebase(self.start - self.wall_offset, self.start, env_steps, learner_updates)
         self.writer = MetricsWriter(self.run_dir, self.cfg.log.tensorboard, self.cfg.log.progress,
                                     self.cfg.train.total_env_steps, env_steps)
-        self.stats.start_time = self.start - self.wall_offset
 
     def wall_s(self) -> float:
         return self.wall_offset + time.perf_counter() - self.start
 
     # ---- evaluation ----
+    def evaluate_if_due(self, env_steps: int, weights: Callable[[], dict[str, np.ndarray]]) -> bool:
+        """Evaluate the greedy policy of ``weights()`` every ``eval.interval_env_steps``: at once,
+        or on a thread (``background_evaluation``; recorded by a later call, timed at its end,
+        the next one not started before). True when the run should stop (solved and
+        ``eval.stop_when_solved``, or past ``train.max_wall_s``)."""
+        if self._eval_thread is not None and not self._eval_thread.is_alive():
+            self._record_background()
+        if env_steps >= self.next_eval and self._eval_thread is None:
+            while self.next_eval <= env_steps:
+                self.next_eval += self.cfg.eval.interval_env_steps
+            policy = self._policy_with(weights())
+            if self.background_evaluation:
+                self._start_background(policy, env_steps)
+            else:
+                self._record_evaluation(self._evaluate_returns(policy), env_steps, self.wall_s())
+        return self.should_stop()
+
+    def due_for_evaluation(self, env_steps: int) -> bool:
+        return env_steps >= self.next_eval
+
+    def _policy_with(self, weights: dict[str, np.ndarray]) -> Any:
+        if self._policy is None:
+            self._policy = build.build_policy(self.cfg, self.info, weights)
+        else:
+            self._policy.set_weights(weights)
+        return self._policy
+
     def _evaluate_returns(self, policy: Any) -> np.ndarray:
         """Returns of this run's next evaluation (each has its own seed, so reruns match)."""
         self.evaluations += 1
         return evaluate(policy, self.eval_envs, self.cfg.eval.episodes, self.cfg.eval.epsilon,
                         seed=self.cfg.seed * 1_000_003 + 7919 * self.evaluations)
 
-    def _record_evaluation(self, returns: np.ndarray, env_steps: int, wall_s: float) -> dict[str, Any]:
+    def _record_evaluation(self, returns: np.ndarray, env_steps: int, wall_s: float) -> None:
         self.last_eval = {"eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()),
                           "eval_episodes": len(returns), "eval_env_steps": env_steps}
         self._eval_logged = False
         if self.solved_at is None and len(returns) >= 10 and returns.mean() >= self.threshold:
             self.solved_at = {"time_to_solve_s": wall_s, "env_steps_to_solve": env_steps}
-        return self.last_eval
 
-    def evaluate(self, policy: Any, env_steps: int) -> dict[str, Any]:
-        returns = self._evaluate_returns(policy)
-        return self._record_evaluation(returns, env_steps, self.wall_s())
+    def _start_background(self, policy: Any, env_steps: int) -> None:
+        box: dict[str, Any] = {}
 
-    def _advance_eval(self, env_steps: int) -> None:
-        while self.next_eval <= env_steps:
-            self.next_eval += self.cfg.eval.interval_env_steps
+        def work() -> None:
+            try:
+                box["returns"] = self._evaluate_returns(policy)
+            except BaseException as exc:  # noqa: BLE001 -- re-raised by _record_background, on the caller's thread
+                box["error"] = exc
+            box["wall_s"] = self.wall_s()
 
-    def evaluate_if_due(self, policy: Any, env_steps: int) -> bool:
-        """Evaluate when due; True when the run should stop (solved and ``stop_when_solved``)."""
-        if env_steps >= self.next_eval:
-            self._advance_eval(env_steps)
-            self.evaluate(policy, env_steps)
-        return self.should_stop()
+        self._eval_thread = threading.Thread(target=work, name="distdqn-eval", daemon=True)
+        self._eval_thread.start()
+        self._eval_box, self._eval_env_steps = box, env_steps
+
+    def _record_background(self) -> None:
+        """Wait for the evaluation on its thread, if any, and record it."""
+        if self._eval_thread is None:
+            return
+        self._eval_thread.join()
+        self._eval_thread, box = None, self._eval_box
+        if "error" in box:
+            raise box["error"]
+        self._record_evaluation(box["returns"], self._eval_env_steps, box["wall_s"])
 
     def should_stop(self) -> bool:
         """True when the run ends before its env-step budget: solved (with ``eval.stop_when_solved``)
@@ -152,42 +190,6 @@ class RunSession:
         elif self.cfg.train.max_wall_s is not None and self.wall_s() >= self.cfg.train.max_wall_s:
             self.stop_reason = "max_wall_s"
         return self.stop_reason is not None
-
-    # ---- evaluation on a thread: a driver that conducts (apex) keeps its roles fed meanwhile ----
-    @property
-    def evaluating(self) -> bool:
-        return self._eval_thread is not None
-
-    def start_evaluation(self, policy: Any, env_steps: int) -> None:
-        """Evaluate ``policy`` on a thread of its own; the caller leaves ``policy`` alone until
-        ``poll_evaluation`` has recorded the result. The evaluation's time is the moment it ends."""
-        self._advance_eval(env_steps)
-        box: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                box["returns"] = self._evaluate_returns(policy)
-            except BaseException as exc:  # noqa: BLE001 -- re-raised by poll_evaluation, on the driver's thread
-                box["error"] = exc
-            box["wall_s"] = self.wall_s()
-
-        self._eval_thread = threading.Thread(target=work, name="distdqn-eval", daemon=True)
-        self._eval_thread.start()
-        self._eval_box, self._eval_env_steps = box, env_steps
-
-    def poll_evaluation(self, wait: bool = False) -> bool:
-        """Record the evaluation running on its thread once it has ended (``wait``: wait for it);
-        True when the run should stop (solved and ``stop_when_solved``)."""
-        if self._eval_thread is not None and (wait or not self._eval_thread.is_alive()):
-            self._eval_thread.join()
-            self._eval_thread, box = None, self._eval_box
-            if "error" in box:
-                raise box["error"]
-            self._record_evaluation(box["returns"], self._eval_env_steps, box["wall_s"])
-        return self.should_stop()
-
-    def due_for_evaluation(self, env_steps: int) -> bool:
-        return env_steps >= self.next_eval
 
     def write_json(self, name: str, obj: Any) -> None:
         tmp = self.run_dir / f".{name}.tmp"
@@ -242,30 +244,29 @@ class RunSession:
                 "next_checkpoint": self.next_checkpoint, "episodes": self.stats.episodes,
                 "recent_episodes": list(self.stats.recent)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def resume(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's session state (``state_dict``): its wall time, evaluations,
+        solve, schedule of evaluations, rows and checkpoints, and its episode counts. Before ``open``."""
         self.wall_offset = float(state["wall_s"])
         self.evaluations = int(state["evaluations"])
         self.last_eval, self.solved_at = state["last_eval"], state["solved_at"]
         self.next_eval, self.next_log = state["next_eval"], state["next_log"]
         self.next_checkpoint = state["next_checkpoint"]
-        self._restored_stats = (state["episodes"], state["recent_episodes"])
-
-    def restore_stats(self) -> None:
-        """After ``open``: carry the episode count and recent returns over from the checkpoint."""
-        if self._restored_stats is not None:
-            episodes, recent = self._restored_stats
-            self.stats.episodes = episodes
-            self.stats.recent.extend(tuple(r) for r in recent)
+        self.stats.episodes = int(state["episodes"])
+        self.stats.recent.extend(tuple(r) for r in state["recent_episodes"])
 
     # ---- the end ----
-    def finish(self, policy: Any, env_steps: int, learner_updates: int, components: dict[str, Any],
-               interrupted: bool = False, **extra_summary: Any) -> RunResult:
-        """Final evaluation, final checkpoint, last metrics row and summary.json."""
-        self.poll_evaluation(wait=True)
+    def finish(self, weights: dict[str, np.ndarray], env_steps: int, learner_updates: int,
+               components: dict[str, Any], interrupted: bool = False, parts: tuple[Any, ...] = ()) -> RunResult:
+        """Final evaluation (of ``weights``), final checkpoint, last metrics row and summary.json:
+        the run's own fields, then each typed part's (a dataclass, or an object with
+        ``summary_fields()``: a topology's counters and summary); a field given twice is an error,
+        not an overwrite."""
+        self._record_background()
         if self.last_eval is not None and not self._eval_logged:   # (a thread's, the solving one) before the final
             self.log(env_steps, learner_updates)
         if self.last_eval is None or self.last_eval["eval_env_steps"] != env_steps:
-            self.evaluate(policy, env_steps)
+            self._record_evaluation(self._evaluate_returns(self._policy_with(weights)), env_steps, self.wall_s())
             self.log(env_steps, learner_updates)
         elif self._last_logged_env_steps != env_steps:
             self.log(env_steps, learner_updates)
@@ -287,9 +288,13 @@ class RunSession:
             "interrupted": interrupted,
             "stop_reason": "interrupted" if interrupted else self.stop_reason or "total_env_steps",
             "notes": self.notes,
-            **self.extra_summary,
-            **extra_summary,
         }
+        for part in parts:
+            fields = part.summary_fields() if hasattr(part, "summary_fields") else asdict(part)
+            for key, value in fields.items():
+                if key in summary:
+                    raise ValueError(f"summary field {key!r} given twice ({type(part).__name__})")
+                summary[key] = value
         self.write_json("summary.json", summary)
         self.close()
         return RunResult(summary, self.run_dir)

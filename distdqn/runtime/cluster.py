@@ -153,6 +153,15 @@ def _kept(logger_names: tuple[str, ...]) -> Iterator[list[str]]:
             lg.handlers, lg.propagate = handlers, propagate
 
 
+def require_custom_resources(needs: dict[str, float], what: str) -> None:
+    """Fail fast, in one line, when the cluster's nodes do not offer the custom resources asked for."""
+    have = ray.cluster_resources()
+    short = {k: (v, have.get(k, 0.0)) for k, v in needs.items() if v > have.get(k, 0.0) + 1e-9}
+    if short:
+        missing = ", ".join(f"{k}: {need:g} (the cluster has {got:g})" for k, (need, got) in short.items())
+        raise ClusterError(f"{what} needs {missing}; start nodes with `ray start --resources` to offer them")
+
+
 def require_resources(cpus: float, gpus: float, what: str) -> None:
     """Fail fast, in one line, when the cluster cannot place what the run asks for (Ray would
     otherwise leave the tasks pending forever)."""

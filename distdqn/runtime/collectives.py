@@ -7,10 +7,11 @@ rank is still reading (to reach step s + 2 it must have seen every rank publish 
 does only after reading step s). One wait per step, no locks; every rank computes the same sum in
 the same order, so replicas stay identical bit for bit.
 
-It exchanges a CartPole-sized gradient several times faster than a gloo all-reduce on loopback
-(benchmarks/RESULTS.md, "Data-parallel topologies"). Across nodes the all-reduce stays gloo (or
-nccl). The ordering argument relies on stores becoming visible in
-program order (x86's TSO; numpy writes the slot before the step number).
+It needs no sockets, so a small gradient costs a copy and a wake-up rather than a round trip
+through the network stack (benchmarks/RESULTS.md, "Data-parallel topologies", measures both).
+Ranks on other hosts meet through torch.distributed instead (runtime/group.py). The ordering
+argument relies on stores becoming visible in program order (x86's TSO; numpy writes the slot
+before the step number).
 """
 
 from __future__ import annotations
@@ -57,6 +58,62 @@ class SharedMemoryAllReduce:
 
     def close(self) -> None:
         """Detach; the creator also removes the segment."""
+        del self._steps, self._slots
+        close_segment(self._shm, self.created)
+
+
+class HostReduce:
+    """The host's part of a hierarchical all-reduce: the host's ranks hand their vectors to its
+    leader (local rank 0) through shared memory; the leader sums them in rank order, combines the
+    sum with the other hosts' (``combine``: an all-reduce among one leader per host) and shares
+    the result back through shared memory. Every rank ends with the leader's bits.
+
+    Slots and results alternate by step parity, as in SharedMemoryAllReduce: a rank writes its
+    slot for step s + 2 only after reading result s + 1, which the leader shares only after it has
+    read every slot of step s + 1 (and so of s); the leader overwrites result s only at step
+    s + 2, after every rank has written its slot for s + 2, which each does only after reading
+    result s + 1."""
+
+    _STEP, _RESULT = 0, 1
+
+    def __init__(self, name: str, local_rank: int, local_size: int, size: int, create: bool, timeout_s: float):
+        self.local_rank, self.local_size, self.size, self.timeout_s = local_rank, local_size, size, timeout_s
+        header = (local_size + 1) * _PAD * 8
+        self._shm = open_segment(name, header + 2 * (local_size + 1) * size * 4, create)
+        self.created = create
+        self._steps = np.ndarray((local_size + 1, _PAD), dtype=np.int64, buffer=self._shm.buf)   # + the result's
+        self._slots = np.ndarray((2, local_size + 1, size), dtype=np.float32, buffer=self._shm.buf, offset=header)
+        if create:
+            self._steps[:] = 0
+        self.step = int(self._steps[local_rank, 0])
+        self.wait_s = 0.0
+
+    def _wait(self, ready, who) -> None:
+        start = time.perf_counter()
+        while not ready():
+            os.sched_yield()
+            if time.perf_counter() - start > self.timeout_s:
+                raise TimeoutError(f"all-reduce: {who()} did not reach step {self.step} within {self.timeout_s:.0f} s")
+        self.wait_s += time.perf_counter() - start
+
+    def reduce_(self, vector: np.ndarray, combine) -> None:
+        """Replace ``vector`` in place by ``combine(the host's sum)`` (the leader computes it)."""
+        self.step += 1
+        slots, n = self._slots[self.step % 2], self.local_size
+        slots[self.local_rank] = vector
+        self._steps[self.local_rank, 0] = self.step
+        if self.local_rank == 0:
+            self._wait(lambda: self._steps[:n, 0].min() >= self.step,
+                       lambda: f"local rank(s) {np.flatnonzero(self._steps[:n, 0] < self.step).tolist()}")
+            np.add.reduce(slots[:n], axis=0, out=vector)
+            combine(vector)
+            slots[n] = vector
+            self._steps[n, 0] = self.step
+        else:
+            self._wait(lambda: self._steps[n, 0] >= self.step, lambda: "the host's leader")
+            vector[:] = slots[n]
+
+    def close(self) -> None:
         del self._steps, self._slots
         close_segment(self._shm, self.created)
 

@@ -16,6 +16,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,9 @@ from distdqn.config import Config
 from distdqn.core.records import Experience, UpdateStats
 from distdqn.envs import EnvInfo
 from distdqn.errors import RunAborted
-from distdqn.local import affinity, build
+from distdqn.local import affinity
 from distdqn.local.session import RunResult, RunSession, seed_everything, set_rng_state
-from distdqn.runtime.cluster import connect, require_resources
+from distdqn.runtime.cluster import connect, require_custom_resources, require_resources
 from distdqn.runtime.messages import RunCounters, RunState
 from distdqn.runtime.pool import RolePool
 from distdqn.runtime.process import keep_driver_off, process_identity
@@ -45,11 +46,10 @@ class Conductor:
         torch.set_num_threads(1)   # the driver's torch work (a server's Adam step) is small: no OpenMP spinning
         self.cfg, self.info, self.counters = cfg, info, counters
         self.stall_timeout_s = stall_timeout_s
-        self.session = RunSession(cfg, run_dir, info)
+        self.session = RunSession(cfg, run_dir, info, background_evaluation=True)
         self.pool: RolePool | None = None            # the restartable role
         self.essential: dict[str, Any] = {}          # name -> handle of roles the run cannot lose
         self._closers: list[Callable[[], None]] = []   # what a topology started, closed first
-        self.policy = None
         self.identities: dict[str, Any] = {}         # role -> process, as in processes.json
         self.interrupted = False
         self._last_progress = time.perf_counter()
@@ -78,7 +78,8 @@ class Conductor:
         return self.start_pool(
             "worker", actor_class, w.num_workers, self.cfg.seed,
             lambda i, seed: (self.cfg.for_client(i), self.info, i, w.num_workers, seed, w.cpus, *extra_args),
-            {"num_cpus": w.cpus, "num_gpus": w.gpus}, placement)
+            {"num_cpus": w.cpus, "num_gpus": w.gpus, **({"resources": dict(w.resources)} if w.resources else {})},
+            placement)
 
     def keep_off(self, isolation_refs: list) -> None:
         """The driver (and the Ray instance it started) keeps off the cores apex's learners took."""
@@ -97,17 +98,15 @@ class Conductor:
             self.pool.load_state_dicts(state.replicas)
         if self.pool is not None:
             self.pool.restarts = self.counters.restarts
-        self.session.load_state_dict(resume["session"])
+        self.session.resume(resume["session"])
         set_rng_state(resume["rng"])
         if learner is not None:
             learner.load_state_dict(state.learner)
         return state
 
-    def open(self, weights: dict[str, np.ndarray]) -> None:
+    def open(self) -> None:
         """Start metrics, write processes.json (which also waits for every process to be up)."""
-        self.policy = build.build_policy(self.cfg, self.info, weights)
         self.session.open(self.counters.env_steps, self.counters.learner_updates)
-        self.session.restore_stats()
         self.record_processes()
         self._last_progress = time.perf_counter()
 
@@ -192,10 +191,7 @@ class Conductor:
         s, c = self.session, self.counters
         if self.pool is not None and self.pool.starting:   # a restarted process's identity, once it is up
             self.record_processes(wait=False)
-        if s.due_for_evaluation(c.env_steps) and not s.evaluating:
-            self.policy.set_weights(weights())
-            s.start_evaluation(self.policy, c.env_steps)
-        if s.poll_evaluation():
+        if s.evaluate_if_due(c.env_steps, weights):
             return True
         if s.due_for_log(c.env_steps):
             s.log_if_due(c.env_steps, c.learner_updates, **{self._restarts_key(): c.restarts, **log_extra()})
@@ -212,19 +208,16 @@ class Conductor:
         return self.pool.state_dicts(self.cfg.checkpoint.save_replay)
 
     # ---- the end ----
-    def finish(self, weights: dict[str, np.ndarray], state: RunState, **summary: Any) -> RunResult:
-        """Final evaluation, checkpoint and summary."""
+    def finish(self, weights: dict[str, np.ndarray], state: RunState, *parts: Any) -> RunResult:
+        """Final evaluation, checkpoint and summary: the run's, its roles', the counters' and
+        the topology's typed ``parts``."""
         if self.pool is not None and self.pool.starting:
             self.record_processes()
-        self.session.poll_evaluation(wait=True)   # the policy is the evaluation thread's until it ends
-        self.policy.set_weights(weights)
         c = self.counters
-        counts = {k: v for k, v in vars(c).items() if k not in ("env_steps", "learner_updates", "restarts")}
-        if self.pool is not None:
-            counts[f"num_{self.pool.role}s"] = self.pool.count
-        return self.session.finish(self.policy, c.env_steps, c.learner_updates, state.components(),
-                                   self.interrupted, **{self._restarts_key(): c.restarts},
-                                   cluster_nodes=self.cluster.num_nodes, **counts, **summary)
+        roles = RoleSummary(self.pool.role if self.pool is not None else "worker",
+                            self.pool.count if self.pool is not None else 0, c.restarts, self.cluster.num_nodes)
+        return self.session.finish(weights, c.env_steps, c.learner_updates, state.components(), self.interrupted,
+                                   (roles, c, *parts))
 
     def _restarts_key(self) -> str:
         return f"{self.pool.role if self.pool is not None else 'worker'}_restarts"
@@ -241,13 +234,37 @@ class Conductor:
             affinity.pin(self._driver_cpus)
 
 
+@dataclass(frozen=True)
+class RoleSummary:
+    """The summary's part about the run's processes: how many of the restartable role, how many
+    of them were replaced, on how many nodes."""
+
+    role: str
+    count: int
+    restarts: int
+    cluster_nodes: int
+
+    def summary_fields(self) -> dict[str, Any]:
+        fields = {f"{self.role}_restarts": self.restarts, "cluster_nodes": self.cluster_nodes}
+        if self.count:
+            fields[f"num_{self.role}s"] = self.count
+        return fields
+
+
 def worker_conductor(cfg: Config, run_dir: Path, info: EnvInfo, counters: RunCounters) -> Conductor:
     """A Conductor sized for ``workers.num_workers`` workers (or clients) of ``workers.cpus`` and
     ``workers.gpus`` each."""
     w = cfg.workers
-    return Conductor(cfg, run_dir, info, counters, w.num_workers * w.cpus, w.num_workers * w.gpus,
-                     f"{cfg.topology} ({w.num_workers} workers x {w.cpus:g} CPUs, {w.gpus:g} GPUs)",
-                     w.stall_timeout_s)
+    job = Conductor(cfg, run_dir, info, counters, w.num_workers * w.cpus, w.num_workers * w.gpus,
+                    f"{cfg.topology} ({w.num_workers} workers x {w.cpus:g} CPUs, {w.gpus:g} GPUs)",
+                    w.stall_timeout_s)
+    try:
+        require_custom_resources({k: v * w.num_workers for k, v in w.resources.items()},
+                                 f"workers.resources ({w.num_workers} workers x {dict(w.resources)})")
+    except BaseException:
+        job.close()
+        raise
+    return job
 
 
 class CallsInFlight:

@@ -257,6 +257,10 @@ class RunCounters:
     learner_updates: int = 0
     restarts: int = 0               # processes of the run's restartable role that died and were replaced
 
+    def summary_fields(self) -> dict[str, Any]:
+        """The summary's part: a topology's own counts (the run's totals are reported apart)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("env_steps", "learner_updates", "restarts")}
+
 
 @dataclass
 class RunState:

@@ -25,13 +25,17 @@ import numpy as np
 
 from distdqn.core.learner import DQNLearner
 from distdqn.core.records import Experience
-from distdqn.errors import ConfigError
 from distdqn.local import build
 from distdqn.runtime.conductor import Conductor
 from distdqn.runtime.roles.ps_worker import PSWorker
-from distdqn.runtime.updates import Exchange, Push, Round, UpdateChannel, WorkerDied, WorkerEvent
-from distdqn.runtime.updates.ray_calls import RayCallsChannel
-from distdqn.runtime.updates.shared_memory import SharedMemoryChannel, shares_memory
+from distdqn.runtime.updates import (
+    Push,
+    Round,
+    UpdateChannel,
+    WorkerDied,
+    WorkerEvent,
+    transports,
+)
 
 
 @dataclass
@@ -45,8 +49,8 @@ class ServerTimes:
 
 
 class ParameterServer:
-    def __init__(self, job: Conductor, learner: DQNLearner, channel: UpdateChannel, transport: str):
-        self.job, self.learner, self.channel, self.transport = job, learner, channel, transport
+    def __init__(self, job: Conductor, learner: DQNLearner, channel: UpdateChannel):
+        self.job, self.learner, self.channel = job, learner, channel
         self.times = ServerTimes()
         self._env_steps_base = job.counters.env_steps
         self._late: set[int] = set()     # sync: workers that missed a round and have not pushed since
@@ -54,6 +58,10 @@ class ParameterServer:
         self._closed = False
         job.add_closer(lambda: self.close(drain=False))   # however the run ends: no segment, no call left
         self.publish()
+
+    @property
+    def transport(self) -> str:
+        return self.channel.name
 
     @property
     def version(self) -> int:
@@ -145,34 +153,10 @@ class ParameterServer:
 def start(job: Conductor, resume: dict[str, Any] | None) -> ParameterServer:
     """The server's learner here (it keeps the target network), its PSWorkers on the cluster,
     both restored from ``resume`` if given, the run opened, and the channel between them:
-    ``<topology>.transport``, auto resolved by what really reaches (shared memory when every
-    worker can open a segment of this host, and the learners are on CPUs; else Ray calls)."""
+    ``<topology>.transport``, auto resolved by what really reaches (runtime/updates/transports.py)."""
     cfg = job.cfg
     learner = build.build_learner(cfg, job.info)
     pool = job.start_workers(PSWorker)
     job.restore(resume, learner)
-    job.open(learner.get_weights())
-    transport = _resolve_transport(cfg, pool, job.stall_timeout_s)
-    exchange = Exchange.of(cfg)
-    channel = (SharedMemoryChannel(pool, exchange, learner.flat_params.numel(), job.stall_timeout_s)
-               if transport == "shm" else RayCallsChannel(pool, exchange))
-    return ParameterServer(job, learner, channel, transport)
-
-
-def _resolve_transport(cfg: Any, pool: Any, timeout_s: float) -> str:
-    """``<topology>.transport`` with ``auto`` resolved; an explicit shm that cannot be is a config error."""
-    field = cfg.topology
-    transport = getattr(cfg, field).transport
-    cpu = cfg.workers.gpus == 0 and cfg.learner.device != "cuda"
-    if transport == "ray":
-        return "ray"
-    if not cpu:
-        if transport == "shm":
-            raise ConfigError(f"{field}.transport: shm needs CPU learners (workers.gpus is 0, learner.device "
-                              f"not cuda); use ray or auto")
-        return "ray"
-    shared = shares_memory(pool, timeout_s)
-    if transport == "shm" and not shared:
-        raise ConfigError(f"{field}.transport: shm needs every worker on the driver's host (its shared "
-                          f"memory); some are elsewhere (use ray or auto)")
-    return "shm" if shared else "ray"
+    job.open()
+    return ParameterServer(job, learner, transports.open_channel(cfg, pool, learner, job.stall_timeout_s))

@@ -36,7 +36,8 @@ class RolePool:
         self.placement_group = None
         if placement:
             from ray.util.placement_group import placement_group
-            bundle = {"CPU": options.get("num_cpus", 1), **({"GPU": options["num_gpus"]} if options.get("num_gpus") else {})}
+            bundle = {"CPU": options.get("num_cpus", 1), **({"GPU": options["num_gpus"]} if options.get("num_gpus") else {}),
+                      **options.get("resources", {})}
             self.placement_group = placement_group([bundle] * count, strategy="PACK")
             ready, _ = ray.wait([self.placement_group.ready()], timeout=timeout_s)
             if not ready:

@@ -21,6 +21,7 @@ address. A rank that dies or stalls ends the run with an error within
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,15 @@ from distdqn.runtime.roles.allreduce_rank import AllReduceRank
 from distdqn.runtime.weights import fetch
 
 
+@dataclass(frozen=True)
+class AllReduceSummary:
+    backend: str                  # how the ranks averaged: shm, gloo or nccl
+    hosts: int                    # hosts the ranks were on (by probe)
+    collections_in_step: float    # the share of collection points at which every rank collected
+    replica_hashes: list[str]     # each rank's parameters at the end, hashed
+    replicas_identical: bool
+
+
 def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None = None) -> RunResult:
     r = cfg.allreduce
     job = worker_conductor(cfg, run_dir, info, RunCounters())
@@ -51,7 +61,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         if job.restore(resume) is None:   # resumed: the ranks' replicas (learners included) came back
             initial = build.build_learner(cfg, info).get_weights()
             ray.get([h.set_weights.remote(initial, initial) for h in ranks], timeout=r.collective_timeout_s)
-        job.open(_rank0_weights(ranks, r.collective_timeout_s))
+        job.open()
         rounds = _Rounds(job, ranks, r.updates_per_call, r.collective_timeout_s + 30)
 
         def state() -> RunState:
@@ -76,9 +86,8 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             job.session.note(f"replicas differ at the end: {hashes}")
         final_state, weights = state(), _rank0_weights(ranks, r.collective_timeout_s)
         ray.get([h.leave_group.remote() for h in ranks], timeout=r.collective_timeout_s)
-        return job.finish(weights, final_state, backend=spec.backend, hosts=spec.hosts,
-                          collections_in_step=rounds.collections_in_step,
-                          replica_hashes=hashes, replicas_identical=len(set(hashes)) == 1)
+        return job.finish(weights, final_state, AllReduceSummary(spec.backend, spec.hosts, rounds.collections_in_step,
+                                                                 hashes, len(set(hashes)) == 1))
     except RayError as exc:
         raise job.aborted(exc) from None
     finally:

@@ -76,7 +76,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         # ---- resume: learners and replay (every shard) from the checkpoint; actors start afresh ----
         _restore(job, procs, job.restore(resume))
         weights = ray.get(procs.leader.weights.remote(), timeout=a.stall_timeout_s)
-        job.open(fetch(weights.box))
+        job.open()
         ledger, times = InsertLedger(job.counters, a.num_actors), LearnerTimes()
 
         # ---- loop: keep every actor and every learner busy; conduct between their calls ----
@@ -129,6 +129,17 @@ class ApexCounters(RunCounters):
 
     accepted_env_steps: int = 0                  # inserts the replay acknowledged to their actor
     unacknowledged_at_kills_env_steps: int = 0   # sent, unacknowledged when its actor was killed
+
+
+@dataclass(frozen=True)
+class ApexSummary:
+    actor_nodes: dict[str, int]              # actors per node (by the last process of each)
+    replay_inserted_env_steps: int           # what the replay took in (every shard)
+    unacknowledged_at_end_env_steps: int     # sent by living actors, not (yet) acknowledged
+    num_learners: int                        # apex.num_learners
+    replay_shards: int                       # the replay's shards (1: one replay)
+    learner_hashes: list[str] | None = None  # each learner's weights_hash at the end (a group's)
+    learners_identical: bool | None = None   # a group's replicas all the same at the end
 
 
 class InsertLedger:
@@ -355,12 +366,11 @@ def _finish(job: Conductor, calls: CallsInFlight, procs: ApexProcesses, ledger: 
     nodes = [p["node_id"] for name, p in job.identities.items() if name.startswith("actor") and p]
     final_state = _state(job, procs)
     ray.get(procs.leader.release_ranks.remote(), timeout=timeout)
-    group = {}
+    hashes = None
     if len(procs.learners) > 1:
         hashes = ray.get([h.weights_hash.remote() for h in procs.learners], timeout=timeout)
         ray.get([h.leave_group.remote() for h in procs.learners], timeout=timeout)
-        group = {"learner_hashes": hashes, "learners_identical": len(set(hashes)) == 1}
-    return job.finish(fetch(weights.box), final_state, actor_nodes={n: nodes.count(n) for n in set(nodes)},
-                      replay_inserted_env_steps=inserted, unacknowledged_at_end_env_steps=ledger.unacknowledged,
-                      num_learners=len(procs.learners), replay_shards=len(procs.replays) if procs.sharded else 1,
-                      **group)
+    summary = ApexSummary({n: nodes.count(n) for n in set(nodes)}, inserted, ledger.unacknowledged,
+                          len(procs.learners), len(procs.replays) if procs.sharded else 1,
+                          hashes, None if hashes is None else len(set(hashes)) == 1)
+    return job.finish(fetch(weights.box), final_state, summary)

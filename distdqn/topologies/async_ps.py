@@ -21,7 +21,7 @@ server's host, Ray calls elsewhere), chosen when the server starts; this loop is
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,13 @@ class AsyncCounters(RunCounters):
     staleness_counts: list[int] = field(default_factory=list)   # the run's staleness histogram
 
 
+@dataclass(frozen=True)
+class AsyncSummary:
+    mode: str
+    transport: str
+    staleness_histogram: dict[str, int]   # updates by staleness, the run's whole
+
+
 def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None = None) -> RunResult:
     a = cfg.async_ps
     job = worker_conductor(cfg, run_dir, info, AsyncCounters())
@@ -56,7 +63,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         def log_extra() -> dict[str, Any]:
             window = staleness.take_window()
             job.session.writer.histogram("staleness", window, c.env_steps)
-            return {"dropped_stale": c.dropped_stale, **staleness_stats(window), **vars(server.times)}
+            return {"dropped_stale": c.dropped_stale, **asdict(staleness_stats(window)), **asdict(server.times)}
 
         # ---- loop: the next push -> apply it (unless too stale) -> publish; its worker goes straight on ----
         with job.conducting():
@@ -76,7 +83,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
 
         # ---- tear down ----
         server.close(drain=True)
-        return job.finish(server.weights(), state(), mode=a.mode, transport=server.transport,
-                          staleness_histogram=staleness.bins(), **staleness_stats(staleness.counts))
+        return job.finish(server.weights(), state(), AsyncSummary(a.mode, server.transport, staleness.bins()),
+                          staleness_stats(staleness.counts))
     finally:
         job.close()

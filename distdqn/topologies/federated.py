@@ -71,7 +71,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         learner = build.build_learner(cfg, info)   # the global model, its optimizer unused: the server steps
         pool = job.start_workers(FederatedClient)
         job.restore(resume, learner)                # resumed: the global model only
-        job.open(learner.get_weights())
+        job.open()
         rounds = Rounds(job, learner, pool, resume)
         variants = [make_vector_env(cfg.for_client(i).env, cfg.eval.num_envs, evaluation=True) for i in range(len(f.clients))]
         variant_policy = build.build_policy(cfg, info, learner.get_weights())
@@ -105,9 +105,9 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         # ---- tear down: the global model on every variant, final evaluation, checkpoint, summary ----
         client_returns = _evaluate_variants(cfg, variant_policy, learner.get_weights(), variants, close=True)
         rounds.close()
-        return job.finish(learner.get_weights(), rounds.state(), aggregator=f.aggregator,
-                          server_optimizer=f.server_optimizer, late_updates=f.late_updates,
-                          client_eval_returns=client_returns, **_privacy_summary(cfg, rounds.accountant))
+        return job.finish(learner.get_weights(), rounds.state(),
+                          FederatedSummary(f.aggregator, f.server_optimizer, f.late_updates, client_returns),
+                          _privacy_summary(cfg, rounds.accountant))
     finally:
         job.close()
 
@@ -241,14 +241,31 @@ def _aggregate(cfg: Config, version: int, fresh: list[ClientMessage], stale: lis
     return aggregate.aggregate(f.aggregator, [m.update for m in both], weights, f.trim)
 
 
-def _privacy_summary(cfg: Config, accountant: privacy.PrivacyAccountant | None) -> dict[str, Any]:
-    """The summary's DP fields: the mode, and (epsilon, delta) spent (epsilon None: unbounded)."""
+@dataclass(frozen=True)
+class FederatedSummary:
+    aggregator: str
+    server_optimizer: str
+    late_updates: str
+    client_eval_returns: list[float]   # the global model's greedy return on each client's variant
+
+
+@dataclass(frozen=True)
+class PrivacySummary:
+    """The DP mode, and (epsilon, delta) spent (epsilon None: unbounded; all None without DP)."""
+
+    dp_mode: str
+    dp_clip: float | None = None
+    dp_noise_multiplier: float | None = None
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
+
+
+def _privacy_summary(cfg: Config, accountant: privacy.PrivacyAccountant | None) -> PrivacySummary:
     dp = cfg.federated.dp
     if accountant is None:
-        return {"dp_mode": dp.mode}
+        return PrivacySummary(dp.mode)
     epsilon = accountant.epsilon()
-    return {"dp_mode": dp.mode, "dp_clip": dp.clip, "dp_noise_multiplier": dp.noise_multiplier,
-            "dp_epsilon": epsilon if np.isfinite(epsilon) else None, "dp_delta": dp.delta}
+    return PrivacySummary(dp.mode, dp.clip, dp.noise_multiplier, epsilon if np.isfinite(epsilon) else None, dp.delta)
 
 
 def _accepted(job: Conductor, pool: Any, calls: dict, ready: list, shapes: dict,

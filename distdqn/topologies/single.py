@@ -54,7 +54,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     if resume is not None:
         state = RunState.from_components(resume, RunCounters)
         replica.load_state_dict({**state.replicas[0], "learner": state.learner})
-        session.load_state_dict(resume["session"])
+        session.resume(resume["session"])
         set_rng_state(resume["rng"])
 
     def checkpoint() -> RunState:
@@ -64,7 +64,6 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
 
     # ---- loop: collect -> store -> sample -> update -> weights sync ----
     session.open(replica.env_steps, replica.learner.updates)
-    session.restore_stats()
     interrupted = False
     learner_busy_s = 0.0   # time in sampling and updates (benchmarks/apex_scaling.py reads its share)
     try:
@@ -81,7 +80,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             learner_busy_s += time.perf_counter() - started
             session.stats.add_updates(updates)
 
-            if session.evaluate_if_due(replica.actor.policy, replica.env_steps):
+            if session.evaluate_if_due(replica.env_steps, replica.learner.get_weights):
                 break
             session.log_if_due(replica.env_steps, replica.learner.updates,
                                epsilon=replica.epsilon(replica.env_steps), replay_size=len(replica.replay),
@@ -91,8 +90,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         interrupted = True
 
     # ---- tear down: final evaluation, checkpoint, summary ----
-    replica.sync_policy()
-    result = session.finish(replica.actor.policy, replica.env_steps, replica.learner.updates,
+    result = session.finish(replica.learner.get_weights(), replica.env_steps, replica.learner.updates,
                             checkpoint().components(), interrupted)
     replica.close()
     if cfg.learner.model_parallel > 1:

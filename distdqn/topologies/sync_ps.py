@@ -21,7 +21,7 @@ server's host, Ray calls elsewhere), chosen when the server starts; this loop is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,12 @@ class SyncCounters(RunCounters):
     rounds: int = 0
     left_out: int = 0          # worker answers that missed their round
     rounds_short: int = 0      # rounds that went on without every worker
+
+
+@dataclass(frozen=True)
+class SyncSummary:
+    mode: str
+    transport: str
 
 
 def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None = None) -> RunResult:
@@ -70,11 +76,11 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
                 c.learner_updates = server.version
                 if job.housekeeping(server.weights, state, lambda r=round_: {
                         "rounds": c.rounds, "left_out": c.left_out, "workers_per_round": len(r.pushes),
-                        **vars(server.times)}):
+                        **asdict(server.times)}):
                     break
 
         # ---- tear down ----
         server.close(drain=True)
-        return job.finish(server.weights(), state(), mode=s.mode, transport=server.transport)
+        return job.finish(server.weights(), state(), SyncSummary(s.mode, server.transport))
     finally:
         job.close()

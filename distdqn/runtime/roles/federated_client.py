@@ -28,7 +28,6 @@ class FederatedClient:
         self.replica = Replica(cfg, info, index, num_clients, seed, owns_target=False)   # the server keeps it
         self.weights = WeightsClient()
         self.rng = np.random.default_rng(seed + 99)
-        self.poisoned = index in cfg.federated.poisoned_clients   # a test's attacker: sends garbage
 
     def train_round(self, weights: Weights, num_updates: int) -> ClientMessage:
         """From the global weights, collect and train ``num_updates`` local updates (FedProx:
@@ -44,9 +43,6 @@ class FederatedClient:
         metrics = updates.means()
         if f.dp.mode == "local":
             update, metrics["update_norm"] = aggregate.privatize(update, f.dp.clip, f.dp.noise_multiplier, self.rng)
-        if self.poisoned:
-            update = {k: np.where(self.rng.random(v.shape) < 0.5, np.nan, 1e6).astype(v.dtype)
-                      for k, v in update.items()}
         learner.set_weights(start)   # held weights stay the global model's
         seen = self.replica.report()
         return ClientMessage(update, weights.version, len(self.replica.replay), seen.env_steps, updates.count,

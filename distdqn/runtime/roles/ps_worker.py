@@ -1,7 +1,8 @@
 """A parameter-server worker (sync_ps, async_ps): a Replica (vector env, local replay, learner
 replica) that turns the server's weights into updates, a gradient or a model after local updates,
 over whichever transport the server chose (runtime/updates/): a call per push (``push``, the
-weights as its argument), or its own loop on the server's shared memory (``attach``, ``serve``).
+weights as its argument), or its own loop on the path that reaches the server (``attach``,
+``serve``): the server's shared memory, or a socket to it.
 The server keeps the target network and sends it."""
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from distdqn.runtime.group import opens_shared_memory
 from distdqn.runtime.messages import PushReport, ServeReport, Weights
 from distdqn.runtime.process import process_identity, set_worker_threads
 from distdqn.runtime.updates import Exchange
-from distdqn.runtime.updates.shared_memory import WorkerLoop
+from distdqn.runtime.updates.loops import WorkerLoop
+from distdqn.runtime.updates.shared_memory import Segment
+from distdqn.runtime.updates.tcp import SocketWorkerEnd
 from distdqn.runtime.weights import WeightsClient, take_weights
 
 
@@ -48,8 +51,15 @@ class PSWorker:
     def opens_shared_memory(self, name: str) -> bool:
         return opens_shared_memory(name)
 
-    def attach(self, name: str) -> None:
-        self._loop = WorkerLoop(name, self.replica, self.index, self.exchange)
+    def attach(self, path: str, *where: Any) -> None:
+        """Meet the server on ``path``: shm (``where``: the segment's name) or tcp (its address
+        and port); from now on ``serve`` runs the worker's loop there."""
+        size, timeout_s = self.replica.learner.flat_params.numel(), self.replica.cfg.workers.stall_timeout_s
+        if self._loop is not None:
+            self._loop.close()
+        end = (Segment(where[0], self.replica.num_replicas, size, create=False) if path == "shm"
+               else SocketWorkerEnd(where[0], where[1], self.index, size, self.exchange.sync, timeout_s))
+        self._loop = WorkerLoop(end, self.replica, self.index, self.exchange)
 
     def serve(self, seconds: float, timeout_s: float) -> ServeReport:
         return self._loop.serve(seconds, timeout_s)

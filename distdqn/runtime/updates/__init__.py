@@ -14,19 +14,22 @@ back (sync_ps, async_ps). One interface, one implementation per transport, one f
 
 A channel never sees the conductor: it returns pushes and events, and the parameter server hands
 the events on (counts them, replaces the dead). The topology never sees which transport runs.
-Adding a transport: its file, implementing ``UpdateChannel``, and its name in ``TRANSPORTS``.
+Adding a transport: its file, implementing ``UpdateChannel``, and its registration: an entry in
+``transports.CHANNELS`` and its name among ``<topology>.transport``'s values (config.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from distdqn.config import Config
-from distdqn.core.learner import GradientLearner
 from distdqn.core.records import Episodes, UpdateStats
+
+if TYPE_CHECKING:   # annotations only: the package stays light for the processes that attach to a segment
+    from distdqn.config import Config
+    from distdqn.core.learner import GradientLearner
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ WorkerEvent = WorkerReport | WorkerDied
 class UpdateChannel(Protocol):
     """The server's side of one transport to its workers."""
 
+    name: str   # its value of ``<topology>.transport``
+
     @property
     def publication(self) -> int:
         """Publications so far (each sync_ps round is one)."""
@@ -146,7 +151,3 @@ class UpdateChannel(Protocol):
         """Stop the workers' side; ``drain`` (a normal end): wait (bounded) for their last reports,
         returned. Nothing of the channel is left (no segment, no call in flight)."""
         ...
-
-
-TRANSPORTS = ("shm", "ray")
-"""The transports a parameter server can use, cheapest first (``<topology>.transport``)."""

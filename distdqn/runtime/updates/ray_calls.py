@@ -22,6 +22,8 @@ from distdqn.runtime.weights import PushedWeights
 
 
 class RayCallsChannel:
+    name = "ray"
+
     def __init__(self, pool: RolePool, exchange: Exchange, drain_s: float = 5.0):
         self.pool, self.exchange, self.drain_s = pool, exchange, drain_s
         self.weights = PushedWeights()
@@ -54,7 +56,7 @@ class RayCallsChannel:
         """The worker's next call, if it is due one."""
         if self._closing or (self.exchange.sync and self._worked_on[worker] >= self._publication):
             return
-        fresh = not self.exchange.sync and self._since_pull[worker] == 0 or self.exchange.sync
+        fresh = self.exchange.sync or self._since_pull[worker] == 0
         weights = self.weights.weights_for(worker, self._learner) if fresh else None
         self._since_pull[worker] = (self._since_pull[worker] + 1) % self.exchange.pull_period
         ref = self.pool.handles[worker].push.remote(weights, self._collect)
