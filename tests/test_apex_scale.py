@@ -115,11 +115,16 @@ def train(run_dir: Path, address: str, *args: str, timeout: float = 400) -> subp
                    timeout=timeout, env=ray_env())
 
 
+def shm_segments() -> set[Path]:
+    return set(Path("/dev/shm").glob("distdqn-*"))
+
+
 def test_two_learners_over_two_shards_stay_identical_and_learn(tmp_path, ray_cluster):
     """2 learners x 2 shards, over 1,000 updates: the learners' replicas hash the same, each actor
     inserts into a shard (one each), both shards fill, the replay ratio holds over both, and
     nothing is left in /dev/shm."""
     run_dir = tmp_path / "run"
+    before = shm_segments()   # (other runs on this machine may hold theirs)
     done = train(run_dir, ray_cluster, "--seed", "0", "--set", "apex.num_learners=2",
                  "--set", "apex.replay_shards=2", "--set", "train.total_env_steps=6000")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -137,7 +142,7 @@ def test_two_learners_over_two_shards_stay_identical_and_learn(tmp_path, ray_clu
     owed = 0.5 * (last["inserted_env_steps"] - 500)
     assert abs(last["sampled_batches"] - owed) <= 256 + 2 * 16 + 2 * 64 * 0.5, (last["sampled_batches"], owed)
     assert last["learner_exchange_s"] > 0
-    assert not list(Path("/dev/shm").glob("distdqn-*"))
+    assert not shm_segments() - before
 
 
 def test_every_learners_priorities_reach_the_shard_they_came_from(ray_cluster):
@@ -196,6 +201,7 @@ def test_a_run_that_cannot_be_placed_is_refused_in_one_line_at_once(tmp_path, ra
 @pytest.mark.parametrize("role", ["learner1", "replay1"])
 def test_a_lost_learner_or_shard_ends_the_run_in_one_line(tmp_path, ray_cluster, role):
     run_dir = tmp_path / "run"
+    before = shm_segments()
     args = ["cartpole-apex", "--seed", "5", "--run-dir", str(run_dir), "--address", ray_cluster, *SCALED,
             "--set", "apex.num_learners=2", "--set", "apex.replay_shards=2",
             "--set", "checkpoint.interval_env_steps=2000"]
@@ -205,7 +211,7 @@ def test_a_lost_learner_or_shard_ends_the_run_in_one_line(tmp_path, ray_cluster,
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and role in errors[0] and "checkpoint is intact" in errors[0], err[-2000:]
-    assert not list(Path("/dev/shm").glob("distdqn-*"))
+    assert not shm_segments() - before
 
 
 # ---- the leader's word to its group (runtime/learner_group.py: Agreement), without Ray ----
@@ -256,11 +262,15 @@ def test_every_learner_hears_the_leaders_word_whatever_the_backend(backend, host
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     members = [ctx.Process(target=_agreeing_member, args=(spec, r, flags, out)) for r in range(len(host_of))]
-    for p in members:
-        p.start()
-    heard = dict(out.get(timeout=120) for _ in members)
-    for p in members:
-        p.join(timeout=30)
-    remove(spec)
+    try:
+        for p in members:
+            p.start()
+        heard = dict(out.get(timeout=120) for _ in members)
+    finally:
+        for p in members:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+        remove(spec)
     assert all(heard[r] == flags for r in range(len(host_of))), heard
     assert not list(Path("/dev/shm").glob(f"{spec.segment}*"))
