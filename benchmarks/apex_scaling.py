@@ -47,7 +47,8 @@ def train(args: list[str], run_dir: Path, tree: Path | None = None) -> dict:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr[-1500:]}")
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = read_metrics(run_dir)
-    steady = rows[1:-1] or rows
+    # the first row holds the start-up; the final rows (the last evaluation's, the end's) stand at the end's env steps
+    steady = [r for r in rows[1:] if r["env_steps"] < rows[-1]["env_steps"]] or rows
     rates = [r["env_steps_per_s"] for r in steady if r["env_steps_per_s"] > 0]
     summary["steady_env_steps_per_s"] = statistics.median(rates) if rates else float("nan")
     summary["steady_updates_per_s"] = statistics.median(

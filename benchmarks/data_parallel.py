@@ -37,6 +37,8 @@ SETUPS = {
     "sync_ps-model-ray": ["--set", "topology=sync_ps", "--set", "sync_ps.mode=model", "--set", "sync_ps.transport=ray"],
     "async_ps": ["--set", "topology=async_ps", "--set", "async_ps.transport=shm"],
     "async_ps-ray": ["--set", "topology=async_ps", "--set", "async_ps.transport=ray"],
+    "sync_ps-tcp": ["--set", "topology=sync_ps", "--set", "sync_ps.transport=tcp"],
+    "async_ps-tcp": ["--set", "topology=async_ps", "--set", "async_ps.transport=tcp"],
     "async_ps-parameter": ["--set", "topology=async_ps", "--set", "async_ps.mode=parameter",
                            "--set", "async_ps.transport=shm"],
 }

@@ -59,7 +59,8 @@ def test_staleness_histogram_counts_drops_and_windows():
     assert h.bins() == {"0": 1, "1": 2, "2": 1, ">2": 2}
     assert h.take_window().tolist() == [1, 2, 1, 2] and h.take_window().tolist() == [0, 0, 0, 0]
     stats = staleness_stats(h.counts)
-    assert stats["staleness_mean"] == pytest.approx((0 + 2 + 2 + 6) / 6) and stats["staleness_max"] == 3
+    assert stats.staleness_mean == pytest.approx((0 + 2 + 2 + 6) / 6) and stats.staleness_max == 3
+    assert stats.staleness_p90 == 3 and staleness_stats(np.zeros(4)).staleness_mean is None
     again = StalenessHistogram(2, h.counts.tolist())   # restored from a checkpoint's counters
     assert again.counts.tolist() == h.counts.tolist()
 
