@@ -2,7 +2,9 @@
 shards and a group of 2 learners as apex's driver does, fills the shards with transitions of
 equal priority, has the group make 32 updates, and prints, as JSON, how many priorities each
 shard now holds that differ from the initial one, the draws one learner made, and the learners'
-parameter hashes (a driver process of its own: Ray reads its token settings when it is imported)."""
+parameter hashes (a driver process of its own: Ray reads its token settings when it is imported).
+With argv[2] ``crowded``: a shard whose every insert thread is held by the rate limiter, and how
+long a learner's sync takes to be answered meanwhile."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from distdqn.envs import env_info
 from distdqn.runtime import group, learner_group, shards
 from distdqn.runtime.cluster import connect
 from distdqn.runtime.roles.learner import LearnerWorker
+from distdqn.runtime.roles.replay_server import REPLAY_CALLS, SAMPLE_WAIT_S
 
 PER_SHARD, UPDATES = 2000, 32
 
@@ -63,5 +66,33 @@ def main(address: str) -> None:
         cluster.shutdown()
 
 
+def transitions(rng: np.random.Generator, n: int) -> Transitions:
+    return Transitions(obs=rng.normal(size=(n, 4)).astype(np.float32), action=rng.integers(0, 2, n),
+                       reward=np.ones(n, np.float32), next_obs=rng.normal(size=(n, 4)).astype(np.float32),
+                       terminated=rng.random(n) < 0.05, discount=np.full(n, 0.97, np.float32))
+
+
+def crowded(address: str) -> None:
+    """One shard, 5,000 env steps in and no update: every further insert waits SAMPLE_WAIT_S for
+    the learners; REPLAY_CALLS + 4 of them in flight (16 actors' worth), then a learner's sync.
+    Prints [seconds the sync took, inserts accepted, inserts sent]."""
+    cfg = load_config("cartpole-apex", ["apex.replay_host=process", "apex.replay_shards=1", "apex.num_learners=2",
+                                        "train.learning_starts=500", "train.replay_ratio=0.5"])
+    rng = np.random.default_rng(0)
+    cluster = connect(address)
+    try:
+        (shard,) = shards.start_shards(cfg, env_info(cfg.env), [None])
+        assert ray.get(shard.add.remote(transitions(rng, 5000), np.ones(5000), 5000), timeout=60).accepted
+        held = [shard.add.remote(transitions(rng, 8), np.ones(8), 8) for _ in range(REPLAY_CALLS + 4)]
+        time.sleep(1.0)   # the inserts are waiting on the shard's threads
+        start = time.perf_counter()
+        ray.get(shard.sync.remote(0, 0), timeout=60)
+        took = time.perf_counter() - start
+        accepted = sum(r.accepted for r in ray.get(held, timeout=4 * SAMPLE_WAIT_S + 60))
+        print(json.dumps([took, accepted, len(held)]))
+    finally:
+        cluster.shutdown()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    crowded(sys.argv[1]) if sys.argv[2:] == ["crowded"] else main(sys.argv[1])

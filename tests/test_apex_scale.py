@@ -158,6 +158,19 @@ def test_every_learners_priorities_reach_the_shard_they_came_from(ray_cluster):
     assert len(set(hashes)) == 1
 
 
+def test_a_shard_answers_the_learners_while_every_actors_insert_waits_for_them(ray_cluster):
+    """16 actors' inserts held by a shard's rate limiter (each up to SAMPLE_WAIT_S) take every
+    insert thread; the learners' sync is answered at once on threads of its own (behind them, it
+    would wait SAMPLE_WAIT_S, the learners could not draw, and the run would stall: 2 learners x
+    1 shard at 16 actors did, "the replay refused inserts for 120 s")."""
+    result = subprocess.run([sys.executable, "-m", "tests.group_driver", ray_cluster, "crowded"], check=False,
+                            cwd=REPO, env=ray_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    took, accepted, sent = json.loads(result.stdout.strip().splitlines()[-1])
+    assert accepted == 0 and sent > 16, (accepted, sent)   # they were all held, then refused
+    assert took < 1.5, took
+
+
 def test_shards_are_checkpointed_and_another_count_is_refused_another_learner_count_resumed(tmp_path, ray_cluster):
     run_dir = tmp_path / "run"
     first = train(run_dir, ray_cluster, "--seed", "2", "--set", "apex.replay_shards=2",

@@ -27,6 +27,7 @@ from distdqn.runtime.process import keep_off, process_identity, resolve
 
 SAMPLE_WAIT_S = 5.0   # a replay call waits at most this long for the rate limiter, then returns empty
 REPLAY_CALLS = 16     # threads of the "replay" concurrency group
+LEARNER_CALLS = 8     # a ReplayServer's threads for the learners' calls (sample, draw, sync, priorities)
 
 
 def gated_replay(cfg: Config, info: EnvInfo, seed: int, shard_capacity: int | None = None) -> RateLimitedReplay:
@@ -64,11 +65,14 @@ class ReplayHost:
         self.gated.load_state_dict(state)
 
 
-@ray.remote(concurrency_groups={"replay": REPLAY_CALLS})
+@ray.remote(concurrency_groups={"replay": REPLAY_CALLS, "learners": LEARNER_CALLS})
 class ReplayServer(ReplayHost):
     """The central replay in a process of its own (apex.replay_host=process), or one shard of
     apex.replay_shards (``shard_capacity`` given): actors' inserts and the learners' samples
-    run on threads, and wait (bounded) on each other through the rate limiter."""
+    run on threads, and wait (bounded) on each other through the rate limiter. The learners'
+    calls have threads of their own ("learners"): inserts held back by the rate limiter (one
+    per actor, up to SAMPLE_WAIT_S each) must never keep a draw or a sync from the learners,
+    whose updates are what lets them in."""
 
     def __init__(self, cfg: Config, info: EnvInfo, seed: int, shard_capacity: int | None = None):
         self.gated = gated_replay(cfg, info, seed, shard_capacity)
@@ -78,18 +82,18 @@ class ReplayServer(ReplayHost):
         ``isolations``: references to what LearnerWorker.isolate returned)."""
         keep_off(resolve(isolations))
 
-    @ray.method(concurrency_group="replay")
+    @ray.method(concurrency_group="learners")
     def sample(self, num_batches: int, batch_size: int, beta: float) -> Batch | None:
         """``num_batches`` batches, stacked into one Batch (8 arrays to send, not 8 per batch), once
         the rate limiter allows them; None after SAMPLE_WAIT_S."""
         return self.gated.sample(num_batches, batch_size, beta, SAMPLE_WAIT_S)
 
-    @ray.method(concurrency_group="replay")
+    @ray.method(concurrency_group="learners")
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
         self.gated.update_priorities(indices, td_errors)
 
     # ---- a shard of several ----
-    @ray.method(concurrency_group="replay")
+    @ray.method(concurrency_group="learners")
     def draw(self, fractions: np.ndarray, updates: int, elsewhere_env_steps: int) -> ShardDraw:
         """The transitions at ``fractions`` of this shard's mass (a learner judged that the ratio
         allows them), after taking the learner's word on the updates and the other shards."""
@@ -97,7 +101,7 @@ class ReplayServer(ReplayHost):
         batch, leaves = self.gated.sample_at(fractions)
         return ShardDraw(batch, leaves, self._status())
 
-    @ray.method(concurrency_group="replay")
+    @ray.method(concurrency_group="learners")
     def sync(self, updates: int, elsewhere_env_steps: int) -> ShardStatus:
         """A learner's word without a draw (it waits for the actors): where this shard stands."""
         self.gated.synced(updates, elsewhere_env_steps)
