@@ -45,6 +45,12 @@ def train(args: list[str], run_dir: Path, tree: Path | None = None) -> dict:
     done = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tree)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr[-1500:]}")
+    return read_run(run_dir)
+
+
+def read_run(run_dir: Path) -> dict:
+    """A finished run's summary with its steady rates (the medians of the per-interval rates, the
+    start-up and end rows left out), learner busy share and the steady window's first and last rows."""
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = read_metrics(run_dir)
     # the first row holds the start-up; the final rows (the last evaluation's, the end's) stand at the end's env steps

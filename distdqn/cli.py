@@ -1,114 +1,27 @@
-"""The ``distdqn`` command: train, evaluate, plot, compare, presets.
+"""The ``distdqn`` command: train, evaluate, export, plot, compare, presets; a thin layer over the
+Python API (``distdqn/api.py``).
 
 User errors (bad config, unknown env id, bad checkpoint, existing run directory) are printed as one
 line, ``error: <what>``, with exit status 2 and no traceback; nothing is created or overwritten
-before the input has been checked.
+before the input has been checked. A run stopped by SIGTERM or SIGINT finishes at its next safe
+point (final checkpoint and summary) and exits 143 / 130 (``signals.py``); one run directory has
+one writer (``rundir.py``).
 """
 
 from __future__ import annotations
 
-import json
+import errno
 import os
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from distdqn.errors import CheckpointError, ConfigError, UserError
+from distdqn.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep Q-Networks, trained fast on one machine and in parallel on Ray.")
-
-# Fields that must agree between a checkpoint and the config it is resumed or evaluated with.
-_MUST_MATCH = ("topology", "env.id", "env.kwargs", "env.num_envs", "network.kind",
-               "network.hidden_sizes", "network.dueling", "network.atoms", "network.v_min",
-               "network.v_max", "replay.capacity", "replay.prioritized",
-               "replay.storage", "workers.num_workers")
-
-
-def _field(cfg_dict: dict, path: str):
-    node = cfg_dict
-    for part in path.split("."):
-        node = node[part]
-    return node
-
-
-def check_compatible(checkpoint_cfg, cfg, where: Path) -> None:
-    a, b = checkpoint_cfg.to_dict(), cfg.to_dict()
-    for path in _MUST_MATCH:
-        if _field(a, path) != _field(b, path):
-            raise CheckpointError(f"{where}: checkpoint does not match the config: {path} is "
-                                  f"{_field(a, path)!r} in the checkpoint, {_field(b, path)!r} now")
-
-
-def _check_devices(cfg) -> None:
-    from distdqn.errors import ConfigError
-    if cfg.learner.device == "cuda" and cfg.topology == "single":  # elsewhere the GPU may be on another node
-        import torch
-        if not torch.cuda.is_available():
-            raise ConfigError("learner.device: cuda was asked for but no CUDA device is available "
-                              "(use auto or cpu)")
-
-
-def _check_network(cfg, info) -> None:
-    """The network can take the environment's observations (checked before any process starts)."""
-    from distdqn.local.build import build_network
-    try:
-        build_network(cfg, info)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def _check_client_envs(cfg) -> None:
-    """Each federated client's environment variant can be made (checked here, before anything is
-    written, rather than when a client process starts on the cluster)."""
-    from distdqn.envs import env_info
-    from distdqn.errors import EnvironmentSpecError
-    if cfg.topology != "federated":
-        return
-    for i in range(len(cfg.federated.clients)):
-        try:
-            env_info(cfg.for_client(i).env)
-        except EnvironmentSpecError as exc:
-            raise EnvironmentSpecError(f"federated.clients[{i}]: {exc}") from None
-
-
-def _default_run_dir(cfg) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = cfg.env.id.replace("/", "-")
-    return Path("runs") / f"{name}-{cfg.topology}-s{cfg.seed}-{stamp}"
-
-
-def _load_checkpoint_config(path: Path):
-    from distdqn.checkpoint import load_checkpoint
-    from distdqn.config import config_from_dict, parse_yaml
-    components, config_yaml, manifest = load_checkpoint(path)
-    try:
-        ckpt_cfg = config_from_dict(parse_yaml(config_yaml, "checkpoint config.yaml"), "checkpoint config.yaml")
-    except UserError as exc:
-        raise CheckpointError(f"{path}: the checkpoint's config.yaml is invalid: {exc}") from None
-    return components, ckpt_cfg, manifest
-
-
-def _resumed_config(resume: Path, config: Path | None, overrides: list[str], seed: int | None):
-    """The config of a resumed run (the checkpoint's, or ``config``, with the overrides) and the
-    checkpoint's components; a config that does not match the checkpoint is an error."""
-    from distdqn.config import apply_override, config_from_dict, load_config
-    components, ckpt_cfg, _ = _load_checkpoint_config(resume)
-    if config is None:
-        raw = ckpt_cfg.to_dict()
-        for assignment in overrides:
-            apply_override(raw, assignment)
-        if seed is not None:
-            raw["seed"] = seed
-        cfg = config_from_dict(raw)
-    else:
-        cfg = load_config(config, overrides, seed)
-    check_compatible(ckpt_cfg, cfg, resume)
-    return cfg, components
 
 
 @app.command()
@@ -123,50 +36,17 @@ def train(
     address: Annotated[str | None, typer.Option(help="Ray cluster address (distributed topologies)")] = None,
 ) -> None:
     """Train a DQN. With no CONFIG, trains CartPole-v1 on the default topology."""
-    from distdqn.config import load_config
-    from distdqn.envs import env_info
-    from distdqn.topologies import get_run
-
-    overrides = list(set_ or [])
-    if address is not None:   # an override like any other, applied before the config is validated
-        overrides.append(f"cluster.address={json.dumps(address)}")
-    resume_state = None
-    if resume is not None:
-        cfg, resume_state = _resumed_config(resume, config, overrides, seed)
-        run_dir = resume if (resume / "checkpoints").is_dir() else resume.parent.parent
-    else:
-        cfg = load_config(config, overrides, seed)
-    info = env_info(cfg.env)
-    _check_client_envs(cfg)
-    _check_devices(cfg)
-    _check_network(cfg, info)
-    if cfg.topology != "single":  # fail on an unreachable cluster before anything is written
-        from distdqn.runtime.cluster import check_reachable
-        check_reachable(cfg.cluster.address, min(cfg.cluster.connect_timeout_s, 10.0))
-
-    if resume is None:
-        run_dir = run_dir or _default_run_dir(cfg)
-        if run_dir.exists() and any(run_dir.iterdir()):
-            if not overwrite:
-                raise UserError(f"--run-dir: {run_dir} already exists; pass --overwrite to replace it "
-                                f"or --resume {run_dir} to continue it")
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    typer.echo(f"run directory: {run_dir}", err=True)
-    try:
-        result = get_run(cfg.topology)(cfg, run_dir, info, resume_state)
-    except UserError:
-        # refused before it started (a cluster too small, say): leave no half-made run behind
-        if resume is None and sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]:
-            shutil.rmtree(run_dir)
-        raise
-    s = result.summary
+    from distdqn import api, signals
+    run = api.train(config, overrides=list(set_ or []), seed=seed, run_dir=run_dir, overwrite=overwrite,
+                    resume=resume, address=address)
+    s, cfg = run.summary, run.config
     solved = (f"solved in {s['time_to_solve_s']:.2f} s at {s['env_steps_to_solve']} env steps"
               if s["solved"] else "not solved")
     typer.echo(f"{cfg.env.id} [{cfg.topology}] {solved}; final eval {s['final_eval_return_mean']:.1f} "
                f"+- {s['final_eval_return_std']:.1f}; {s['env_steps']} env steps, "
                f"{s['learner_updates']} updates in {s['wall_s']:.1f} s{_privacy_spent(s)}")
+    if signals.exit_code(s["stop_reason"]):   # stopped by SIGTERM / SIGINT: exit as the signal would
+        raise typer.Exit(signals.exit_code(s["stop_reason"]))
 
 
 def _privacy_spent(summary: dict) -> str:
@@ -178,35 +58,49 @@ def _privacy_spent(summary: dict) -> str:
             f"delta {summary['dp_delta']:g}")
 
 
+CHECKPOINT_HELP = ("best (the best greedy evaluation's network), latest, or a checkpoint's name; "
+                   "default: best where the run kept one, else latest")
+
+
+def _which(agent_checkpoint: Path, env_steps: int | None) -> str:
+    steps = f", {env_steps} env steps" if env_steps is not None else ""
+    return f"checkpoint {agent_checkpoint.name}{steps}"
+
+
 @app.command()
 def evaluate(
     path: Annotated[Path, typer.Argument(help="Run directory or checkpoint directory")],
     episodes: Annotated[int, typer.Option(min=1, help="Greedy episodes")] = 10,
     seed: Annotated[int, typer.Option(help="Seed for the evaluation environments")] = 12345,
     num_envs: Annotated[int, typer.Option(min=1, help="Evaluation sub-environments")] = 10,
+    checkpoint: Annotated[str | None, typer.Option(help=CHECKPOINT_HELP)] = None,
+    video: Annotated[Path | None, typer.Option(
+        help="Record each episode as an MP4 in this folder (pip install 'distdqn[video]')")] = None,
 ) -> None:
-    """Greedy returns of a checkpoint: prints mean and std."""
-    import numpy as np
-    import torch
+    """Greedy returns of a run's agent: prints mean and std (and the videos it recorded)."""
+    from distdqn import api
+    agent = api.load(path, checkpoint)
+    result = agent.evaluate(episodes, seed, num_envs, video)
+    typer.echo(f"{agent.config.env.id} ({_which(agent.checkpoint, agent.env_steps)}): mean {result.mean:.2f} "
+               f"std {result.std:.2f} over {len(result.returns)} episodes")
+    if video is not None:
+        typer.echo(f"{len(result.videos)} videos in {video}")
 
-    from distdqn.core.actor import evaluate as run_evaluation
-    from distdqn.envs import env_info, make_vector_env
-    from distdqn.local.build import build_network, build_policy
 
-    components, cfg, _ = _load_checkpoint_config(path)
-    info = env_info(cfg.env)
-    network = build_network(cfg, info)
-    try:
-        network.load_state_dict(components["learner"]["online"])
-    except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: checkpoint weights do not match its config "
-                              f"({str(exc).splitlines()[0]})") from None
-    weights = {k: v.detach().cpu().numpy() for k, v in network.state_dict().items()}
-    torch.set_num_threads(1)
-    env = make_vector_env(cfg.env, min(num_envs, episodes), evaluation=True)
-    returns = run_evaluation(build_policy(cfg, info, weights), env, episodes, 0.0, seed)
-    env.close()
-    typer.echo(f"{cfg.env.id}: mean {np.mean(returns):.2f} std {np.std(returns):.2f} over {len(returns)} episodes")
+@app.command()
+def export(
+    path: Annotated[Path, typer.Argument(help="Run directory or checkpoint directory")],
+    format_: Annotated[str, typer.Option("--format", help="torchscript or onnx (pip install 'distdqn[onnx]')")] = "onnx",
+    output: Annotated[Path | None, typer.Option("-o", "--output",
+                                                help="File to write; default RUN/export/CHECKPOINT.pt or .onnx")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help=CHECKPOINT_HELP)] = None,
+) -> None:
+    """Write the agent's Q-network as one file that computes its Q-values without distdqn."""
+    from distdqn import api
+    agent = api.load(path, checkpoint)
+    written = api.export(agent, output, format_)
+    typer.echo(f"wrote {written} ({format_}, {_which(agent.checkpoint, agent.env_steps)}): obs "
+               f"{list(agent.info.obs_shape)} {agent.info.obs_dtype} -> q_values [{agent.info.num_actions}]")
 
 
 @app.command()
@@ -242,8 +136,9 @@ def compare(
 
     command = shlex.join(["distdqn", *sys.argv[1:]])
     plan = plan_comparison(configs, seeds, first_seed, list(set_ or []), address, out, overwrite, command, sweep)
+    from distdqn.api import check_devices
     for entry in plan.entries:
-        _check_devices(entry.cfg)
+        check_devices(entry.cfg)
     for cfg in [e.cfg for e in plan.entries if e.cfg.topology != "single"]:
         # fail on an unreachable cluster before anything is written
         from distdqn.runtime.cluster import check_reachable
@@ -273,6 +168,12 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: disk full ({exc.strerror}: {exc.filename or 'a run file'}); the last checkpoint is intact",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -7,23 +7,30 @@ that describes it in one line (`distdqn presets` lists them). Every field is doc
 declared. Unknown keys, wrong types and out-of-range values are errors that name the field's dotted
 path, for example ``replay.alpha: Input should be less than or equal to 1 (got 1.5)``.
 
+Every float must be finite (NaN and infinity are refused, ``learner.lr: Input should be a finite
+number``), and counts and sizes have upper bounds past which a run cannot be meant.
+
 Units are in the names: ``*_env_steps`` counts environment steps (one sub-environment stepping once),
 ``*_updates`` counts learner updates (one gradient step on one batch).
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
     field_serializer,
     field_validator,
@@ -36,10 +43,24 @@ TOPOLOGIES = ("single", "apex", "sync_ps", "async_ps", "allreduce", "federated")
 """The registered topologies: each has a file ``distdqn/topologies/<name>.py`` with ``run``."""
 
 
+def _finite_numbers(value: Any) -> Any:
+    """Any value, but no NaN or infinity among its numbers (in lists and dicts too)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"Input should hold finite numbers only (got {value})")
+    for item in value.values() if isinstance(value, dict) else value if isinstance(value, list) else ():
+        _finite_numbers(item)
+    return value
+
+
+MakeKwargs = Annotated[dict[str, Any], AfterValidator(_finite_numbers)]
+"""Keyword arguments for ``gymnasium.make``: any values, every number finite."""
+
+
 class _Section(BaseModel):
     # strict: no silent str -> number coercion; forbid: unknown keys are errors; frozen: a
-    # validated config is data, never rewritten (derived values are properties).
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # validated config is data, never rewritten (derived values are properties); every float
+    # finite (NaN and infinity are refused).
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     def check(self, cfg: Config) -> None:
         """This section's checks against the rest of the config (raise ValueError naming the field)."""
@@ -73,14 +94,61 @@ class AtariConfig(_Section):
     """Press FIRE after each reset, in games that need it to start (off in the Nature setting)."""
 
 
+def describe_callable(obj: Any) -> str:
+    """How a Python object handed to the API in place of a ``module:name`` appears in config.yaml:
+    ``<python module.qualname>`` (not importable by that name; distdqn.load takes it again)."""
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return f"<python {getattr(obj, '__module__', None) or '?'}.{name}>"
+
+
+def _check_reference(value: Any) -> str | Callable[..., Any]:
+    if isinstance(value, str) or callable(value):
+        return value
+    raise ValueError(f"must be 'package.module:name' or, from the Python API, a callable (got {value!r})")
+
+
+PythonReference = Annotated[Any, AfterValidator(_check_reference), PlainSerializer(
+    lambda v: v if isinstance(v, str) else describe_callable(v), return_type=str, when_used="json")]
+"""``package.module:name``, or (from the Python API) the object itself: written to config.yaml as
+``<python module.qualname>``."""
+
+
+class WrapperConfig(_Section):
+    """One of the user's Gymnasium wrappers: ``wrapper(env, **kwargs)`` returns the wrapped env."""
+
+    wrapper: PythonReference
+    """``package.module:Wrapper`` (a ``gymnasium.Wrapper`` class, or any callable taking the env
+    first), or from the Python API the class or callable itself."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments after the env."""
+
+
+def _factory_name(make: Any) -> str:
+    """The name a run of ``env.make`` goes by when ``env.id`` is not given: the function's name."""
+    name = make.rpartition(":")[2] if isinstance(make, str) else (
+        getattr(make, "__name__", None) or type(make).__name__)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "custom"
+
+
 class EnvConfig(_Section):
     id: str = "CartPole-v1"
-    """Any registered Gymnasium id with a discrete action space (CartPole-v1, LunarLander-v3, ...),
-    ``ALE/<Game>-v5`` (Atari, ``pip install 'distdqn[atari]'``) or ``MinAtar/<Game>-v1``
-    (``pip install 'distdqn[minatar]'``)."""
-    num_envs: int = Field(8, ge=1)
+    """Any registered Gymnasium id with a discrete action space (CartPole-v1, LunarLander-v3,
+    FrozenLake-v1, ...), ``ALE/<Game>-v5`` (Atari, ``pip install 'distdqn[atari]'``),
+    ``MinAtar/<Game>-v1`` (``pip install 'distdqn[minatar]'``), or ``module:Id`` for an id that
+    ``module`` registers when imported (imported in every process that makes the env; on a
+    cluster the module travels with the run: docs/environments.md). With ``env.make``, only the
+    run's name (default: the function's name)."""
+    make: PythonReference | None = None
+    """A function that makes the environment, ``package.module:function``, for environments that
+    are not registered: called with ``env.kwargs``, it returns a new ``gymnasium.Env`` each call
+    (from the Python API: the callable itself)."""
+    wrappers: list[WrapperConfig] = Field(default_factory=list)
+    """The user's wrappers, applied in order to each environment right after it is made, before
+    distdqn's own (the observation encoding): ``[{wrapper: package.module:Wrapper, kwargs: {...}}]``,
+    or just ``[package.module:Wrapper]``. Not for ``ALE/`` ids (stepped by ale-py's C++ vector env)."""
+    num_envs: int = Field(8, ge=1, le=65_536)
     """Sub-environments stepped together as one vector env, per actor process."""
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: MakeKwargs = Field(default_factory=dict)
     """Extra keyword arguments for ``gymnasium.make`` (for example ``{gravity: 9.8}``)."""
     attributes: dict[str, float] = Field(default_factory=dict)
     """Physical parameters set on the environment after it is made, for ids that take them as
@@ -96,10 +164,37 @@ class EnvConfig(_Section):
     always stepped by ale-py's C++ ``AtariVectorEnv`` (auto or native)."""
     atari: AtariConfig = Field(default_factory=AtariConfig)
     """Preprocessing of ``ALE/`` ids (ignored for other ids)."""
-    step_latency_ms: float = Field(0.0, ge=0.0)
+    non_finite: Literal["error", "skip"] = "error"
+    """What an actor does with a NaN or infinite observation or reward: ``error`` ends the run in
+    one line naming the env and the field; ``skip`` drops the transitions that hold one (the steps
+    counted as the summary's ``non_finite_steps``; a federated client's are not reported), and
+    counts no reward of it in episode returns."""
+    step_latency_ms: float = Field(0.0, ge=0.0, le=60_000.0)
     """A wait added to every step of the vector env, without using the CPU (a sleep): it models
     simulators in other processes or behind a network that answer a step this much later (all
     sub-environments of the vector at once). For benchmarks of scaling past the cores; 0: none."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_after_factory(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("make") is not None and "id" not in data:
+            return {**data, "id": _factory_name(data["make"])}
+        return data
+
+    @field_validator("wrappers", mode="before")
+    @classmethod
+    def _wrapper_shorthand(cls, wrappers: Any) -> Any:
+        if isinstance(wrappers, list):
+            return [{"wrapper": w} if isinstance(w, str) or callable(w) else w for w in wrappers]
+        return wrappers
+
+    def check(self, cfg: Config) -> None:
+        if self.wrappers and self.make is None and self.id.startswith("ALE/"):
+            raise ValueError(f"env.wrappers: {self.id} is stepped by ale-py's C++ AtariVectorEnv, which takes no "
+                             "Gymnasium wrappers (use env.make with your own gymnasium.make and wrappers)")
+        if self.vectorization == "native" and (self.make is not None or self.wrappers):
+            raise ValueError("env.vectorization: native steps the id's own vector implementation, which takes "
+                             "neither env.make nor env.wrappers (use auto, sync or async)")
 
 
 HIDDEN_SIZES = {"mlp": [128, 128], "nature_cnn": [512], "minatar_cnn": [128]}
@@ -108,14 +203,18 @@ the Nature DQN's head (Mnih et al. 2015), the MinAtar paper's (Young and Tian 20
 
 
 class NetworkConfig(_Section):
-    kind: Literal["mlp", "nature_cnn", "minatar_cnn"] = "mlp"
-    """``mlp`` for vector observations; ``nature_cnn`` for stacked [C, 84, 84] frames (Mnih et al.
-    2015: conv 32 8x8/4, 64 4x4/2, 64 3x3/1, then hidden_sizes, [512] in the paper);
-    ``minatar_cnn`` for MinAtar's channels-last [10, 10, C] boards (Young and Tian 2019: conv 16
-    3x3/1, then hidden_sizes, [128] in the paper)."""
+    kind: Literal["auto", "mlp", "nature_cnn", "minatar_cnn"] = "auto"
+    """``mlp`` for vector observations (and encoded ones: one-hot indices, flattened Dict and
+    Tuple); ``nature_cnn`` for stacked [C, 84, 84] frames (Mnih et al. 2015: conv 32 8x8/4, 64
+    4x4/2, 64 3x3/1, then hidden_sizes, [512] in the paper); ``minatar_cnn`` for MinAtar's
+    channels-last [10, 10, C] boards (Young and Tian 2019: conv 16 3x3/1, then hidden_sizes, [128]
+    in the paper); ``auto``: the one the observations fit (``core/networks.py: auto_kind``):
+    nature_cnn for uint8 images with sides of at least 36, minatar_cnn for small square boards,
+    else mlp."""
     hidden_sizes: list[int] | None = None
     """Widths of the hidden layers of the MLP (or of the CNN's fully connected part); None: the
-    kind's usual ones (``HIDDEN_SIZES``: mlp [128, 128], nature_cnn [512], minatar_cnn [128])."""
+    kind's usual ones (``HIDDEN_SIZES``: mlp [128, 128], nature_cnn [512], minatar_cnn [128]; with
+    ``auto``, those of the kind it resolves to, once the environment is known)."""
     dueling: bool = False
     """Dueling head Q = V + A - mean(A) (Wang et al. 2016)."""
     atoms: int = Field(1, ge=1)
@@ -137,12 +236,19 @@ class NetworkConfig(_Section):
 
     @property
     def layers(self) -> list[int]:
-        """The hidden layers' widths: ``hidden_sizes``, or the kind's usual ones."""
-        return list(self.hidden_sizes) if self.hidden_sizes is not None else list(HIDDEN_SIZES[self.kind])
+        """The hidden layers' widths: ``hidden_sizes``, or the kind's usual ones (``kind: auto`` is
+        resolved for the env's observations first: local/build.py ``resolve_network``)."""
+        if self.hidden_sizes is not None:
+            return list(self.hidden_sizes)
+        if self.kind == "auto":
+            raise ValueError("network.kind: auto has no widths until it is resolved for the env "
+                             "(local/build.py: resolve_network)")
+        return list(HIDDEN_SIZES[self.kind])
 
     @field_serializer("hidden_sizes")
-    def _resolved(self, sizes: list[int] | None) -> list[int]:
-        return self.layers   # config.yaml records the widths used, as every default
+    def _resolved(self, sizes: list[int] | None) -> list[int] | None:
+        # config.yaml records the widths used, as every default (auto: once resolved)
+        return None if sizes is None and self.kind == "auto" else self.layers
 
     def check(self, cfg: Config) -> None:
         if self.atoms > 1 and self.v_min >= self.v_max:
@@ -150,8 +256,9 @@ class NetworkConfig(_Section):
 
 
 class ReplayConfig(_Section):
-    capacity: int = Field(50_000, ge=1)
-    """Transitions held; the oldest is overwritten when full."""
+    capacity: int = Field(50_000, ge=1, le=1_000_000_000)
+    """Transitions held; the oldest is overwritten when full. A replay that would not fit in this
+    machine's memory is refused before the run starts."""
     prioritized: bool = False
     """Prioritized replay (Schaul et al. 2016) instead of uniform sampling."""
     alpha: float = Field(0.6, ge=0.0, le=1.0)
@@ -164,7 +271,7 @@ class ReplayConfig(_Section):
     """Env steps over which beta goes from beta_start to beta_end; None: ``train.total_env_steps``."""
     priority_eps: float = Field(1e-6, gt=0.0)
     """Added to |TD error| so that no transition has priority zero."""
-    n_step: int = Field(3, ge=1)
+    n_step: int = Field(3, ge=1, le=1000)
     """Steps summed into each stored transition's return (n-step Q-learning)."""
     storage: Literal["auto", "full", "frames"] = "auto"
     """How observations are stored: ``full`` keeps each transition's obs and next_obs arrays;
@@ -174,7 +281,7 @@ class ReplayConfig(_Section):
 
 
 class LearnerConfig(_Section):
-    lr: float = Field(2.5e-3, gt=0.0)
+    lr: float = Field(2.5e-3, gt=0.0, le=10.0)
     """Adam learning rate (at the start, if ``lr_end`` is set)."""
     lr_end: float | None = Field(None, gt=0.0)
     """If set, the learning rate decays linearly from ``lr`` to this over the run's planned learner
@@ -182,7 +289,7 @@ class LearnerConfig(_Section):
     adam_eps: float = Field(1e-8, gt=0.0)
     gamma: float = Field(0.99, gt=0.0, le=1.0)
     """Discount per environment step; n-step transitions use gamma^n."""
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, le=1_048_576)
     """Transitions per learner update."""
     double_dqn: bool = True
     """Double DQN target (van Hasselt et al. 2016): argmax with the online net, value from the target."""
@@ -211,6 +318,11 @@ class LearnerConfig(_Section):
     model_parallel_timeout_s: float = Field(60.0, gt=0.0)
     """Longest wait for the learner's ranks to form their group and for any exchange between
     them; a rank that dies or stalls ends the run with an error within about this long."""
+    max_non_finite_updates: int = Field(100, ge=1)
+    """A learner update whose loss or gradient is NaN or infinite is skipped (the parameters and
+    optimizer left as they were, its priorities not written, counted as ``non_finite_updates``);
+    this many in a row end the run with an error. A parameter server likewise never applies a
+    non-finite update, and ends the run after this many in a row."""
 
     def check(self, cfg: Config) -> None:
         p, n = self.model_parallel, cfg.network
@@ -224,7 +336,8 @@ class LearnerConfig(_Section):
         if cfg.topology not in ("single", "apex"):
             raise ValueError(f"learner.model_parallel: {cfg.topology} does not split its learners across ranks "
                              f"(only single and apex do); use 1")
-        if any(h % p for h in n.layers):
+        resolved = n.kind != "auto" or n.hidden_sizes is not None   # else checked once resolved for the env
+        if resolved and any(h % p for h in n.layers):
             raise ValueError(f"learner.model_parallel: {p} ranks must divide every hidden size "
                              f"(network.hidden_sizes is {n.layers})")
         if n.atoms > 1:
@@ -244,7 +357,7 @@ class ExplorationConfig(_Section):
 
 
 class TrainConfig(_Section):
-    total_env_steps: int = Field(40_000, ge=1)
+    total_env_steps: int = Field(40_000, ge=1, le=10**13)
     """Environment steps (summed over sub-environments) after which training stops."""
     max_wall_s: float | None = Field(None, gt=0)
     """Wall-clock budget in seconds (a resumed run counts its earlier time): training stops at the
@@ -276,27 +389,54 @@ class EvalConfig(_Section):
     """End the run at the first evaluation that reaches the threshold."""
 
 
+class WandbConfig(_Section):
+    """Weights & Biases (``pip install 'distdqn[wandb]'``): every metrics row, the resolved config
+    and the summary, beside metrics.jsonl and TensorBoard. Off unless ``mode`` says otherwise."""
+
+    mode: Literal["off", "online", "offline"] = "off"
+    """``online`` syncs as the run goes (``wandb login`` first, or WANDB_API_KEY); ``offline``
+    writes the run under the run directory's ``wandb/`` only (``wandb sync`` uploads it later)."""
+    project: str = "distdqn"
+    entity: str | None = None
+    """The W&B team or user; None: the logged-in user's default."""
+    name: str | None = None
+    """The W&B run's name; None: the run directory's name."""
+    group: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
 class LogConfig(_Section):
     interval_env_steps: int = Field(2_000, ge=1)
     """Environment steps between rows of metrics.jsonl (and TensorBoard scalars)."""
     tensorboard: bool = True
     progress: bool = True
     """Terminal progress bar (only drawn when the output is a terminal)."""
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    """Weights & Biases, off by default."""
 
 
 class CheckpointConfig(_Section):
     interval_env_steps: int | None = Field(None, ge=1)
-    """Environment steps between periodic checkpoints; None saves only the final one."""
+    """Environment steps between periodic checkpoints; None: by ``interval_s`` alone."""
+    interval_s: float | None = Field(300.0, gt=0.0)
+    """Wall-clock seconds between periodic checkpoints (beside ``interval_env_steps``), so that a
+    run killed without warning (SIGKILL, out of memory, a lost machine) loses at most about this
+    much; None: none by time (with interval_env_steps None, only the final checkpoint). SIGTERM
+    and SIGINT end a run with a final checkpoint whatever this is."""
     keep: int = Field(2, ge=1)
     """Periodic checkpoints kept (oldest deleted first); the final one is always kept."""
     save_replay: bool = True
     """Include the replay buffer, so that a resumed run continues exactly."""
+    keep_best: bool = True
+    """Keep ``checkpoints/best`` beside the others: the network of the best greedy evaluation so
+    far (rewritten whenever one beats every earlier one; weights only, not resumable).
+    ``distdqn evaluate``, ``export`` and ``distdqn.load`` take it by default."""
 
 
 class ApexConfig(_Section):
     """Ape-X (Horgan et al. 2018): actors -> central prioritized replay -> learner."""
 
-    num_actors: int = Field(2, ge=1)
+    num_actors: int = Field(2, ge=1, le=4096)
     """Actor processes, each with its own vector env of ``env.num_envs`` sub-environments."""
     base_epsilon: float = Field(0.4, ge=0.0, le=1.0)
     epsilon_alpha: float = Field(7.0, ge=0.0)
@@ -388,7 +528,7 @@ class WorkersConfig(_Section):
     replay (batches drawn per local env step), so with N workers each learner update averages N
     batches and there are replay_ratio / N updates per env step of the whole run."""
 
-    num_workers: int = Field(2, ge=1)
+    num_workers: int = Field(2, ge=1, le=4096)
     cpus: float = Field(1.0, gt=0.0)
     """CPUs reserved per worker (its torch threads follow, unless ``train.torch_threads`` is set)."""
     gpus: float = Field(0.0, ge=0.0)
@@ -466,7 +606,7 @@ class AllReduceConfig(_Section):
 class ClientConfig(_Section):
     """One federated client's own environment: overrides of ``env.kwargs`` and ``env.attributes``."""
 
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: MakeKwargs = Field(default_factory=dict)
     attributes: dict[str, float] = Field(default_factory=dict)
     """For example ``{length: 0.7, masspole: 0.15}`` for a CartPole with a longer, heavier pole."""
 
@@ -665,20 +805,28 @@ def parse_yaml(text: str, source: str = "<string>") -> Any:
         raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
 
 
+def set_field(raw: dict[str, Any], key: str, value: Any, source: str | None = None) -> None:
+    """Set the field at the dotted path ``key`` of an unvalidated config mapping to ``value``
+    (sections created as needed); ``source`` names the override in errors."""
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"{source or key!r}: expected a dotted field path, for example replay.capacity")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, not a section (from {source or key})")
+        node = child
+    node[parts[-1]] = value
+
+
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Apply one ``dotted.key=value`` override; the value is parsed as YAML (``3``, ``1e-3``, ``[64, 64]``)."""
     key, sep, value = assignment.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set {assignment!r}: expected key=value, for example replay.capacity=50000")
-    parts = key.split(".")
-    node = raw
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, not a section (from --set {key})")
-        node = child
-    node[parts[-1]] = parse_yaml(value, f"--set {key}")
+    set_field(raw, key, parse_yaml(value, f"--set {key}"), f"--set {key}")
 
 
 def _format_validation_error(exc: ValidationError) -> str:
@@ -738,18 +886,22 @@ def _read_config(path_or_name: str | Path) -> tuple[str, str]:
     raise ConfigError(f"{name}: no such config file or preset (presets: {', '.join(sorted(presets))})")
 
 
+def raw_config(path: str | Path | None) -> tuple[str, dict[str, Any]]:
+    """(source, the unvalidated mapping) of a YAML config file or preset; ("config", {}) for None."""
+    if path is None:
+        return "config", {}
+    source, text = _read_config(path)
+    loaded = parse_yaml(text, source)
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    return source, loaded or {}
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 seed: int | None = None) -> Config:
     """Read a YAML config file or preset (or the defaults when ``path`` is None), apply ``--set``
     overrides, validate."""
-    raw: dict[str, Any] = {}
-    source = "config"
-    if path is not None:
-        source, text = _read_config(path)
-        loaded = parse_yaml(text, source)
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{source}: the top level must be a mapping of sections")
-        raw = loaded or {}
+    source, raw = raw_config(path)
     for assignment in overrides:
         apply_override(raw, assignment)
     if seed is not None:

@@ -20,5 +20,18 @@ class EnvironmentSpecError(UserError):
     """The environment id is unknown, or its spaces are not ones DQN can handle."""
 
 
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (a full disk, say); the previous one is intact."""
+
+
+class NonFiniteError(UserError):
+    """A NaN or infinity where numbers must be finite: an environment's observation or reward,
+    or too many learner updates in a row. The message names where it came from."""
+
+
+class RunDirectoryError(UserError):
+    """The run directory is in use by another writer, or is not a distdqn run."""
+
+
 class RunAborted(UserError):
     """A process the run cannot do without died or stalled; the last checkpoint is intact."""

@@ -2,12 +2,18 @@
 
 ``TrainingStats`` accumulates what happens between two rows (episodes that ended, learner update
 metrics) and turns it into a row with rates over the interval. ``MetricsWriter`` writes rows.
+
+History stays honest across a crash: a resumed run first drops the rows logged after its
+checkpoint (``env_steps`` past it) and a torn last line (``truncate_metrics``), and tells
+TensorBoard to drop its events past that step too (a SessionLog START at that step purges them);
+``read_metrics`` skips a torn last line of a run that is still writing or died mid-line.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections import deque
@@ -89,13 +95,16 @@ class TensorBoardWriter:
     files ``torch.utils.tensorboard`` writes, with no torch in between; importing either costs
     about 0.2 s once torch is loaded: ``python -m benchmarks.startup_costs``)."""
 
-    def __init__(self, log_dir: Path):
-        from tensorboard.compat.proto.event_pb2 import Event
+    def __init__(self, log_dir: Path, purge_step: int | None = None):
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
         from tensorboard.compat.proto.summary_pb2 import Summary
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         self._event, self._summary = Event, Summary
         self._writer = EventFileWriter(str(log_dir))
+        if purge_step is not None:   # a resumed run: TensorBoard drops earlier files' events past this step
+            self._writer.add_event(Event(step=purge_step + 1, wall_time=time.time(),
+                                         session_log=SessionLog(status=SessionLog.START)))
 
     def scalars(self, values: dict[str, Any], step: int) -> None:
         summary = self._summary(value=[
@@ -125,13 +134,24 @@ class TensorBoardWriter:
 
 
 class MetricsWriter:
-    """Appends rows to ``metrics.jsonl`` and mirrors numeric fields to TensorBoard (x = env steps)."""
+    """Appends rows to ``metrics.jsonl`` and mirrors numeric fields to TensorBoard (x = env steps)
+    and to any other ``sinks`` (objects with ``scalars(values, step)`` and ``close(summary)``:
+    wandb_logger.py's)."""
 
     def __init__(self, run_dir: Path, tensorboard: bool, progress: bool, total_env_steps: int,
-                 initial_env_steps: int = 0):
+                 initial_env_steps: int = 0, resumed: bool = False, note=None,
+                 sinks: list[Any] | tuple[Any, ...] = ()):
+        """``resumed``: the run goes on from a checkpoint at ``initial_env_steps``: rows past it
+        are dropped first. ``note``: where to report, once, rows lost to a failed write.
+        ``sinks``: other loggers each row also goes to (W&B)."""
+        self._sinks = list(sinks)
         self.path = run_dir / "metrics.jsonl"
+        if resumed:
+            truncate_metrics(self.path, initial_env_steps)
         self._file = self.path.open("a")
-        self._tb = TensorBoardWriter(run_dir / "tensorboard") if tensorboard else None
+        self._note, self._write_failed = note, False
+        self._tb = (TensorBoardWriter(run_dir / "tensorboard", initial_env_steps if resumed else None)
+                    if tensorboard else None)
         self._progress = None
         if progress and sys.stderr.isatty():
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -145,10 +165,19 @@ class MetricsWriter:
             self._progress.start()
 
     def write(self, row: dict[str, Any]) -> None:
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+        except OSError as exc:   # a full disk: the run goes on, its rows are lost meanwhile (said once)
+            if not self._write_failed and self._note is not None:
+                self._note(f"metrics.jsonl: a row could not be written ({exc.strerror or exc}); "
+                           f"rows are lost until it can be")
+            self._write_failed = True
+            return
         if self._tb is not None:
             self._tb.scalars({k: v for k, v in row.items() if k != "env_steps"}, int(row["env_steps"]))
+        for sink in self._sinks:
+            sink.scalars({k: v for k, v in row.items() if k != "env_steps"}, int(row["env_steps"]))
         if self._progress is not None:
             fmt = lambda v: "-" if v is None else f"{v:.1f}"
             self._progress.update(self._task, completed=row["env_steps"],
@@ -160,14 +189,57 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.histogram(tag, counts, step)
 
-    def close(self) -> None:
+    def close(self, summary: dict[str, Any] | None = None) -> None:
+        """Close every output; ``summary``: the run's, for sinks that keep one."""
         if self._progress is not None:
             self._progress.stop()
         if self._tb is not None:
             self._tb.close()
-        self._file.close()
+        for sink in self._sinks:
+            sink.close(summary)
+        try:
+            self._file.close()
+        except OSError:
+            pass   # the rows it could not flush were reported by write
+
+
+def _rows(text: str, source: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics file; a torn last line (a writer that died mid-line, or is writing it
+    now) is left out. A bad line before the last is a ValueError naming it."""
+    rows = []
+    lines = text.splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            if number == len(lines):
+                break
+            raise ValueError(f"{source}: line {number} is not a JSON row") from None
+        rows.append(row)
+    return rows
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of a run's metrics.jsonl (a torn last line skipped)."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _rows(path.read_text(), path)
+
+
+def truncate_metrics(path: Path, env_steps: int) -> int:
+    """Drop the rows past ``env_steps`` (logged after the checkpoint a run resumes from) and a
+    torn last line, replacing the file in one rename; returns how many rows were dropped."""
+    if not path.is_file():
+        return 0
+    rows = _rows(path.read_text(), path)
+    keep = [row for row in rows if row.get("env_steps", 0) <= env_steps]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in keep)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(rows) - len(keep)

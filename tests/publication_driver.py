@@ -48,7 +48,7 @@ def main(address: str) -> None:
         # an actor's weights client asks the learner and takes the newest publication a call later
         client = WeightsClient(source=learner, update_period=1)
         assert client.update() is None   # asked, not waited for
-        ray.wait([client._asked], timeout=60)
+        client._asked.result(timeout=60)   # the request's answer and weights, read on the client's thread
         taken = client.update()
         assert client.version == 32 and taken is not None
         expected = ray.get(last.box[0], timeout=60)

@@ -39,6 +39,10 @@ def assert_user_error(result, *fragments: str) -> str:
         (["topology=federated", "federated.clients=[{}, {attributes: {lenth: 1.0}}]"],
          ["federated.clients[1]", "env.attributes.lenth"]),
         (["topology=federated", "federated.clients=[{}]"], ["federated.clients", "one entry per client"]),
+        (["learner.lr=.inf"], ["learner.lr", "finite"]),
+        (["eval.solve_threshold=.nan"], ["eval.solve_threshold", "finite"]),
+        (["env.attributes={gravity: .nan}"], ["env.attributes.gravity", "finite"]),
+        (["replay.capacity=1000000000000"], ["replay.capacity", "less than or equal to"]),
     ],
 )
 def test_bad_config_is_one_line_and_creates_nothing(tmp_path, overrides, fragments):
@@ -88,9 +92,11 @@ def test_corrupt_checkpoint(tmp_path, short_run):
     shutil.copytree(short_run, run_dir)
     final = run_dir / "checkpoints" / "final"
     (final / "learner.pt").write_bytes(b"this is not a checkpoint")
+    (run_dir / "checkpoints" / "best" / "policy.pt").write_bytes(b"nor is this")
     before = _tree(run_dir)
     assert_user_error(run_cli(["train", "--resume", str(run_dir)]), "corrupt", "learner.pt")
-    assert_user_error(run_cli(["evaluate", str(run_dir)]), "corrupt", "learner.pt")
+    assert_user_error(run_cli(["evaluate", str(run_dir), "--checkpoint", "latest"]), "corrupt", "learner.pt")
+    assert_user_error(run_cli(["evaluate", str(run_dir)]), "corrupt", "best", "policy.pt")   # best by default
     assert _tree(run_dir) == before
 
 
@@ -102,7 +108,8 @@ def test_truncated_manifest(tmp_path, short_run):
     assert_user_error(run_cli(["train", "--resume", str(run_dir)]), "manifest")
 
 
-@pytest.mark.parametrize("override", ["network.hidden_sizes=[32]", "network.atoms=51"])
+@pytest.mark.parametrize("override", ["network.hidden_sizes=[32]", "network.atoms=51", "env.attributes={length: 0.7}",
+                                      "env.max_episode_steps=100", "replay.n_step=5", "learner.gamma=0.9"])
 def test_mismatched_checkpoint(tmp_path, short_run, override):
     run_dir = tmp_path / "run"
     shutil.copytree(short_run, run_dir)

@@ -59,9 +59,12 @@ def test_an_unknown_name_is_one_line_naming_it_and_the_presets(tmp_path):
 
 @pytest.fixture(scope="module")
 def installed_wheel(tmp_path_factory) -> Path:
-    """A venv (seeing the system's packages, for torch and the rest) with the wheel of this tree
-    installed; returns its bin/ folder. Built from a copy of the sources, so that no build/ left in
-    the tree (or in another worktree) leaks into the wheel. Offline: no index, no build isolation."""
+    """A venv (seeing this interpreter's packages, for torch and the rest) with the wheel of this
+    tree installed; returns its bin/ folder. Built from a copy of the sources, so that no build/
+    left in the tree (or in another worktree) leaks into the wheel. Offline: no index, no build
+    isolation. This interpreter may itself be a venv: ``--system-site-packages`` would see the base
+    interpreter's packages, not the ones installed here, so the new venv adds this interpreter's
+    site-packages folders after its own (a .pth file), whichever Python runs the tests."""
     root = tmp_path_factory.mktemp("wheel")
     src = root / "src"
     shutil.copytree(REPO / "distdqn", src / "distdqn", ignore=shutil.ignore_patterns("__pycache__"))
@@ -72,7 +75,11 @@ def installed_wheel(tmp_path_factory) -> Path:
              *pip_quiet, "-w", str(root / "dist")], root)
     (wheel,) = (root / "dist").glob("distdqn-*.whl")
     venv = root / "venv"
-    succeed([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], root)
+    succeed([sys.executable, "-m", "venv", str(venv)], root)
+    (venv_site,) = (venv / "lib").glob("python*/site-packages")
+    outer = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
+    (venv_site / "outer_site_packages.pth").write_text(
+        "import site; " + "; ".join(f"site.addsitedir({p!r})" for p in outer) + "\n")
     succeed([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "--force-reinstall",
              *pip_quiet, str(wheel)], root)
     return venv / "bin"

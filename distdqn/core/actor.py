@@ -5,6 +5,10 @@ Gymnasium 1.x vector envs autoreset a finished sub-env on the *next* step (NEXT_
 a transition. This module is the one place that knows it: such steps are marked invalid and never
 become transitions, and bootstrapping is cut only by ``terminated``, never by ``truncated``.
 
+Observations and rewards must be finite: a NaN or infinity is an error naming the env and the
+field (``non_finite="error"``), or its transitions are dropped and counted (``"skip"``: the steps
+counted in ``non_finite_skipped`` and each Rollout's ``non_finite_steps``, their rewards left out of episode returns).
+
 The per-step loop only selects actions, steps the env and copies the results into preallocated
 [T, num_envs] arrays; n-step returns and episode statistics are computed once per block.
 """
@@ -17,9 +21,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from distdqn.core.finite import finite_rows
 from distdqn.core.nstep import NStepAccumulator, StepBlock
 from distdqn.core.policy import epsilon_greedy
 from distdqn.core.transitions import Transitions
+from distdqn.errors import NonFiniteError
 
 
 @dataclass
@@ -28,6 +34,7 @@ class Rollout:
     env_steps: int                # transitions experienced (reset steps excluded), before n-step
     episode_returns: np.ndarray   # undiscounted returns of the episodes that ended in this rollout
     episode_lengths: np.ndarray
+    non_finite_steps: int = 0     # steps with a NaN or infinite next observation or reward (skipped)
 
 
 def _check_autoreset(env: gym.vector.VectorEnv) -> None:
@@ -39,8 +46,13 @@ def _check_autoreset(env: gym.vector.VectorEnv) -> None:
 class Actor:
     """Collects experience from one vector env with a policy that maps observations to Q-values."""
 
-    def __init__(self, env: gym.vector.VectorEnv, policy: Any, n_step: int, gamma: float, seed: int):
+    def __init__(self, env: gym.vector.VectorEnv, policy: Any, n_step: int, gamma: float, seed: int,
+                 non_finite: str = "error", env_name: str = "the env"):
         _check_autoreset(env)
+        if non_finite not in ("error", "skip"):
+            raise ValueError(f"non_finite must be error or skip, not {non_finite!r}")
+        self.non_finite, self.env_name = non_finite, env_name
+        self.non_finite_skipped = 0   # steps whose next observation or reward was NaN or infinite
         self.env = env
         self.policy = policy
         self.num_envs = env.num_envs
@@ -83,6 +95,7 @@ class Actor:
             action[t] = np.where(explore[t], random_actions[t], greedy)
             obs_buf[t + 1], reward[t], terminated[t], truncated[t], _ = self.env.step(action[t])
         self._obs = obs_buf[num_steps].copy()
+        bad = self._non_finite(obs_buf, reward)   # [T, N] steps with a NaN or infinity, or None
 
         # The step after an episode's end is the autoreset step: not a transition.
         ended = terminated | truncated
@@ -93,9 +106,38 @@ class Actor:
         block = StepBlock(obs=obs_buf[:-1], action=action, reward=reward, next_obs=obs_buf[1:],
                           terminated=terminated, truncated=truncated, valid=valid)
 
-        returns, lengths = self._episode_stats(block)
-        transitions = self.nstep.add(block)
-        return Rollout(transitions, int(valid.sum()), returns, lengths)
+        if bad is None:
+            returns, lengths = self._episode_stats(block)
+            transitions = self.nstep.add(block)
+        else:   # skip: the bad rewards count for nothing in returns; no transition holds a bad number
+            returns, lengths = self._episode_stats(StepBlock(**{**vars(block), "reward": np.where(
+                np.isfinite(reward), reward, np.float32(0))}))
+            transitions = self.nstep.add(block)
+            keep = finite_rows(transitions)
+            if not keep.all():
+                transitions = Transitions(**{k: v[keep] for k, v in transitions.as_dict().items()})
+        return Rollout(transitions, int(valid.sum()), returns, lengths, 0 if bad is None else int(bad.sum()))
+
+    def _non_finite(self, obs_buf: np.ndarray, reward: np.ndarray) -> np.ndarray | None:
+        """None if every observation and reward of the block is finite; else the [T, N] steps with
+        a NaN or infinity in their reward or next observation (``skip``: counted), or, under
+        ``error``, a NonFiniteError naming the env, the field and the sub-env."""
+        next_obs = obs_buf[1:]
+        float_obs = next_obs.dtype.kind == "f"
+        if np.isfinite(reward).all() and (not float_obs or np.isfinite(next_obs).all()):
+            return None
+        bad_reward = ~np.isfinite(reward)
+        bad_obs = (~np.isfinite(next_obs).reshape(*reward.shape, -1).all(axis=2) if float_obs
+                   else np.zeros_like(bad_reward))
+        if self.non_finite == "error":
+            field, where = ("reward", bad_reward) if bad_reward.any() else ("observation", bad_obs)
+            t, i = (int(x[0]) for x in np.nonzero(where))
+            value = reward[t, i] if field == "reward" else next_obs[t, i][~np.isfinite(next_obs[t, i])][0]
+            raise NonFiniteError(f"env {self.env_name}: a non-finite {field} ({value}) from sub-env {i}; "
+                                 f"env.non_finite=skip drops such transitions instead")
+        bad = bad_reward | bad_obs
+        self.non_finite_skipped += int(bad.sum())
+        return bad
 
     def _episode_stats(self, block: StepBlock) -> tuple[np.ndarray, np.ndarray]:
         """Returns and lengths of the episodes that ended in ``block``, without a per-step loop."""

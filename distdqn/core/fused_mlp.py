@@ -33,6 +33,7 @@ class FusedMLPUpdate:
         if not (supports(online) and supports(target)):
             raise TypeError("FusedMLPUpdate needs MLPQNetwork online and target networks")
         self.double_dqn, self.loss, self.huber_delta = double_dqn, loss, huber_delta
+        self._encode = online.encode   # flattened, or one-hot encoded: no parameters, nothing to differentiate
         self.dueling = online.dueling
         for p in online.parameters():
             if p.grad is None:
@@ -73,8 +74,8 @@ class FusedMLPUpdate:
     def __call__(self, obs, action, reward, next_obs, terminated, discount, weights):
         """Fill the online network's ``.grad``; return (loss, td_errors, mean Q of taken actions)."""
         batch = obs.shape[0]
-        obs = obs.flatten(1).float()
-        next_obs = next_obs.flatten(1).float()
+        obs = self._encode(obs)
+        next_obs = self._encode(next_obs)
         action = action[:, None]
 
         # forward: the online net on s and s' in one pass (keeping activations), the target on s'

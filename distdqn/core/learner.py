@@ -16,6 +16,11 @@ and target networks, the optimizer, the TD update), which is both.
 Gradients are clipped where they are computed (per worker), so one worker's ``gradient`` ->
 ``apply_gradient`` is exactly ``step``. The learner split over ranks (core/tensor_parallel.py,
 local/model_parallel.py) is a Learner, not a GradientLearner.
+
+An update whose loss or gradient is NaN or infinite is skipped (parameters and optimizer left
+as they were) and counted: ``step`` judges its own loss and gradient; ``apply_gradient()`` the
+gradient it is about to apply (after an all-reduce every replica holds the same one, so every
+replica skips the same updates). ``learner.max_non_finite_updates`` in a row raise NonFiniteError.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch
 from torch import nn
 
 from distdqn.core import fused_mlp
+from distdqn.core.finite import NonFiniteStreak, finite
 from distdqn.core.losses import categorical_loss, categorical_targets, td_loss, td_targets
 from distdqn.core.optim import Adam
 from distdqn.core.schedules import LinearSchedule
@@ -132,6 +138,7 @@ class TDUpdate:
         self.updates = 0
         self.target_version = 0     # ``updates`` when the target network last changed
         self.owns_target = owns_target
+        self.non_finite = NonFiniteStreak(cfg.max_non_finite_updates, "learner (its loss or gradient)")   # updates skipped
         use_fused = cfg.kernel == "fused_mlp" or (cfg.kernel == "auto" and fused_mlp.supports(network))
         if cfg.kernel == "fused_mlp" and not fused_mlp.supports(network):
             raise ValueError("learner.kernel fused_mlp needs an MLP network (network.kind: mlp) "
@@ -208,6 +215,8 @@ class TDUpdate:
     def step(self, batch: Batch) -> StepResult:
         """One learner update on ``batch``; returns metrics and the new priorities."""
         result = self._clipped_gradient(batch)
+        if not self.non_finite.check(finite([result.metrics["loss"], result.metrics["grad_norm"]])):
+            return StepResult({"non_finite_update_share": 1.0}, result.priorities)   # nothing changed
         self._optimizer_step()
         return result
 
@@ -238,6 +247,8 @@ class DQNLearner(TDUpdate):
         clipped gradient ``gradient`` left there, averaged in place by an all-reduce)."""
         if grads is not None:
             self.flat_grads.copy_(torch.from_numpy(grads))
+        elif not self.non_finite.check(finite(self.flat_grads)):   # skipped on every replica alike
+            return
         self._optimizer_step()
 
     def advance(self, num_updates: int) -> None:

@@ -13,14 +13,16 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from distdqn.core.networks import build_q_network
+from distdqn.core.networks import InputEncoding, build_q_network, encode_numpy
 
 
 class NumpyMLPPolicy:
-    """Q-values of an ``MLPQNetwork`` computed with NumPy from its weights."""
+    """Q-values of an ``MLPQNetwork`` computed with NumPy from its weights (its observations
+    encoded as the network's ``encoding`` says, if it has one)."""
 
-    def __init__(self, weights: Mapping[str, np.ndarray], dueling: bool):
+    def __init__(self, weights: Mapping[str, np.ndarray], dueling: bool, encoding: InputEncoding | None = None):
         self.dueling = dueling
+        self.encoding = encoding
         self.set_weights(weights)
 
     def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
@@ -36,8 +38,20 @@ class NumpyMLPPolicy:
         else:
             self._head = (np.ascontiguousarray(weights["head.weight"].T), np.array(weights["head.bias"]))
 
+    def weights(self) -> dict[str, np.ndarray]:
+        """A copy of the weights this policy acts with, keyed as the network's state dict."""
+        out = {}
+        for i, (w, b) in enumerate(self._hidden):
+            out[f"hidden.{i}.weight"], out[f"hidden.{i}.bias"] = w.T.copy(), b.copy()
+        heads = ({"head.value": self._value, "head.advantage": self._advantage} if self.dueling
+                 else {"head": self._head})
+        for name, (w, b) in heads.items():
+            out[f"{name}.weight"], out[f"{name}.bias"] = w.T.copy(), b.copy()
+        return out
+
     def q_values(self, obs: np.ndarray) -> np.ndarray:
-        x = obs.reshape(len(obs), -1).astype(np.float32, copy=False)
+        x = (encode_numpy(self.encoding, obs) if self.encoding is not None
+             else obs.reshape(len(obs), -1).astype(np.float32, copy=False))
         for w, b in self._hidden:
             x = x @ w
             x += b
@@ -61,6 +75,10 @@ class TorchPolicy:
     def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         self.network.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
 
+    def weights(self) -> dict[str, np.ndarray]:
+        """A copy of the weights this policy acts with, keyed as the network's state dict."""
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.network.state_dict().items()}
+
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return self.network(torch.as_tensor(obs)).numpy()
@@ -68,13 +86,13 @@ class TorchPolicy:
 
 def make_policy(kind: str, obs_shape: tuple[int, ...], num_actions: int, hidden_sizes: list[int],
                 dueling: bool, weights: Mapping[str, np.ndarray], atoms: int = 1,
-                v_min: float = -10.0, v_max: float = 10.0):
+                v_min: float = -10.0, v_max: float = 10.0, encoding: InputEncoding | None = None):
     """The fastest policy that computes exactly this network's Q-values (NumPy for an MLP with one
     value per action; torch for the rest, a categorical head included)."""
     if kind == "mlp" and atoms == 1:
-        return NumpyMLPPolicy(weights, dueling)
-    return TorchPolicy(build_q_network(kind, obs_shape, num_actions, hidden_sizes, dueling, atoms, v_min, v_max),
-                       weights)
+        return NumpyMLPPolicy(weights, dueling, encoding)
+    return TorchPolicy(build_q_network(kind, obs_shape, num_actions, hidden_sizes, dueling, atoms, v_min, v_max,
+                                       encoding), weights)
 
 
 def epsilon_greedy(q_values: np.ndarray, epsilon: float | np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -67,3 +67,4 @@ class Experience:
 
     env_steps: int = 0
     episodes: Episodes = field(default_factory=Episodes)
+    non_finite_steps: int = 0       # steps skipped for a NaN or infinite observation or reward

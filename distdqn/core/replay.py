@@ -251,9 +251,12 @@ class PrioritizedReplay(ReplayBuffer):
     def _on_add(self, positions: np.ndarray, priorities: np.ndarray | None) -> None:
         if priorities is None:
             priorities = np.full(len(positions), self.max_priority)
-        else:
+        else:   # a NaN or infinite priority would make the tree's total NaN: the highest seen instead
             priorities = np.abs(priorities) + self.priority_eps
-            self.max_priority = max(self.max_priority, float(priorities.max()))
+            known = np.isfinite(priorities)
+            if known.any():
+                self.max_priority = max(self.max_priority, float(priorities[known].max()))
+            priorities = np.where(known, priorities, self.max_priority)
         self._set(positions, priorities)
 
     def _draw(self, num_batches: int, batch_size: int, beta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -280,7 +283,14 @@ class PrioritizedReplay(ReplayBuffer):
         return indices, self._sums[indices]
 
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
+        """New priorities |td_error| + eps; a NaN or infinite one leaves that transition's as it was
+        (one would make the tree's total NaN, and every later sample garbage)."""
         priorities = np.abs(np.asarray(td_errors, dtype=np.float64)) + self.priority_eps
+        known = np.isfinite(priorities)
+        if not known.all():
+            indices, priorities = np.asarray(indices)[known], priorities[known]
+            if not len(priorities):
+                return
         self.max_priority = max(self.max_priority, float(priorities.max()))
         self._set(np.asarray(indices), priorities)
 
@@ -296,6 +306,21 @@ class PrioritizedReplay(ReplayBuffer):
         stored = np.arange(self.capacity) < len(self)   # the ring fills positions 0, 1, ... first
         self._mins.load_state_dict({"leaves": np.where(stored, self._sums[np.arange(self.capacity)], np.inf)})
         self.max_priority = float(state["max_priority"])
+
+
+def estimated_bytes(capacity: int, obs_shape: tuple[int, ...], obs_dtype: np.dtype, storage: str = "auto",
+                    prioritized: bool = False) -> int:
+    """Memory a full replay of ``capacity`` transitions holds: observations (``full``: obs and
+    next_obs each; ``frames``: about one frame per transition, plus its references), the
+    per-transition arrays, and the two sum-trees of a prioritized one."""
+    itemsize = np.dtype(obs_dtype).itemsize
+    if resolve_storage(storage, tuple(obs_shape), obs_dtype) == "frames":
+        stack = obs_shape[0]
+        observations = capacity * (int(np.prod(obs_shape[1:])) * itemsize * 9 // 8 + 2 * stack * 4 + 13)
+    else:
+        observations = 2 * capacity * int(np.prod(obs_shape)) * itemsize
+    per_transition = 8 + 4 + 1 + 4 + (2 * 8 if prioritized else 0)
+    return observations + capacity * per_transition
 
 
 def make_replay(prioritized: bool, capacity: int, obs_shape: tuple[int, ...], obs_dtype: np.dtype,

@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from distdqn.config import Config
+from distdqn.core.finite import NonFiniteStreak
 from distdqn.core.learner import DQNLearner, StepResult, resolve_device
 from distdqn.core.tensor_parallel import Collective, ShardedLearner
 from distdqn.core.transitions import Batch
@@ -171,6 +172,11 @@ class ModelParallelLearner:
     @property
     def comm(self) -> Collective:
         return self.shard.comm
+
+    @property
+    def non_finite(self) -> NonFiniteStreak:
+        """The updates skipped for a NaN or infinity (every rank skips the same ones)."""
+        return self.shard.non_finite
 
     def _all_ranks(self, what: str, command: int, argument: int, call: Callable[[], Any]) -> Any:
         try:

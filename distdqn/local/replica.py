@@ -33,9 +33,8 @@ from distdqn.core.actor import Rollout
 from distdqn.core.learner import StepResult
 from distdqn.core.records import Episodes, Experience, UpdateStats
 from distdqn.core.transitions import Batch
-from distdqn.envs import EnvInfo
+from distdqn.envs import EnvInfo, env_state, load_env_state
 from distdqn.local import build
-from distdqn.local.session import restore_env, snapshot_env
 
 
 def replica_seed(seed: int, index: int, generation: int = 0) -> int:
@@ -93,12 +92,13 @@ class Replica:
         self.env_steps += rollout.env_steps
         episodes = Episodes.of(rollout.episode_returns, rollout.episode_lengths)
         self._experience = Experience(self._experience.env_steps + rollout.env_steps,
-                                      self._experience.episodes + episodes)
+                                      self._experience.episodes + episodes,
+                                      self._experience.non_finite_steps + rollout.non_finite_steps)
 
     def sample_owed(self) -> list[Batch]:
         """The batches the replay ratio owes for the env steps stored so far."""
         owed = self.ratio.due(self.env_steps, self.batches_drawn)
-        if not owed:
+        if not owed or not len(self.replay):   # empty: every step so far was non-finite (env.non_finite=skip)
             return []
         self.batches_drawn += owed
         return self.replay.sample_batches(owed, self.cfg.learner.batch_size, self.beta(self.run_env_steps))
@@ -174,28 +174,29 @@ class Replica:
 
     # ---- checkpointing (batches already drawn but not yet used are dropped) ----
     def state_dict(self, with_replay: bool = True, with_env: bool = False) -> dict[str, Any]:
-        """``with_env``: the vector env too, pickled where it can be (then a resumed run continues
-        the same episodes: ``single``'s exact resume)."""
+        """``with_env``: the vector env's state too, as data, where the env keeps it in data
+        (``envs.DATA_STATE_ENVS``; then a resumed run continues the same episodes: ``single``'s
+        exact resume); None where it does not."""
         state = {"learner": self.learner.state_dict(), "actor": self.actor.state_dict(),
                  "env_steps": self.env_steps, "batches_drawn": self.batches_drawn}
         if with_replay:
             state["replay"] = self.replay.state_dict()
         if with_env:
-            state["env"] = snapshot_env(self.actor.env)
+            state["env"] = env_state(self.actor.env)
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> bool:
+        """Restore the replica; True if its env's episodes go on (the env's state was saved), False
+        if they start afresh."""
         self.learner.load_state_dict(state["learner"])
-        env_restored = state.get("env") is not None
-        if env_restored:
-            self.actor.env.close()
-            self.actor.env = restore_env(state["env"])
+        env_restored = state.get("env") is not None and load_env_state(self.actor.env, state["env"])
         self.actor.load_state_dict(state["actor"], env_restored)
         self.env_steps, self.batches_drawn = int(state["env_steps"]), int(state["batches_drawn"])
         if "replay" in state:
             self.replay.load_state_dict(state["replay"])
         self._pending = []
         self.sync_policy()
+        return env_restored
 
     def close(self) -> None:
         self.actor.env.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import random
 import sys
 import threading
@@ -24,10 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from distdqn.checkpoint import prune_checkpoints, save_checkpoint
+from distdqn import signals
+from distdqn.checkpoint import BEST, prune_checkpoints, save_checkpoint
 from distdqn.config import Config
 from distdqn.core.actor import evaluate
 from distdqn.envs import EnvInfo, make_vector_env
+from distdqn.errors import CheckpointWriteError
 from distdqn.local import build
 from distdqn.metrics import MetricsWriter, TrainingStats
 
@@ -63,18 +64,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def snapshot_env(env: Any) -> bytes | None:
-    """The vector env pickled, so a resumed run continues the same episodes; None if it can't be."""
-    try:
-        return pickle.dumps(env)
-    except Exception:  # noqa: BLE001 - e.g. Box2D worlds and subprocess envs are not picklable
-        return None
-
-
-def restore_env(snapshot: bytes) -> Any:
-    return pickle.loads(snapshot)
-
-
 class RunSession:
     """Evaluation, metrics, checkpoints and the summary for one run (or one resumed segment)."""
 
@@ -92,10 +81,15 @@ class RunSession:
         self.eval_envs = make_vector_env(cfg.env, cfg.eval.num_envs, evaluation=True)
         self.evaluations = 0
         self.last_eval: dict[str, Any] | None = None
+        self.best_eval: dict[str, Any] | None = None   # the evaluation checkpoints/best holds
         self.solved_at: dict[str, Any] | None = None
         self.next_eval = cfg.eval.interval_env_steps
         self.next_log = cfg.log.interval_env_steps
         self.next_checkpoint = cfg.checkpoint.interval_env_steps or math.inf
+        self._last_save = self.start    # periodic checkpoints by wall clock: checkpoint.interval_s
+        self.failed_saves = 0           # periodic checkpoints that could not be written (a full disk)
+        self._failing = 0               # ... in a row
+        self.resumed = False            # ``resume`` was called: metrics rows past its env steps go
         self.stats = TrainingStats(self.start)
         self.writer: MetricsWriter | None = None
         self._last_logged_env_steps = -1
@@ -112,7 +106,16 @@ class RunSession:
         """Start the metrics (after ``resume``, if resuming), counting rates from these counts."""
         self.stats.rebase(self.start - self.wall_offset, self.start, env_steps, learner_updates)
         self.writer = MetricsWriter(self.run_dir, self.cfg.log.tensorboard, self.cfg.log.progress,
-                                    self.cfg.train.total_env_steps, env_steps)
+                                    self.cfg.train.total_env_steps, env_steps, resumed=self.resumed,
+                                    note=self.note, sinks=self._sinks())
+        self._last_save = time.perf_counter()
+
+    def _sinks(self) -> list[Any]:
+        """Loggers beside metrics.jsonl and TensorBoard: Weights & Biases when ``log.wandb`` asks."""
+        if self.cfg.log.wandb.mode == "off":
+            return []
+        from distdqn.wandb_logger import WandbWriter
+        return [WandbWriter(self.cfg, self.run_dir)]
 
     def wall_s(self) -> float:
         return self.wall_offset + time.perf_counter() - self.start
@@ -157,6 +160,24 @@ class RunSession:
         self._eval_logged = False
         if self.solved_at is None and len(returns) >= 10 and returns.mean() >= self.threshold:
             self.solved_at = {"time_to_solve_s": wall_s, "env_steps_to_solve": env_steps}
+        self._keep_if_best(env_steps)
+
+    def _keep_if_best(self, env_steps: int) -> None:
+        """``checkpoints/best``: the evaluated network (the session's policy holds its weights until
+        the next evaluation), when its evaluation beats every earlier one (``checkpoint.keep_best``).
+        Weights only, no point to resume from: ``latest`` is left as it is."""
+        mean = self.last_eval["eval_return_mean"]
+        if not self.cfg.checkpoint.keep_best or (self.best_eval is not None and mean <= self.best_eval["eval_return_mean"]):
+            return
+        self.best_eval = dict(self.last_eval)
+        online = {k: torch.from_numpy(np.array(v)) for k, v in self._policy.weights().items()}
+        try:
+            save_checkpoint(self.run_dir / "checkpoints", BEST, {"policy": {"online": online}}, self.cfg.to_yaml(),
+                            {"env_steps": env_steps, "topology": self.cfg.topology, "env": self._spaces(),
+                             **self.best_eval}, latest=False)
+        except CheckpointWriteError as exc:   # a full disk: the previous best stays; counted like any save
+            self.failed_saves += 1
+            self.note(f"{exc}; the run goes on")
 
     def _start_background(self, policy: Any, env_steps: int) -> None:
         box: dict[str, Any] = {}
@@ -183,9 +204,12 @@ class RunSession:
         self._record_evaluation(box["returns"], self._eval_env_steps, box["wall_s"])
 
     def should_stop(self) -> bool:
-        """True when the run ends before its env-step budget: solved (with ``eval.stop_when_solved``)
-        or past ``train.max_wall_s`` of wall clock (resumed time included)."""
-        if self.cfg.eval.stop_when_solved and self.solved_at is not None:
+        """True when the run ends before its env-step budget: solved (with ``eval.stop_when_solved``),
+        past ``train.max_wall_s`` of wall clock (resumed time included), or asked to by SIGTERM or
+        SIGINT (``signals``: this is the run's safe point)."""
+        if signals.stop_requested() is not None:
+            self.stop_reason = signals.stop_requested()
+        elif self.cfg.eval.stop_when_solved and self.solved_at is not None:
             self.stop_reason = "solved"
         elif self.cfg.train.max_wall_s is not None and self.wall_s() >= self.cfg.train.max_wall_s:
             self.stop_reason = "max_wall_s"
@@ -227,20 +251,45 @@ class RunSession:
 
     # ---- checkpoints ----
     def checkpoint_if_due(self, env_steps: int, components: Callable[[], dict[str, Any]]) -> None:
-        if env_steps >= self.next_checkpoint:
-            while self.next_checkpoint <= env_steps:
-                self.next_checkpoint += self.cfg.checkpoint.interval_env_steps
+        """A periodic checkpoint, every ``checkpoint.interval_env_steps`` env steps and every
+        ``checkpoint.interval_s`` seconds of wall clock; one that fails (a full disk) is reported
+        in one line and the run goes on."""
+        interval_s = self.cfg.checkpoint.interval_s
+        by_wall = interval_s is not None and time.perf_counter() - self._last_save >= interval_s
+        if env_steps < self.next_checkpoint and not by_wall:
+            return
+        while self.next_checkpoint <= env_steps:
+            self.next_checkpoint += self.cfg.checkpoint.interval_env_steps
+        self._last_save = time.perf_counter()
+        try:
             self.save(f"step-{env_steps:012d}", env_steps, components())
-            prune_checkpoints(self.run_dir / "checkpoints", "step-", self.cfg.checkpoint.keep)
+        except CheckpointWriteError as exc:
+            self.failed_saves += 1
+            self._failing += 1
+            if self._failing == 1:   # said once; the summary counts them all
+                self.note(f"{exc}; the run goes on (saves that fail after it are counted, not reported)")
+            return
+        if self._failing:
+            self.note(f"checkpoint step-{env_steps:012d} was written, after {self._failing} that were not")
+            self._failing = 0
+        prune_checkpoints(self.run_dir / "checkpoints", "step-", self.cfg.checkpoint.keep)
 
     def save(self, name: str, env_steps: int, components: dict[str, Any]) -> Path:
+        """Checkpoint ``name``: the components, the session's state and the RNGs; its manifest
+        records the environment's spaces (checked when the checkpoint is resumed or evaluated)."""
         components = {**components, "session": self.state_dict(), "rng": rng_state()}
         return save_checkpoint(self.run_dir / "checkpoints", name, components, self.cfg.to_yaml(),
-                               {"env_steps": env_steps, "topology": self.cfg.topology})
+                               {"env_steps": env_steps, "topology": self.cfg.topology, "env": self._spaces()})
+
+    def _spaces(self) -> dict[str, Any]:
+        """The environment's spaces, for a manifest (checked when a checkpoint is resumed or evaluated)."""
+        info = self.info
+        return {"id": self.cfg.env.id, "observation_shape": list(info.obs_shape),
+                "observation_dtype": str(np.dtype(info.obs_dtype)), "num_actions": int(info.num_actions)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"wall_s": self.wall_s(), "evaluations": self.evaluations, "last_eval": self.last_eval,
-                "solved_at": self.solved_at, "next_eval": self.next_eval, "next_log": self.next_log,
+                "solved_at": self.solved_at, "best_eval": self.best_eval, "next_eval": self.next_eval, "next_log": self.next_log,
                 "next_checkpoint": self.next_checkpoint, "episodes": self.stats.episodes,
                 "recent_episodes": list(self.stats.recent)}
 
@@ -250,8 +299,10 @@ class RunSession:
         self.wall_offset = float(state["wall_s"])
         self.evaluations = int(state["evaluations"])
         self.last_eval, self.solved_at = state["last_eval"], state["solved_at"]
+        self.best_eval = state.get("best_eval")
         self.next_eval, self.next_log = state["next_eval"], state["next_log"]
         self.next_checkpoint = state["next_checkpoint"]
+        self.resumed = True
         self.stats.episodes = int(state["episodes"])
         self.stats.recent.extend(tuple(r) for r in state["recent_episodes"])
 
@@ -261,7 +312,8 @@ class RunSession:
         """Final evaluation (of ``weights``), final checkpoint, last metrics row and summary.json:
         the run's own fields, then each typed part's (a dataclass, or an object with
         ``summary_fields()``: a topology's counters and summary); a field given twice is an error,
-        not an overwrite."""
+        not an overwrite. A final checkpoint that cannot be written (a full disk) is reported in
+        the summary (``final_checkpoint: false``), then raised."""
         self._record_background()
         if self.last_eval is not None and not self._eval_logged:   # (a thread's, the solving one) before the final
             self.log(env_steps, learner_updates)
@@ -270,7 +322,13 @@ class RunSession:
             self.log(env_steps, learner_updates)
         elif self._last_logged_env_steps != env_steps:
             self.log(env_steps, learner_updates)
-        self.save("final", env_steps, components)
+        try:
+            self.save("final", env_steps, components)
+            not_saved = None
+        except CheckpointWriteError as exc:
+            not_saved = exc
+            self.notes.append(f"{self.wall_s():.1f}s: {exc}")
+        stop_reason = "interrupted" if interrupted else self.stop_reason or "total_env_steps"
         summary = {
             "topology": self.cfg.topology,
             "env_id": self.cfg.env.id,
@@ -281,12 +339,16 @@ class RunSession:
             "env_steps_to_solve": self.solved_at["env_steps_to_solve"] if self.solved_at else None,
             "final_eval_return_mean": self.last_eval["eval_return_mean"],
             "final_eval_return_std": self.last_eval["eval_return_std"],
+            "best_eval_return_mean": self.best_eval["eval_return_mean"] if self.best_eval else None,
+            "best_eval_env_steps": self.best_eval["eval_env_steps"] if self.best_eval else None,
             "wall_s": self.wall_s(),
             "env_steps": env_steps,
             "learner_updates": learner_updates,
             "episodes": self.stats.episodes,
-            "interrupted": interrupted,
-            "stop_reason": "interrupted" if interrupted else self.stop_reason or "total_env_steps",
+            "interrupted": stop_reason in ("interrupted", "terminated"),
+            "stop_reason": stop_reason,
+            "final_checkpoint": not_saved is None,
+            "failed_checkpoints": self.failed_saves + (not_saved is not None),
             "notes": self.notes,
         }
         for part in parts:
@@ -295,15 +357,22 @@ class RunSession:
                 if key in summary:
                     raise ValueError(f"summary field {key!r} given twice ({type(part).__name__})")
                 summary[key] = value
-        self.write_json("summary.json", summary)
-        self.close()
+        try:
+            self.write_json("summary.json", summary)
+        except OSError:
+            if not_saved is None:
+                raise
+        self.close(summary)
+        if not_saved is not None:
+            raise not_saved
         return RunResult(summary, self.run_dir)
 
-    def close(self) -> None:
+    def close(self, summary: dict[str, Any] | None = None) -> None:
+        """Close the metrics and the evaluation envs; ``summary``: the run's, for loggers that keep one."""
         if self._eval_thread is not None:   # a run that ends in an error: let its evaluation end first
             self._eval_thread.join(timeout=60)
         if self.writer is not None:
-            self.writer.close()
+            self.writer.close(summary)
             self.writer = None
         if self.eval_envs is not None:
             self.eval_envs.close()

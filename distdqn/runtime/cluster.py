@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import ray
 from ray._private import ray_constants
 
+from distdqn import signals
 from distdqn.errors import UserError
 
 LOOPBACK = "127.0.0.1"
@@ -75,13 +76,18 @@ def check_reachable(address: str | None, timeout_s: float = 10.0) -> None:
         raise ClusterError(f"--address {address}: cannot reach a Ray cluster there ({problem})")
 
 
-def connect(address: str | None = None, num_cpus: int | None = None, timeout_s: float = 30.0) -> Cluster:
-    """Join ``address`` (or RAY_ADDRESS) or start a local instance; raise ClusterError on failure."""
+def connect(address: str | None = None, num_cpus: int | None = None, timeout_s: float = 30.0,
+            py_modules: list[str] | tuple[str, ...] = ()) -> Cluster:
+    """Join ``address`` (or RAY_ADDRESS) or start a local instance; raise ClusterError on failure.
+    ``py_modules``: the user's code (envs.py: ``user_module_paths``), shipped to every node with
+    the job (Ray's runtime environment), so that workers there import it as the driver does."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
         ray.shutdown()
     kwargs = {"include_dashboard": False, "log_to_driver": True, "logging_level": logging.WARNING,
               "configure_logging": True}
+    if py_modules:
+        kwargs["runtime_env"] = {"py_modules": list(py_modules)}
     if address in (None, "local"):
         # the local instance offers at least what the run asks for (oversubscribing the cores
         # rather than leaving some of its processes unscheduled)
@@ -104,6 +110,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, timeout_s: 
         text = str(exc).strip()
         first = text.splitlines()[0] if text else ""
         raise ClusterError(f"--address {address or 'local'}: {type(exc).__name__}: {first}") from None
+    signals.reclaim()   # ray.init replaced the run's SIGTERM handler with its own
     resources = ray.cluster_resources()
     return Cluster(address, started_here, len([n for n in ray.nodes() if n.get("Alive")]),
                    resources.get("CPU", 0.0), resources.get("GPU", 0.0), startup_log)

@@ -25,9 +25,10 @@ import ray
 import torch
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayError
 
+from distdqn.checkpoint import restoring
 from distdqn.config import Config
 from distdqn.core.records import Experience, UpdateStats
-from distdqn.envs import EnvInfo
+from distdqn.envs import EnvInfo, user_module_paths
 from distdqn.errors import RunAborted
 from distdqn.local import affinity
 from distdqn.local.session import RunResult, RunSession, seed_everything, set_rng_state
@@ -57,7 +58,7 @@ class Conductor:
         self.cluster = None
         try:
             self.cluster = connect(cfg.cluster.address, num_cpus=math.ceil(cpus),
-                                   timeout_s=cfg.cluster.connect_timeout_s)
+                                   timeout_s=cfg.cluster.connect_timeout_s, py_modules=user_module_paths(cfg.env))
             require_resources(cpus, gpus, what)
             if self.cluster.startup_log:
                 self.session.write_log(self.cluster.startup_log)
@@ -94,14 +95,15 @@ class Conductor:
             return None
         state = RunState.from_components(resume, type(self.counters))
         self.counters = state.counters
-        if state.replicas is not None and self.pool is not None:
-            self.pool.load_state_dicts(state.replicas)
-        if self.pool is not None:
-            self.pool.restarts = self.counters.restarts
-        self.session.resume(resume["session"])
-        set_rng_state(resume["rng"])
-        if learner is not None:
-            learner.load_state_dict(state.learner)
+        with restoring():   # a part that does not fit (a shape, a missing key) is one line
+            if state.replicas is not None and self.pool is not None:
+                self.pool.load_state_dicts(state.replicas)
+            if self.pool is not None:
+                self.pool.restarts = self.counters.restarts
+            self.session.resume(resume["session"])
+            set_rng_state(resume["rng"])
+            if learner is not None:
+                learner.load_state_dict(state.learner)
         return state
 
     def open(self) -> None:
@@ -137,6 +139,7 @@ class Conductor:
     def absorb(self, experience: Experience) -> None:
         """Count what a process reports: env steps and ended episodes."""
         self.counters.env_steps += experience.env_steps
+        self.counters.non_finite_steps += experience.non_finite_steps
         self.session.stats.add_episodes(experience.episodes)
         self._last_progress = time.perf_counter()
 

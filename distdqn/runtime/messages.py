@@ -256,6 +256,8 @@ class RunCounters:
     env_steps: int = 0
     learner_updates: int = 0
     restarts: int = 0               # processes of the run's restartable role that died and were replaced
+    non_finite_steps: int = 0       # env steps skipped for a NaN or infinite observation or reward
+    non_finite_updates: int = 0     # updates a server (single: the learner) did not apply for a NaN or infinity
 
     def summary_fields(self) -> dict[str, Any]:
         """The summary's part: a topology's own counts (the run's totals are reported apart)."""

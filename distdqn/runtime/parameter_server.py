@@ -5,7 +5,8 @@ between them (runtime/updates/), chosen once, when it starts:
     start(job, resume)  ->  server          workers started, restored, the transport resolved
     server.gather(...)  ->  Round           sync: this publication's pushes
     server.next_push()  ->  Push            async: whichever comes first
-    server.apply_gradient / move_toward     the two kinds of update (math in core: the learner)
+    server.apply_gradient / move_toward     the two kinds of update (math in core: the learner);
+                                            never one with a NaN or infinity (refused, counted)
     server.publish()                        the new weights to the workers
     server.close()
 
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from distdqn.core.finite import NonFiniteStreak, finite
 from distdqn.core.learner import DQNLearner
 from distdqn.core.records import Experience
 from distdqn.local import build
@@ -56,6 +58,7 @@ class ParameterServer:
         self._late: set[int] = set()     # sync: workers that missed a round and have not pushed since
         self._queue: deque[Push] = deque()
         self._closed = False
+        self.refused = NonFiniteStreak(learner.cfg.max_non_finite_updates, "the parameter server")
         job.add_closer(lambda: self.close(drain=False))   # however the run ends: no segment, no call left
         self.publish()
 
@@ -71,18 +74,34 @@ class ParameterServer:
     def weights(self) -> dict[str, np.ndarray]:
         return self.learner.get_weights()
 
-    # ---- the two kinds of update ----
-    def apply_gradient(self, grads: np.ndarray) -> None:
-        """theta <- optimizer step with ``grads`` (a mean over workers, or one worker's)."""
+    # ---- the two kinds of update (never one with a NaN or infinity) ----
+    def apply_gradient(self, grads: np.ndarray) -> bool:
+        """theta <- optimizer step with ``grads`` (a mean over workers, or one worker's); False
+        (nothing changed) if ``grads`` is not finite."""
+        if not self._admits(grads):
+            return False
         self.learner.apply_gradient(grads)
+        return True
 
-    def move_toward(self, model: np.ndarray, rate: float, num_updates: int) -> None:
+    def move_toward(self, model: np.ndarray, rate: float, num_updates: int) -> bool:
         """theta <- theta + rate * (model - theta): model averaging (the mean of the workers'
         models, rate 1: the sync form), or one worker's model mixed in (rate eta, the async
-        parameter form). Counts ``num_updates`` updates, with the target updates they make."""
+        parameter form). Counts ``num_updates`` updates, with the target updates they make.
+        False (nothing changed) if ``model`` is not finite."""
+        if not self._admits(model):
+            return False
         theta = self.learner.flat_params.numpy()
         theta += rate * (model - theta)
         self.learner.advance(num_updates)
+        return True
+
+    def _admits(self, vector: np.ndarray) -> bool:
+        """Whether an update is finite; one that is not is counted (``non_finite_updates``), and
+        ``learner.max_non_finite_updates`` in a row end the run in one line."""
+        if self.refused.check(finite(vector)):
+            return True
+        self.job.counters.non_finite_updates += 1
+        return False
 
     # ---- the channel ----
     def publish(self) -> None:
@@ -134,7 +153,7 @@ class ParameterServer:
                 self._late.add(event.worker)   # not waited for until its first push
                 self.channel.replaced(event.worker)
                 continue
-            self.job.absorb(Experience(0, event.episodes))
+            self.job.absorb(Experience(0, event.episodes, event.non_finite_steps))
             self.job.add_updates(event.updates)
             self.times.worker_busy_s += event.busy_s
             self.times.worker_wait_s += event.wait_s

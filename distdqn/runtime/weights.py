@@ -7,21 +7,25 @@ of the source every ``update_period`` steps without waiting for the answer (apex
 
 from __future__ import annotations
 
+import queue
+import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import ray
+from ray.exceptions import GetTimeoutError
 
 from distdqn.runtime.messages import NO_WEIGHTS, Weights
 
-FETCH_TIMEOUT_S = 60.0   # reading a publication from the object store, at most
+FETCH_TIMEOUT_S = 60.0   # reading a publication from the object store, at most (by default)
 
 
-def fetch(box: list) -> Any:
+def fetch(box: list, timeout_s: float = FETCH_TIMEOUT_S) -> Any:
     """The boxed weights: read from the object store, or as they are when passed by value."""
     item = box[0]
-    return ray.get(item, timeout=FETCH_TIMEOUT_S) if isinstance(item, ray.ObjectRef) else item
+    return ray.get(item, timeout=timeout_s) if isinstance(item, ray.ObjectRef) else item
 
 
 class WeightsPublisher:
@@ -86,14 +90,19 @@ class PushedWeights:
 class WeightsClient:
     """The receiving side: the versions held, and newer publications taken. ``source`` (an actor
     handle with a ``published()`` call) and ``update_period``: ``update()`` asks the source every
-    ``update_period`` calls, and takes the answer at a later call, once it has arrived."""
+    ``update_period`` calls, and takes the answer at a later call, once it and the weights it
+    names have arrived. ``fetch_timeout_s``: how long weights offered with a call may take to
+    read (a slow link to the publisher's node makes them slow, not lost)."""
 
-    def __init__(self, source: Any = None, update_period: int = 1):
+    def __init__(self, source: Any = None, update_period: int = 1, fetch_timeout_s: float = FETCH_TIMEOUT_S):
         self.version, self.target_version = -1, -1
         self.newest_seen = -1        # the newest version the source has announced
         self.source, self.update_period = source, max(1, update_period)
+        self.fetch_timeout_s = fetch_timeout_s
+        self.late_fetches = 0        # requests of update() dropped after FETCH_TIMEOUT_S
         self._calls = 0
-        self._asked: Any = None
+        self._asked: Future | None = None
+        self._fetcher: _Fetcher | None = None
 
     def offer(self, weights: Weights | None) -> tuple[dict | None, dict | None]:
         """The (online, target) weights of ``weights`` that are newer than those held (None for
@@ -102,30 +111,72 @@ class WeightsClient:
             return None, None
         self.newest_seen = max(self.newest_seen, weights.version)
         online = target = None
-        if weights.box and weights.version > self.version:
-            online = fetch(weights.box)
-            self.version = weights.version
         if weights.target_box and weights.target_version != self.target_version:
-            target = fetch(weights.target_box)
+            target = fetch(weights.target_box, self.fetch_timeout_s)
+        if weights.box and weights.version > self.version:
+            online = fetch(weights.box, self.fetch_timeout_s)
+            self.version = weights.version
+        if target is not None:
             self.target_version = weights.target_version
         return online, target
 
     def update(self) -> dict | None:
         """Newer online weights from the source if an earlier request has brought them, else None;
-        asks again every ``update_period`` calls (one request in flight, never waited for)."""
+        asks again every ``update_period`` calls. Never waits: one request at a time, the ask and
+        the read of the weights it names on a thread of their own, so that a slow or briefly cut
+        link to the source's node makes the weights held older, never the caller slower. A request
+        not answered, or whose weights are not read, within FETCH_TIMEOUT_S is dropped (counted in
+        ``late_fetches``) and asked again; a source that died raises here."""
         taken = None
-        if self._asked is not None and ray.wait([self._asked], timeout=0)[1] == []:
-            taken, _ = self.offer(ray.get(self._asked, timeout=FETCH_TIMEOUT_S))
-            self._asked = None
+        if self._asked is not None and self._asked.done():
+            asked, self._asked = self._asked, None
+            try:
+                weights, online = asked.result()
+            except GetTimeoutError:
+                self.late_fetches += 1
+            else:
+                self.newest_seen = max(self.newest_seen, weights.version)
+                if online is not None and weights.version > self.version:
+                    taken, self.version = online, weights.version
         self._calls += 1
         if self._asked is None and self._calls >= self.update_period:
             self._calls = 0
-            self._asked = self.source.published.remote()
+            self._fetcher = self._fetcher or _Fetcher()
+            self._asked = self._fetcher.submit(self._newest)
         return taken
+
+    def _newest(self) -> tuple[Weights, dict | None]:
+        """On the fetcher's thread: the source's newest publication, and its online weights if they
+        are newer than those held (read into this node)."""
+        weights = ray.get(self.source.published.remote(), timeout=FETCH_TIMEOUT_S)
+        newer = weights.box and weights.version > self.version
+        return weights, fetch(weights.box) if newer else None
 
     def reset(self) -> None:
         """Forget what is held (a replica whose state was just loaded from a checkpoint)."""
         self.version, self.target_version = -1, -1
+
+
+class _Fetcher:
+    """One daemon thread running a client's requests in turn: a request under way never holds up
+    the process's exit (a ThreadPoolExecutor's thread would be joined at exit)."""
+
+    def __init__(self):
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="weights-fetch", daemon=True).start()
+
+    def submit(self, request: Callable[[], Any]) -> Future:
+        future: Future = Future()
+        self._requests.put((request, future))
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            request, future = self._requests.get()
+            try:
+                future.set_result(request())
+            except BaseException as exc:  # noqa: BLE001 -- raised where the caller takes the result
+                future.set_exception(exc)
 
 
 def take_weights(learner: Any, client: WeightsClient, weights: Weights | None) -> None:

@@ -38,14 +38,16 @@ Experience Replay", ICLR).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError, RayError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 
+from distdqn.checkpoint import restoring
 from distdqn.config import Config
 from distdqn.core.schedules import per_actor_epsilons
 from distdqn.envs import EnvInfo
@@ -82,6 +84,7 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         # ---- loop: keep every actor and every learner busy; conduct between their calls ----
         blocks_per_call = max(a.blocks_per_call, blocks_per_insert(cfg))   # at least one insert per call
         calls, lags = CallsInFlight(), np.zeros(a.num_actors)
+        unreachable: dict[int, float] = {}   # actor -> since when its calls come back unreachable
         for _ in range(a.calls_in_flight):
             for i in range(a.num_actors):
                 _collect(calls, procs.actors, i, blocks_per_call)
@@ -91,13 +94,17 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
             while job.counters.env_steps < cfg.train.total_env_steps:
                 ref, role, i, generation = job.next_call(calls)
                 if role == "actor" and generation == procs.actors.generations[i]:
-                    report = _actor_report(job, ref)
-                    if report is None:   # the actor died: a new one takes its place, the run goes on
+                    report = _actor_report(job, ref, unreachable, i)
+                    if report is UNREACHABLE:   # its call lost on the way (a link down): asked again
+                        pass
+                    elif report is None:   # the actor died: a new one takes its place, the run goes on
                         ledger.killed(i)
+                        unreachable.pop(i, None)
                         job.replace(i)
                         for _ in range(a.calls_in_flight - 1):
                             _collect(calls, procs.actors, i, blocks_per_call)
                     else:
+                        unreachable.pop(i, None)
                         job.absorb(report.experience)
                         ledger.reported(i, report)
                         lags[i] = report.weight_lag if report.weight_lag is not None else lags[i]
@@ -294,7 +301,8 @@ def _restore(job: Conductor, procs: ApexProcesses, state: RunState | None) -> No
     calls = [h.load_state_dict.remote(state.learner) for h in procs.learners]
     parts = state.replay_shards or [state.replay] * len(procs.replays)
     calls += [h.load_replay_state.remote(part) for h, part in zip(procs.replays, parts, strict=True) if part]
-    ray.get(calls, timeout=job.cfg.apex.stall_timeout_s)
+    with restoring():
+        ray.get(calls, timeout=job.cfg.apex.stall_timeout_s)
 
 
 def _numbered(role: str, index: int) -> str:
@@ -322,11 +330,23 @@ def _log_row(procs: ApexProcesses, times: LearnerTimes, lags: np.ndarray, timeou
     return {"weight_lag_updates": float(lags.mean()), **times.row(), **procs.replay_stats(timeout_s).row()}
 
 
-def _actor_report(job: Conductor, ref: Any) -> Any:
-    """An actor's report, or None if the actor died; a failure of a learner or replay it talks to
-    ends the run with one line."""
+UNREACHABLE = object()
+"""An actor's call that Ray could not deliver or answer (ActorUnavailableError: the connection to
+its host broke; the call may or may not have run). The actor may well be alive: a cut link heals."""
+
+
+def _actor_report(job: Conductor, ref: Any, unreachable: dict[int, float], i: int) -> Any:
+    """Actor ``i``'s report; UNREACHABLE while its host has not been reachable for less than the
+    stall timeout (the call is asked again); None if the actor died or stayed unreachable that
+    long; a failure of a learner or replay it talks to ends the run with one line."""
     try:
         return ray.get(ref, timeout=job.stall_timeout_s)
+    except ActorUnavailableError:
+        since = unreachable.setdefault(i, time.monotonic())
+        if time.monotonic() - since < job.stall_timeout_s:
+            time.sleep(0.2)   # not a busy loop of refused calls while the link is down
+            return UNREACHABLE
+        return None
     except RayError as exc:
         if isinstance(exc, RayActorError) and all(job.alive().values()):
             return None

@@ -36,6 +36,7 @@ import ray
 from distdqn.config import Config
 from distdqn.core import aggregate, privacy
 from distdqn.core.actor import evaluate
+from distdqn.core.finite import NonFiniteStreak, finite
 from distdqn.core.learner import DQNLearner
 from distdqn.core.records import Episodes, Experience, UpdateStats
 from distdqn.core.server_optimizer import ServerOptimizer
@@ -130,6 +131,7 @@ class Rounds:
         self.shapes = {k: v.shape for k, v in learner.get_weights().items()}
         self.rng = np.random.default_rng(cfg.seed + 17)
         self.dp_rng = np.random.default_rng(cfg.seed + 23)
+        self.refused = NonFiniteStreak(cfg.learner.max_non_finite_updates, "federated: the round's aggregate")
         self.late: dict[Any, int] = {}              # calls that missed their round -> client
         self.waiting: list[ClientMessage] = []      # late updates for the next aggregate (stale_weighted)
         job.add_closer(self.close)
@@ -200,6 +202,9 @@ class Rounds:
             return False
         delta = _aggregate(self.job.cfg, self.learner.updates, messages, stale, self.pool.count, self.dp_rng)
         c.late_used += len(stale)
+        if not self.refused.check(finite(delta)):   # never applied, nor taken into the server optimizer's moments
+            c.non_finite_updates += 1
+            return True
         step = self.optimizer.step(delta)   # theta <- theta + server_optimizer(Delta), counted as E updates
         self.learner.set_weights(aggregate.add_scaled(self.learner.get_weights(), step, 1.0))
         self.learner.advance(f.local_steps)

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from distdqn.checkpoint import restoring
 from distdqn.config import Config
 from distdqn.core.records import Episodes, UpdateStats
 from distdqn.envs import EnvInfo
@@ -53,13 +54,20 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
     # ---- resume: restore every component from the checkpoint ----
     if resume is not None:
         state = RunState.from_components(resume, RunCounters)
-        replica.load_state_dict({**state.replicas[0], "learner": state.learner})
-        session.resume(resume["session"])
-        set_rng_state(resume["rng"])
+        with restoring():   # a part that does not fit (a shape, a missing key) is one line
+            episodes_go_on = replica.load_state_dict({**state.replicas[0], "learner": state.learner})
+            session.resume(resume["session"])
+            set_rng_state(resume["rng"])
+        replica.actor.non_finite_skipped = state.counters.non_finite_steps
+        replica.learner.non_finite.total = state.counters.non_finite_updates
+        if not episodes_go_on:
+            session.note(f"resumed with fresh episodes: {cfg.env.id}'s state is not saved as data")
 
     def checkpoint() -> RunState:
         replica_state = replica.state_dict(cfg.checkpoint.save_replay, with_env=True)
-        counters = RunCounters(replica.env_steps, replica.learner.updates)
+        counters = RunCounters(replica.env_steps, replica.learner.updates,
+                               non_finite_steps=replica.actor.non_finite_skipped,
+                               non_finite_updates=replica.learner.non_finite.total)
         return RunState(replica_state.pop("learner"), counters, replicas=[replica_state])
 
     # ---- loop: collect -> store -> sample -> update -> weights sync ----
@@ -90,8 +98,9 @@ def run(cfg: Config, run_dir: Path, info: EnvInfo, resume: dict[str, Any] | None
         interrupted = True
 
     # ---- tear down: final evaluation, checkpoint, summary ----
+    state = checkpoint()
     result = session.finish(replica.learner.get_weights(), replica.env_steps, replica.learner.updates,
-                            checkpoint().components(), interrupted)
+                            state.components(), interrupted, (state.counters,))
     replica.close()
     if cfg.learner.model_parallel > 1:
         replica.learner.close()   # the learner's other ranks end

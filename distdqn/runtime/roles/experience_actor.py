@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.exceptions import GetTimeoutError
 
 from distdqn.config import Config
 from distdqn.core.policy import initial_priorities
@@ -82,7 +83,8 @@ class ExperienceActor:
             self._pending_version = self.weights.version
             episodes = Episodes.of(np.concatenate([r.episode_returns for r in rollouts]),
                                    np.concatenate([r.episode_lengths for r in rollouts]))
-            experience = Experience(experience.env_steps + env_steps, experience.episodes + episodes)
+            experience = Experience(experience.env_steps + env_steps, experience.episodes + episodes,
+                                    experience.non_finite_steps + sum(r.non_finite_steps for r in rollouts))
         return ActorReport(experience, refusals, float(np.mean(self._lags)) if self._lags else None,
                            self.weights.version, self._accepted_env_steps)
 
@@ -94,17 +96,24 @@ class ExperienceActor:
     def settle(self) -> int:
         """Wait until the insert in flight is accepted, sending it again each time the replay
         refuses it (its rate limiter waited SAMPLE_WAIT_S for the learner); the number of refusals.
-        Raises TimeoutError after ``apex.stall_timeout_s`` of refusals."""
-        refusals, start = 0, time.perf_counter()
+        An answer takes as long as the link to the replay makes it (a slow or briefly cut link
+        slows this actor, nothing else); TimeoutError after ``apex.stall_timeout_s`` of refusals
+        or silence, the run's own bound on a replay that makes no progress."""
+        refusals, stall_s = 0, self.cfg.apex.stall_timeout_s
+        deadline = time.perf_counter() + stall_s
         while self._pending_ref is not None:
-            if ray.get(self._pending_ref, timeout=SAMPLE_WAIT_S + 30).accepted:
+            try:
+                answer = ray.get(self._pending_ref, timeout=max(SAMPLE_WAIT_S, deadline - time.perf_counter()))
+            except GetTimeoutError:
+                raise TimeoutError(f"the replay has not answered an insert for {stall_s:.0f} s") from None
+            if answer.accepted:
                 # learner updates between the weights that acted and the newest this actor has seen
                 self._lags.append(max(0, self.weights.newest_seen - self._pending_version))
                 self._accepted_env_steps += self._pending[2]
                 break
             refusals += 1
-            if time.perf_counter() - start > self.cfg.apex.stall_timeout_s:
-                raise TimeoutError(f"the replay refused inserts for {self.cfg.apex.stall_timeout_s:.0f} s")
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"the replay refused inserts for {stall_s:.0f} s")
             self._pending_ref = self.replay.add.remote(*self._pending)
         self._pending, self._pending_ref = None, None
         return refusals

@@ -26,7 +26,9 @@ class FederatedClient:
         set_worker_threads(cpus, cfg.train.torch_threads)
         self.cfg, self.index = cfg, index
         self.replica = Replica(cfg, info, index, num_clients, seed, owns_target=False)   # the server keeps it
-        self.weights = WeightsClient()
+        # a round's weights take as long as the link makes them (the round goes on without a late
+        # client), up to the run's own stall bound
+        self.weights = WeightsClient(fetch_timeout_s=cfg.workers.stall_timeout_s)
         self.rng = np.random.default_rng(seed + 99)
 
     def train_round(self, weights: Weights, num_updates: int) -> ClientMessage:

@@ -101,6 +101,7 @@ class WorkerReport:
     updates: UpdateStats = field(default_factory=UpdateStats)
     busy_s: float = 0.0
     wait_s: float = 0.0
+    non_finite_steps: int = 0   # env steps skipped for a NaN or infinite observation or reward
 
 
 @dataclass

@@ -48,6 +48,9 @@ class Endpoint(Protocol):
     def allow_collect(self, allowed: bool) -> None: ...
     def stop(self) -> None: ...
     def close(self) -> None: ...
+    def idle(self, wait_s: float) -> None:
+        """Wait up to ``wait_s`` for a worker's message (a path with file descriptors blocks on
+        them; shared memory has none, and only yields the core a moment)."""
 
 
 class WorkerEnd(Protocol):
@@ -62,6 +65,9 @@ class WorkerEnd(Protocol):
     def latest(self, online: np.ndarray, target: np.ndarray, held_target: int) -> tuple[int, int, int]: ...
     def push(self, worker: int, vector: np.ndarray | None, based_on: tuple[int, int], num_updates: int,
              env_steps: int, timeout_s: float) -> None: ...
+    def will_pull(self) -> None:
+        """The worker's next call is ``latest``: a path with latency asks for the weights now, so
+        that they travel while the worker computes (shared memory has nothing to ask)."""
     def close(self) -> None: ...
 
 
@@ -161,9 +167,13 @@ class LoopChannel:
                     pushes.append(Push(int(i), self.rows[i] if count else None, publication, based_on, count))
             self._order = np.roll(self._order, 1)   # no worker goes first every time
             self._hear_reports(force=False)
-            if pushes or time.perf_counter() - start >= wait_s:
+            left = wait_s - (time.perf_counter() - start)
+            if pushes or left <= 0:
                 return pushes
-            time.sleep(2e-5)   # leave the core a moment
+            if len(self._endpoints) == 1:   # one path: wait on it (a socket path frees the core)
+                next(iter(self._endpoints.values())).idle(min(left, 1e-3))
+            else:
+                time.sleep(2e-5)   # leave the core a moment
 
     def _hear_reports(self, force: bool) -> None:
         """Every 5 ms (or ``force``): the workers' finished serve calls as events; queue more."""
@@ -181,7 +191,7 @@ class LoopChannel:
                 self._events.append(WorkerDied(i))
                 continue
             self._events.append(WorkerReport(i, report.experience.episodes, report.updates, report.busy_s,
-                                             report.wait_s))
+                                             report.wait_s, report.experience.non_finite_steps))
             self._queue(i)
 
     def events(self) -> list[WorkerEvent]:
@@ -261,6 +271,8 @@ class WorkerLoop:
                 report.wait_s += time.perf_counter() - waited
                 report.pushes += 1
                 self._since_pull = (self._since_pull + 1) % self.exchange.pull_period
+                if not sync and self._since_pull == 0:
+                    end.will_pull()
         except Stopped:
             pass
         report.experience = self.replica.report()

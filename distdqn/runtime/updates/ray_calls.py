@@ -83,7 +83,8 @@ class RayCallsChannel:
                 self._events.append(WorkerDied(worker))
                 continue
             self._env_steps += report.experience.env_steps
-            self._events.append(WorkerReport(worker, report.experience.episodes, report.updates, report.busy_s))
+            self._events.append(WorkerReport(worker, report.experience.episodes, report.updates, report.busy_s,
+                                             non_finite_steps=report.experience.non_finite_steps))
             pushes.append(Push(worker, report.vector, publication, report.based_on, report.num_updates))
             self._idle.add(worker)
             if self.exchange.sync:

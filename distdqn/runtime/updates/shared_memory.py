@@ -20,6 +20,7 @@ counter that announces it).
 
 from __future__ import annotations
 
+import time
 import uuid
 from multiprocessing import shared_memory
 
@@ -141,6 +142,13 @@ class Segment:
                 target[:] = self._weights[b, 1]
             if self._ctl[BEGUN, 0] < p + 2:   # the server has not started overwriting buffer b
                 return p, version, target_version
+
+    def idle(self, wait_s: float) -> None:
+        """Nothing to block on (the workers write the segment): yield the core a moment."""
+        time.sleep(min(wait_s, 2e-5))
+
+    def will_pull(self) -> None:
+        """Nothing to ask: ``latest`` reads the segment."""
 
     def push(self, worker: int, vector: np.ndarray | None, based_on: tuple[int, int], num_updates: int,
              env_steps: int, timeout_s: float) -> None:

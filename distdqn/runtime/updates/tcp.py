@@ -7,7 +7,7 @@ call per update.
       <--------- PUSH header (+ the flat vector) ---------------------  push(): after the ACK of the previous
       ACK ------------------------------------------------------------>  (the server took it: one push in flight)
       WEIGHTS (online, and the target when it changed) ------------->  sync: every publication
-      <--------- PULL ----------------------------------------------     async: asks every pull_period pushes;
+      <--------- PULL ----------------------------------------------     async: every pull_period pushes, right behind a push;
       WEIGHTS, or CURRENT (nothing newer) --------------------------->   answered at the next publication
       CONTROL (collect / stop) -------------------------------------->
 
@@ -207,6 +207,16 @@ class SocketServer:
         except OSError:
             self._forget(worker)
 
+    def idle(self, wait_s: float) -> None:
+        """Until a worker's socket has something to read (or one with output waiting can take
+        more), at most ``wait_s``: the server sleeps in the kernel instead of spinning."""
+        readers = [r.sock for r in self._readers.values()]
+        writers = [w.sock for w in self._writers.values() if w.queue]
+        if readers or writers:
+            select.select(readers, writers, [], wait_s)
+        else:
+            time.sleep(wait_s)
+
     def ready(self, worker: int) -> bool:
         self._read(worker)
         return worker in self._pending
@@ -269,6 +279,7 @@ class SocketWorkerEnd:
         self._flags = COLLECT_FLAG
         self._unacked = 0
         self._answered = False              # async: the last PULL was answered
+        self._asked = False                 # async: a PULL is out
 
     # ---- what the server sent ----
     def _pump(self, wait_s: float) -> None:
@@ -304,12 +315,20 @@ class SocketWorkerEnd:
         self._pump(0.0)
         return self._received[0]
 
-    def latest(self, online: np.ndarray, target: np.ndarray, held_target: int) -> tuple[int, int, int]:
-        """The newest weights (async: asked of the server, and waited for)."""
-        if not self.sync:
-            self._answered = False
+    def will_pull(self) -> None:
+        """Async: ask for the weights now (right behind the push just sent, so the answer holds
+        it), to have them by the time the worker has computed its next push: one round trip per
+        update hidden behind the work instead of waited for."""
+        if not self.sync and not self._asked:
+            self._answered, self._asked = False, True
             self.sock.sendall(HEADER.pack(PULL, 0, 0, 0, 0, 0))
+
+    def latest(self, online: np.ndarray, target: np.ndarray, held_target: int) -> tuple[int, int, int]:
+        """The newest weights (async: asked of the server, if ``will_pull`` did not, and waited for)."""
+        if not self.sync:
+            self.will_pull()
             self._wait(lambda: self._answered, "weights")
+            self._asked = False
         _, _, target_version = self._received
         online[:] = self._online
         if target_version != held_target:
