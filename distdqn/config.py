@@ -478,9 +478,47 @@ class ApexConfig(_Section):
     sampling and inserting then run beside the learner's updates, at the price of a message for
     each group of batches and each priority update)."""
     replay_cpus: float = Field(0.0, ge=0.0)
-    """CPUs reserved for the replay's own process (replay_host=process)."""
+    """CPUs reserved for the replay's own process (replay_host=process), and for each shard."""
+    replay_shards: int | str = 1
+    """Shards of the replay, each a process of its own (replay_host=process) with replay_cpus;
+    ``per_host``: one on every node of the cluster. ``replay.capacity`` is the whole replay's
+    (each shard holds its share). Each actor inserts into a shard on its own node; the learners
+    draw from every shard in proportion to its priority mass, so that a batch follows the
+    distribution of one replay holding the same transitions and priorities, and send each new
+    priority back to the shard its transition came from; the replay ratio is held over all
+    shards. A checkpoint holds every shard and is resumed with the same number."""
+    num_learners: int = Field(1, ge=1)
+    """Data-parallel learners (replay_host=process beyond 1), each with learner_cpus and
+    learner_gpus and a full replica: each draws ``learner.batch_size / num_learners`` of every
+    batch and they average every update's gradient, so that they stay identical; learner 0
+    publishes the weights. Each learner's training thread gets cores of its own
+    (isolate_learner) where its node has them for every learner there."""
+    group_backend: Literal["auto", "shm", "gloo", "nccl"] = "auto"
+    """How the learners average gradients: ``shm`` through shared memory (every learner on one
+    node, CPU learners), ``gloo`` / ``nccl`` with torch.distributed; ``auto``: nccl for GPU
+    learners, shm when every learner is on one node, else gloo."""
     stall_timeout_s: float = Field(120.0, gt=0.0)
-    """The run ends with an error if no actor or learner call completes for this long."""
+    """The run ends with an error if no actor or learner call completes for this long (also the
+    longest wait of a learner for the others of its group)."""
+
+    def check(self, cfg: Config) -> None:
+        shards = self.replay_shards
+        if shards != "per_host" and (isinstance(shards, str) or shards < 1):
+            raise ValueError(f"apex.replay_shards: must be at least 1, or per_host (got {shards!r})")
+        for name, value in (("replay_shards", shards), ("num_learners", self.num_learners)):
+            if value != 1 and self.replay_host == "learner":
+                raise ValueError(f"apex.replay_host: learner hosts one replay for one learner; "
+                                 f"apex.{name}={value} needs replay_host=process")
+        if self.group_backend == "shm" and self.learner_gpus > 0:
+            raise ValueError("apex.group_backend: shm averages CPU gradients; GPU learners need nccl or auto")
+        if cfg.topology != "apex":
+            return
+        if cfg.learner.batch_size % self.num_learners:
+            raise ValueError(f"apex.num_learners: {self.num_learners} learners cannot share "
+                             f"learner.batch_size {cfg.learner.batch_size} equally")
+        if self.num_learners > 1 and cfg.learner.model_parallel > 1:
+            raise ValueError("apex.num_learners: a group of learners does not split each learner across "
+                             "ranks (learner.model_parallel); use one of them")
 
 
 class WorkersConfig(_Section):

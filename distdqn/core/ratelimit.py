@@ -5,6 +5,13 @@ an insert is allowed while updates >= entitled(env_steps) - slack,
 with ``entitled`` the replay ratio's one accounting (``core/ratio.py``).
 Fast actors wait for the learner, a fast learner waits for the actors; ``slack`` (in updates) lets
 each side run ahead a little so that neither stalls on every call (Reverb's SampleToInsertRatio).
+
+With the replay in shards (apex.replay_shards), the ratio is held over all of them: the learners
+(who count the updates) judge sampling on the env steps every shard reports, and each shard judges
+inserts on its own env steps exactly and on the others' and the updates as the learners last told
+it (``ShardLimiter.synced``). What either side does not know yet only makes it wait longer, never
+run ahead, and a learner that waits tells every shard what it knows, so the two can never both be
+refused for long.
 """
 
 from __future__ import annotations
@@ -37,6 +44,11 @@ class RateLimiter:
     def inserted(self, env_steps: int) -> None:
         self.env_steps += env_steps
 
+    @property
+    def inserted_env_steps(self) -> int:
+        """The env steps inserted here."""
+        return self.env_steps
+
     def sampled(self, num_batches: int) -> None:
         self.updates += num_batches
 
@@ -45,6 +57,40 @@ class RateLimiter:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.env_steps, self.updates = int(state["env_steps"]), int(state["updates"])
+
+
+class ShardLimiter(RateLimiter):
+    """One shard's view of the run-wide limiter: its own inserts exactly; the other shards' env
+    steps and the learners' updates as a learner last told it (each a lower bound of the truth,
+    so its inserts are judged on a ratio at least as strict as the true one, short of what the
+    other shards took since). Only inserts are judged here: the learners judge sampling."""
+
+    def __init__(self, updates_per_env_step: float, min_env_steps: int, slack_updates: float):
+        super().__init__(updates_per_env_step, min_env_steps, slack_updates)
+        self.own_env_steps = 0
+        self.elsewhere_env_steps = 0
+
+    def inserted(self, env_steps: int) -> None:
+        self.own_env_steps += env_steps
+        self.env_steps = self.own_env_steps + self.elsewhere_env_steps
+
+    def synced(self, updates: int, elsewhere_env_steps: int) -> None:
+        """What a learner knows: the updates sampled so far, the other shards' env steps."""
+        self.updates = max(self.updates, int(updates))
+        self.elsewhere_env_steps = max(self.elsewhere_env_steps, int(elsewhere_env_steps))
+        self.env_steps = self.own_env_steps + self.elsewhere_env_steps
+
+    @property
+    def inserted_env_steps(self) -> int:
+        return self.own_env_steps
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"env_steps": self.own_env_steps, "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The others' env steps come with the learners' next word."""
+        self.own_env_steps, self.updates = int(state["env_steps"]), int(state["updates"])
+        self.elsewhere_env_steps, self.env_steps = 0, self.own_env_steps
 
 
 class RateLimitedReplay:
@@ -56,17 +102,20 @@ class RateLimitedReplay:
     def __init__(self, replay: Any, limiter: RateLimiter):
         self.replay, self.limiter = replay, limiter
         self._changed = threading.Condition()
-        self.wait_s = {"insert": 0.0, "sample": 0.0}
+        self.insert_wait_s = 0.0   # inserts waiting for the learner
+        self.sample_wait_s = 0.0   # samples waiting for the actors
 
-    def _wait_for(self, predicate, timeout: float, key: str) -> bool:
-        start = time.perf_counter()
-        ok = self._changed.wait_for(predicate, timeout)
-        self.wait_s[key] += time.perf_counter() - start
-        return ok
+    @property
+    def lock(self) -> threading.Condition:
+        """Held to read the replay and the limiter together (a consistent snapshot)."""
+        return self._changed
 
     def add(self, transitions: Any, priorities: Any, env_steps: int, timeout: float) -> bool:
         with self._changed:
-            if not self._wait_for(lambda: self.limiter.can_insert(env_steps), timeout, "insert"):
+            start = time.perf_counter()
+            allowed = self._changed.wait_for(lambda: self.limiter.can_insert(env_steps), timeout)
+            self.insert_wait_s += time.perf_counter() - start
+            if not allowed:
                 return False
             self.replay.add(transitions, priorities)
             self.limiter.inserted(env_steps)
@@ -76,8 +125,11 @@ class RateLimitedReplay:
     def sample(self, num_batches: int, batch_size: int, beta: float, timeout: float) -> Any:
         """``num_batches`` batches stacked into one Batch, or None if the limiter held them back."""
         with self._changed:
-            if not self._wait_for(lambda: len(self.replay) >= batch_size and self.limiter.can_sample(num_batches),
-                                  timeout, "sample"):
+            start = time.perf_counter()
+            allowed = self._changed.wait_for(
+                lambda: len(self.replay) >= batch_size and self.limiter.can_sample(num_batches), timeout)
+            self.sample_wait_s += time.perf_counter() - start
+            if not allowed:
                 return None
             self.limiter.sampled(num_batches)
             stacked = self.replay.sample_stacked(num_batches, batch_size, beta)
@@ -88,11 +140,20 @@ class RateLimitedReplay:
         with self._changed:
             self.replay.update_priorities(indices, td_errors)
 
-    def stats(self) -> dict[str, Any]:
+    # ---- one shard of several: the learners sample at fractions of the mass, and judge when ----
+    def sample_at(self, fractions: Any) -> tuple[Any, Any]:
+        """The transitions at ``fractions`` of this shard's mass, and their priorities (None, empty
+        for no fractions); not judged here (the learners judge sampling over every shard)."""
         with self._changed:
-            return {"replay_size": len(self.replay), "inserted_transitions": self.replay.total_added,
-                    "inserted_env_steps": self.limiter.env_steps, "sampled_batches": self.limiter.updates,
-                    "replay_insert_wait_s": self.wait_s["insert"], "replay_sample_wait_s": self.wait_s["sample"]}
+            if len(fractions) == 0:
+                return None, fractions
+            return self.replay.sample_at(fractions)
+
+    def synced(self, updates: int, elsewhere_env_steps: int) -> None:
+        """A learner's word (``ShardLimiter.synced``): inserts waiting for it are judged again."""
+        with self._changed:
+            self.limiter.synced(updates, elsewhere_env_steps)
+            self._changed.notify_all()
 
     def state_dict(self) -> dict[str, Any]:
         with self._changed:

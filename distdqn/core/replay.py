@@ -182,6 +182,27 @@ class ReplayBuffer:
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
         """Uniform replay keeps no priorities."""
 
+    # ---- one shard of several (core/shards.py) ----
+    @property
+    def mass(self) -> float:
+        """What sampling is proportional to, summed: here every stored transition counts 1."""
+        return float(self._size)
+
+    @property
+    def min_leaf(self) -> float:
+        """The smallest stored (scaled) priority: 1 for uniform replay."""
+        return 1.0
+
+    def sample_at(self, fractions: np.ndarray) -> tuple[Batch, np.ndarray]:
+        """The transitions found at ``fractions`` (in [0, 1)) of this replay's mass, and their
+        (scaled) priorities; the batch's weights are left to whoever knows every shard's minimum."""
+        indices, leaves = self._locate(np.asarray(fractions, dtype=np.float64))
+        return self._gather(indices, np.ones(len(indices), dtype=np.float32)), leaves
+
+    def _locate(self, fractions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        indices = np.minimum((fractions * self._size).astype(np.int64), self._size - 1)
+        return indices, np.ones(len(indices))
+
     # ---- checkpointing ----
     def state_dict(self) -> dict[str, Any]:
         n = self._size
@@ -248,6 +269,18 @@ class PrioritizedReplay(ReplayBuffer):
         min_prob = self._mins.root / total
         weights = np.power(probs / min_prob, -beta).astype(np.float32)  # = (N P_i)^-b / (N P_min)^-b
         return indices.reshape(num_batches, batch_size), weights.reshape(num_batches, batch_size)
+
+    @property
+    def mass(self) -> float:
+        return self._sums.root
+
+    @property
+    def min_leaf(self) -> float:
+        return self._mins.root
+
+    def _locate(self, fractions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        indices = np.minimum(self._sums.find_prefix_sum(fractions * self._sums.root), self._size - 1)
+        return indices, self._sums[indices]
 
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
         """New priorities |td_error| + eps; a NaN or infinite one leaves that transition's as it was

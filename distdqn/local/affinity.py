@@ -61,15 +61,27 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def claim_last(count: int) -> list[int] | None:
-    """The calling thread takes the last ``count`` CPUs of this process for itself; the process's
-    other threads (Ray's I/O threads, threads serving other calls) move to the rest, and threads
-    started later run where their starter does. Returns the CPUs taken; None (nothing pinned)
-    when that would leave no CPU for the rest, or the OS has no affinity call."""
-    cpus = allowed_cpus()
-    if cpus is None or count < 1 or len(cpus) <= count:
+def last_blocks(cpus: set[int], count: int, block: int, blocks: int) -> tuple[list[int], set[int]] | None:
+    """Block ``block`` of the last ``blocks`` blocks of ``count`` CPUs (block 0 the highest-numbered),
+    and the CPUs outside every block; None when the blocks would leave none outside."""
+    if count < 1 or not 0 <= block < blocks or len(cpus) <= count * blocks:
         return None
-    mine = sorted(cpus)[-count:]
-    pin(cpus - set(mine))
+    ordered = sorted(cpus)
+    end = len(ordered) - count * block
+    return ordered[end - count:end], set(ordered[:len(ordered) - count * blocks])
+
+
+def claim_last(count: int, block: int = 0, blocks: int = 1) -> list[int] | None:
+    """The calling thread takes block ``block`` of the last ``blocks`` blocks of ``count`` CPUs of
+    this process (``last_blocks``: one block per learner on the node) for itself; the process's
+    other threads (Ray's I/O threads, threads serving other calls) move to the CPUs outside every
+    block, and threads started later run where their starter does. Returns the CPUs taken; None
+    (nothing pinned) when the blocks would leave no CPU for the rest, or the OS has no affinity call."""
+    cpus = allowed_cpus()
+    split = last_blocks(cpus, count, block, blocks) if cpus is not None else None
+    if split is None:
+        return None
+    mine, rest = split
+    pin(rest)
     os.sched_setaffinity(threading.get_native_id(), mine)
     return mine

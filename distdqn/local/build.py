@@ -52,9 +52,10 @@ def build_policy(cfg: Config, info: EnvInfo, weights):
                        n.atoms, n.v_min, n.v_max, info.encoding)
 
 
-def build_replay(cfg: Config, info: EnvInfo, seed: int) -> ReplayBuffer:
+def build_replay(cfg: Config, info: EnvInfo, seed: int, capacity: int | None = None) -> ReplayBuffer:
+    """The config's replay (``capacity``: a shard's share of replay.capacity instead)."""
     r = cfg.replay
-    return make_replay(r.prioritized, r.capacity, info.obs_shape, info.obs_dtype, seed, r.alpha,
+    return make_replay(r.prioritized, capacity or r.capacity, info.obs_shape, info.obs_dtype, seed, r.alpha,
                        r.priority_eps, r.storage)
 
 

@@ -82,10 +82,10 @@ class Conductor:
             {"num_cpus": w.cpus, "num_gpus": w.gpus, **({"resources": dict(w.resources)} if w.resources else {})},
             placement)
 
-    def keep_off(self, isolation_ref: Any) -> None:
-        """The driver (and the Ray instance it started) keeps off the cores apex's learner took."""
-        isolation = ray.get(isolation_ref, timeout=self.stall_timeout_s)
-        self._driver_cpus = keep_driver_off(isolation, self.cluster.started_here)
+    def keep_off(self, isolation_refs: list) -> None:
+        """The driver (and the Ray instance it started) keeps off the cores apex's learners took."""
+        isolations = ray.get(list(isolation_refs), timeout=self.stall_timeout_s)
+        self._driver_cpus = keep_driver_off(isolations, self.cluster.started_here)
 
     # ---- start and resume ----
     def restore(self, resume: dict[str, Any] | None, learner: Any = None) -> RunState | None:

@@ -5,7 +5,9 @@ schema every topology writes. No Ray here (a boxed object-store reference is jus
     channel   message                 from -> to
     weights   Weights                 learner / server -> actors, workers, the conductor
     data      Transitions + InsertResult   actor -> replay -> actor (accepted or not, nothing else)
+              ShardDraw, ShardStatus  replay shard -> apex learner (draws at fractions of its mass)
     control   ActorReport             experience actor -> conductor
+              ReplayStats             replay (or shard) -> conductor
               LearnerReport           apex learner -> conductor
               PushReport              parameter-server worker -> server (transport ray)
               ServeReport             parameter-server worker -> server (transport shm: its loop)
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from distdqn.core.records import Experience, UpdateStats
+from distdqn.core.transitions import Batch
 from distdqn.errors import CheckpointError
 
 # ---- the weights channel ----
@@ -53,7 +56,61 @@ class InsertResult:
     accepted: bool
 
 
+@dataclass(frozen=True)
+class ShardStatus:
+    """Where a replay shard stands, as a learner needs it to split draws by mass and to judge the
+    replay ratio over every shard: its mass (sum of scaled priorities, or its size for uniform
+    replay), smallest scaled priority, size, the env steps inserted into it, and the updates a
+    learner last told it of."""
+
+    mass: float
+    min_leaf: float
+    size: int
+    inserted_env_steps: int
+    updates: int
+
+
+NO_SHARD = ShardStatus(0.0, float("inf"), 0, 0, 0)
+
+
+@dataclass
+class ShardDraw:
+    """A shard's answer to a learner's draw: the transitions (None if none were asked for), their
+    scaled priorities, and its status after the draw."""
+
+    batch: Batch | None
+    leaves: np.ndarray
+    status: ShardStatus
+
+
 # ---- reports on the control channel ----
+
+
+@dataclass(frozen=True)
+class ReplayStats:
+    """A replay's counts for the log and the summary (``row``); ``total`` sums a run's shards."""
+
+    size: int
+    inserted_transitions: int
+    inserted_env_steps: int
+    sampled_batches: int            # learner updates sampled (a shard: as the learners last told it)
+    insert_wait_s: float            # inserts waiting for the learner (summed over threads)
+    sample_wait_s: float            # samples waiting for the actors (the one-replay path)
+
+    @classmethod
+    def total(cls, parts: list[ReplayStats]) -> ReplayStats:
+        """The run's replay over all its shards (the updates are every shard's view of the same count)."""
+        return cls(sum(p.size for p in parts), sum(p.inserted_transitions for p in parts),
+                   sum(p.inserted_env_steps for p in parts), max(p.sampled_batches for p in parts),
+                   sum(p.insert_wait_s for p in parts), sum(p.sample_wait_s for p in parts))
+
+    def row(self) -> dict[str, float]:
+        """The metrics row's fields (their names as apex has always logged them)."""
+        return {"replay_size": self.size, "inserted_transitions": self.inserted_transitions,
+                "inserted_env_steps": self.inserted_env_steps, "sampled_batches": self.sampled_batches,
+                "replay_insert_wait_s": self.insert_wait_s, "replay_sample_wait_s": self.sample_wait_s}
+
+
 
 
 @dataclass
@@ -80,6 +137,28 @@ class LearnerReport:
     step_s: float                   # in learner updates alone
     weights: Weights | None         # the newest publication in the object store, if newer than
                                     # the previous call's
+    exchange_s: float = 0.0         # of busy_s and wait_s, in the learner group's exchanges
+
+
+@dataclass
+class LearnerTimes:
+    """An apex learner's LearnerReports summed over the run, for the log (learner 0's: a group's
+    learners take every update together)."""
+
+    busy_s: float = 0.0
+    step_s: float = 0.0
+    wait_s: float = 0.0
+    exchange_s: float = 0.0
+
+    def add(self, report: LearnerReport) -> None:
+        self.busy_s += report.busy_s
+        self.step_s += report.step_s
+        self.wait_s += report.wait_s
+        self.exchange_s += report.exchange_s
+
+    def row(self) -> dict[str, float]:
+        return {"learner_busy_s": self.busy_s, "learner_step_s": self.step_s, "learner_wait_s": self.wait_s,
+                "learner_exchange_s": self.exchange_s}
 
 
 @dataclass
@@ -189,19 +268,20 @@ class RunCounters:
 class RunState:
     """The one checkpoint schema of every topology: the (one logical) learner, the counters, and
     where a topology has them, every replica's state (env, actor, local replay, local learner;
-    None for a replica that did not answer), a central replay with its rate limiter, and a
-    federated server's optimizer (its moments)."""
+    None for a replica that did not answer), a central replay with its rate limiter (or, sharded,
+    every shard's), and a federated server's optimizer (its moments)."""
 
     learner: dict[str, Any]
     counters: RunCounters
     replicas: list[dict[str, Any] | None] | None = None
     replay: dict[str, Any] | None = None
     server_optimizer: dict[str, Any] | None = None
+    replay_shards: list[dict[str, Any]] | None = None   # apex.replay_shards > 1: each shard, in order
 
     def components(self) -> dict[str, Any]:
         """The checkpoint's components (``counters`` as a plain dict; absent parts left out)."""
         out: dict[str, Any] = {"learner": self.learner, "counters": asdict(self.counters)}
-        for name in ("replicas", "replay", "server_optimizer"):
+        for name in ("replicas", "replay", "server_optimizer", "replay_shards"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         return out
@@ -211,7 +291,8 @@ class RunState:
         """The state read back from a checkpoint's components; a one-line error if they do not fit."""
         try:
             return cls(components["learner"], counters(**components["counters"]),
-                       components.get("replicas"), components.get("replay"), components.get("server_optimizer"))
+                       components.get("replicas"), components.get("replay"), components.get("server_optimizer"),
+                       components.get("replay_shards"))
         except (KeyError, TypeError) as exc:
             raise CheckpointError(f"the checkpoint does not hold a {counters.__name__} run state "
                                   f"({type(exc).__name__}: {exc})") from None

@@ -1,6 +1,7 @@
 """apex's experience actor: a vector env whose every sub-environment explores with its own fixed
-epsilon; it sends n-step transitions with initial priorities to the replay in batches, and takes
-the learner's newest weights through its weights client (asked once per insert, never waited for)."""
+epsilon; it sends n-step transitions with initial priorities to the replay in batches (with
+apex.replay_shards, to a shard on its own node), and takes the learner's newest weights through
+its weights client (asked once per insert, never waited for)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from distdqn.core.transitions import Transitions
 from distdqn.envs import EnvInfo
 from distdqn.local import build
 from distdqn.runtime.messages import ActorReport
-from distdqn.runtime.process import Isolation, keep_off, process_identity, set_worker_threads
+from distdqn.runtime.process import keep_off, process_identity, resolve, set_worker_threads
 from distdqn.runtime.roles.replay_server import SAMPLE_WAIT_S
+from distdqn.runtime.shards import shard_for
 from distdqn.runtime.weights import WeightsClient
 
 STARTUP_TIMEOUT_S = 120.0   # for the learner's first publication
@@ -35,14 +37,17 @@ def blocks_per_insert(cfg: Config) -> int:
 
 @ray.remote
 class ExperienceActor:
-    def __init__(self, cfg: Config, info: EnvInfo, replay: Any, learner: Any, epsilons: np.ndarray,
-                 seed: int, isolation: Isolation | None = None):
-        keep_off(isolation)   # the driver passes LearnerWorker.isolate's reference: Ray resolves it first
+    def __init__(self, cfg: Config, info: EnvInfo, index: int, replays: list, replay_nodes: list[str | None],
+                 learner: Any, epsilons: np.ndarray, seed: int, isolations: list | None = None):
+        """``replays``: the replay or its shards, on ``replay_nodes`` (the one on this node is
+        used, shards.shard_for); ``isolations``: LearnerWorker.isolate's references."""
+        keep_off(resolve(isolations or []))
         set_worker_threads(cfg.apex.actor_cpus)
         self.cfg = cfg
         network = build.build_network(cfg, info)
         self.actor = build.build_actor(cfg, info, {k: v.numpy() for k, v in network.state_dict().items()}, seed)
-        self.replay = replay
+        self.shard = shard_for(index, ray.get_runtime_context().get_node_id(), replay_nodes)
+        self.replay = replays[self.shard]
         self.weights = WeightsClient(source=learner, update_period=1)   # asked once per insert
         first, _ = self.weights.offer(ray.get(learner.published.remote(), timeout=STARTUP_TIMEOUT_S))
         self.actor.policy.set_weights(first)
@@ -114,4 +119,4 @@ class ExperienceActor:
         return refusals
 
     def identity(self) -> dict[str, Any]:
-        return process_identity()
+        return process_identity(**({"shard": self.shard} if self.cfg.apex.replay_shards != 1 else {}))

@@ -30,7 +30,7 @@ class ModelParallelRank:
         """Join rank 0's group on this node and follow it until it ends the learner; on the
         learner's isolated cores, if it has some (they were claimed for all its ranks)."""
         if isolation is not None:
-            affinity.pin(isolation["cpus"])
+            affinity.pin(isolation.cpus)
         model_parallel.serve(self.cfg, self.info, rendezvous.LOOPBACK, port, self.rank)
 
     @ray.method(concurrency_group="control")
