@@ -134,7 +134,7 @@ def main() -> None:
                             cluster, setup.config, sets, seed, Path(tmp) / f"{name}-2-{rate}-{seed}")
                 for (setup_name, where), done in runs.items():
                     if setup_name == name:
-                        print(f"seed {seed}: " + _row(name, where, done, runs), flush=True)
+                        print(f"seeds 0-{seed}: " + _row(name, where, done, runs), flush=True)   # medians so far
     print("\n| setup | where | steady env steps/s | x one host | x single | steady updates/s | "
           "bytes per update over h1's link | path (summary) | roles by host |")
     print("|---|---|---|---|---|---|---|---|---|")

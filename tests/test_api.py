@@ -4,13 +4,16 @@ it returns; checkpoints/best beside latest, and which one each command takes."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
+import pickle
 import pkgutil
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,22 +117,44 @@ def test_evaluate_says_which_checkpoint_it_took(short_run):
     assert latest.returncode == 0 and "(checkpoint final," in latest.stdout, latest.stdout + latest.stderr
 
 
+def _resign(ckpt: Path) -> None:
+    """Recompute the manifest's sizes and checksums, as whoever crafted a shared checkpoint would."""
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    for name in manifest["files"]:
+        data = (ckpt / name).read_bytes()
+        manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
 def test_load_reads_the_network_alone_never_the_replay_or_the_envs(tmp_path, short_run):
     """An agent is its network: load and evaluate read the checkpoint's learner (or best's policy)
-    and nothing else, so a latest checkpoint whose other components are unreadable still loads."""
-    run_dir = tmp_path / "run"
+    and nothing else, so a checkpoint whose other components carry a payload (its manifest
+    re-signed, as a crafted one would be) still loads, and the payload never runs."""
+    run_dir, marker = tmp_path / "run", tmp_path / "payload-ran"
     shutil.copytree(short_run, run_dir)
     final = run_dir / "checkpoints" / "final"
     others = [p for p in final.glob("*.pt") if p.stem != "learner"]
     assert others, sorted(p.name for p in final.iterdir())
     for path in others:
-        path.write_bytes(b"not a pickle")
+        with path.open("wb") as f:
+            pickle.dump(_Payload(marker), f)
+    _resign(final)
     agent = distdqn.load(run_dir, "latest")
     assert agent.checkpoint == final and agent.act(np.zeros(4, dtype=np.float32)) in (0, 1)
     evaluated = run_cli(["evaluate", str(run_dir), "--episodes", "2", "--checkpoint", "latest"])
     assert evaluated.returncode == 0 and "(checkpoint final," in evaluated.stdout, evaluated.stderr[-2000:]
+    assert not marker.exists()
     (final / "learner.pt").write_bytes(b"not a pickle")
-    assert_user_error(run_cli(["evaluate", str(run_dir), "--checkpoint", "latest"]), "corrupt component learner.pt")
+    _resign(final)
+    assert_user_error(run_cli(["evaluate", str(run_dir), "--checkpoint", "latest"]), "learner.pt", "none of it was run")
 
 
 def test_best_is_no_point_to_resume_from_and_a_missing_best_is_one_line(tmp_path, short_run):

@@ -72,7 +72,7 @@ def test_a_malicious_learner_is_refused_by_evaluate_and_resume_and_never_runs(tm
     else:
         (final / "learner.pt").write_bytes(pickle.dumps(evil, protocol=2))
     rewrite_manifest(final)
-    for args in (["evaluate", str(run_dir), "--episodes", "10"], ["train", "--resume", str(run_dir)]):
+    for args in (["evaluate", str(run_dir), "--episodes", "10", "--checkpoint", "latest"], ["train", "--resume", str(run_dir)]):
         error = assert_user_error(run_cli(args), "learner.pt", "refused")
         assert "system" in error, error
         assert not marker.exists(), "the checkpoint's payload ran"
@@ -83,7 +83,7 @@ def test_evaluate_reads_only_the_weights_and_resume_refuses_a_malicious_replay(t
     final, marker = run_dir / "checkpoints" / "final", tmp_path / "pwned"
     torch.save([{"replay": Payload(marker)}], final / "replicas.pt")
     rewrite_manifest(final)
-    result = run_cli(["evaluate", str(run_dir), "--episodes", "10"])
+    result = run_cli(["evaluate", str(run_dir), "--episodes", "10", "--checkpoint", "latest"])
     assert result.returncode == 0, result.stderr
     assert_user_error(run_cli(["train", "--resume", str(run_dir)]), "replicas.pt", "refused")
     assert not marker.exists(), "the checkpoint's payload ran"
@@ -214,7 +214,7 @@ def test_latest_naming_nothing_falls_back_and_nothing_verifying_is_one_line(tmp_
     assert open_checkpoint(run_dir).path.name.startswith("step-")
     for p in (run_dir / "checkpoints").glob("step-*"):
         (p / "learner.pt").write_bytes(b"garbage")
-    assert_user_error(run_cli(["evaluate", str(run_dir)]), "no checkpoint verifies", "learner.pt")
+    assert_user_error(run_cli(["evaluate", str(run_dir), "--checkpoint", "latest"]), "no checkpoint verifies", "learner.pt")
 
 
 def test_a_checkpoint_replacing_one_of_its_name_is_swapped_in_whole(tmp_path):
@@ -454,7 +454,7 @@ def test_a_checkpoint_of_other_spaces_or_shapes_is_one_line(tmp_path, short_run)
     final = run_dir / "checkpoints" / "final"
     manifest = json.loads((final / "manifest.json").read_text())
     (final / "manifest.json").write_text(json.dumps({**manifest, "env": {**manifest["env"], "num_actions": 3}}))
-    assert_user_error(run_cli(["evaluate", str(run_dir)]), "num_actions 3")
+    assert_user_error(run_cli(["evaluate", str(run_dir), "--checkpoint", "latest"]), "num_actions 3")
     (final / "manifest.json").write_text(json.dumps(manifest))
 
     learner = open_checkpoint(final).load("learner")
@@ -462,5 +462,5 @@ def test_a_checkpoint_of_other_spaces_or_shapes_is_one_line(tmp_path, short_run)
     torch.save(learner, final / "learner.pt")
     rewrite_manifest(final)
     assert_user_error(run_cli(["train", "--resume", str(run_dir)]), "does not fit this run")
-    assert_user_error(run_cli(["evaluate", str(run_dir)]), "weights do not match")
+    assert_user_error(run_cli(["evaluate", str(run_dir), "--checkpoint", "latest"]), "weights do not match")
 

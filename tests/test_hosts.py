@@ -423,7 +423,7 @@ def _long_cut(cluster: HostCluster) -> None:
 
 @needs_hosts
 @pytest.mark.slow
-@pytest.mark.parametrize("fault, wall_s, restarts", [(_slow_then_short_cut, 70, 0), (_long_cut, 110, 1)],
+@pytest.mark.parametrize("fault, wall_s, restarts", [(_slow_then_short_cut, 50, 0), (_long_cut, 100, 1)],
                          ids=["2mbit-then-8s-cut", "60s-cut"])
 def test_apex_rides_out_a_slow_link_and_a_short_cut_and_replaces_an_actor_a_long_cut_lost(tmp_path, fault, wall_s,
                                                                                          restarts):
