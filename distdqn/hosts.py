@@ -822,7 +822,9 @@ def _connect_probe(address: str, port: int, timeout_s: float) -> ConnectOutcome:
         return "unreachable"
 
 
-def _sink(address: str, port: int) -> None:
+def _accept_one(address: str, port: int):
+    """Listen on ``address:port``, say "ready" (the prober waits for it), accept one connection
+    within 60 s: the probes' receiving end."""
     import socket
     with socket.socket() as server:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -831,14 +833,18 @@ def _sink(address: str, port: int) -> None:
         server.settimeout(60)
         print("ready", flush=True)
         conn, _ = server.accept()
-        with conn:
-            conn.settimeout(60)
-            buf = bytearray(1 << 20)
-            received, first, last = 0, None, None
-            while n := conn.recv_into(buf):
-                last = time.perf_counter()
-                first = first or last
-                received += n
+        return conn
+
+
+def _sink(address: str, port: int) -> None:
+    with _accept_one(address, port) as conn:
+        conn.settimeout(60)
+        buf = bytearray(1 << 20)
+        received, first, last = 0, None, None
+        while n := conn.recv_into(buf):
+            last = time.perf_counter()
+            first = first or last
+            received += n
     print(json.dumps([received, max((last or 0) - (first or 0), 1e-9)]), flush=True)
 
 
@@ -855,17 +861,10 @@ def _send(address: str, port: int, seconds: float) -> None:
 
 def _echo(address: str, port: int) -> None:
     import socket
-    with socket.socket() as server:
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind((address, port))
-        server.listen(1)
-        server.settimeout(60)
-        print("ready", flush=True)
-        conn, _ = server.accept()
-        with conn:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            while data := conn.recv(64):
-                conn.sendall(data)
+    with _accept_one(address, port) as conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while data := conn.recv(64):
+            conn.sendall(data)
 
 
 def _ping(address: str, port: int, count: int) -> None:
