@@ -1,4 +1,4 @@
-"""The ``distdqn`` command: train, evaluate, export, plot, compare, presets; a thin layer over the
+"""The ``distdqn`` command: train, evaluate, export, plot, compare, tune, presets; a thin layer over the
 Python API (``distdqn/api.py``).
 
 User errors (bad config, unknown env id, bad checkpoint, existing run directory) are printed as one
@@ -146,6 +146,69 @@ def compare(
     runs = run_compare(plan)
     if not all(run.completed for run in runs):
         raise typer.Exit(1)
+
+
+@app.command()
+def tune(
+    config: Annotated[str | None, typer.Argument(
+        help="YAML config file or preset name to search around (not with --resume)")] = None,
+    space: Annotated[Path | None, typer.Option(help="The search space: a YAML file (docs/tune.md)")] = None,
+    out: Annotated[Path | None, typer.Option(help="The search's directory; default tunes/ENV-TIME")] = None,
+    trials: Annotated[int | None, typer.Option(help="Trials (the space file's `trials`; default 16)")] = None,
+    objective: Annotated[str | None, typer.Option(
+        help="time_to_solve (default), env_steps_to_solve, or return (the best evaluation's)")] = None,
+    budget_s: Annotated[float | None, typer.Option("--budget-s", help="A trial's wall-clock budget, seconds")] = None,
+    search: Annotated[str | None, typer.Option(help="optuna (TPE, default) or random")] = None,
+    max_concurrent: Annotated[int | None, typer.Option(
+        "--max-concurrent", help="Trials at a time (default 1: timings undisturbed)")] = None,
+    seed: Annotated[int | None, typer.Option(help="The search's seed, and every trial's (default 0)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override for every trial: key.path=value")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address: trials placed on the cluster")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Go on with the search in this directory")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing search directory")] = False,
+    verify_top: Annotated[int, typer.Option("--verify-top", min=0, help="Configs verified after the search")] = 3,
+    verify_seeds: Annotated[int, typer.Option("--verify-seeds", min=1, help="Fresh seeds per verified config")] = 3,
+    first_verify_seed: Annotated[int, typer.Option("--first-verify-seed", help="The first fresh seed")] = 1000,
+) -> None:
+    """Search hyperparameters on Ray Tune (ASHA stops bad trials early), verify the best configs
+    on fresh seeds, and write the best as a preset (OUT/best.yaml) with a report."""
+    import shlex
+    import time
+
+    from distdqn.tuning import plan_search, read_request, run_search
+    from distdqn.tuning.space import SpaceError
+
+    command = shlex.join(["distdqn", *sys.argv[1:]])
+    options = {"trials": trials, "objective": objective, "budget_s": budget_s, "search": search,
+               "max_concurrent": max_concurrent, "seed": seed}
+    if resume is not None:
+        if config is not None or space is not None or set_:
+            raise SpaceError("--resume: give only the search's directory (its config and space are in it)")
+        request = read_request(resume)
+        options = {**request["options"], **{k: v for k, v in options.items() if v is not None}}
+        plan = plan_search(request["config"], resume / "space.yaml", resume, overrides=request["overrides"],
+                           options=options, address=address or request.get("address"), command=request["command"],
+                           resume=True, verify_top=request["verify_top"], verify_seeds=request["verify_seeds"],
+                           first_verify_seed=request["first_verify_seed"])
+    else:
+        if config is None or space is None:
+            raise SpaceError("tune: give a CONFIG and --space SPACE.yaml (or --resume DIR)")
+        if out is None:
+            from distdqn.config import load_config
+            env_id = load_config(config, list(set_ or [])).env.id
+            out = Path("tunes") / f"{env_id.replace('/', '-').replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+        plan = plan_search(config, space, out, overrides=list(set_ or []), options=options, address=address,
+                           command=command, overwrite=overwrite, verify_top=verify_top,
+                           verify_seeds=verify_seeds, first_verify_seed=first_verify_seed)
+        request = {"config": config, "overrides": list(set_ or []), "options": {k: v for k, v in options.items()
+                                                                                if v is not None},
+                   "address": address, "command": command, "verify_top": verify_top,
+                   "verify_seeds": verify_seeds, "first_verify_seed": first_verify_seed}
+    if plan.cfg.topology != "single":   # fail on an unreachable cluster before anything is written
+        from distdqn.runtime.cluster import check_reachable
+        check_reachable(address, min(plan.cfg.cluster.connect_timeout_s, 10.0))
+    best = run_search(plan, request, resume=resume is not None)
+    typer.echo(f"best config: {best}")
 
 
 @app.command()

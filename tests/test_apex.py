@@ -41,8 +41,8 @@ def test_apex_solves_cartpole(tmp_path, ray_cluster):
     assert summary["final_eval_return_mean"] >= 475 or any(
         r.get("eval_return_mean", 0) >= 475 for r in read_metrics(run_dir))
     rows = read_metrics(run_dir)
-    assert any(r.get("replay_size") for r in rows)
-    assert all("weight_lag_updates" in r for r in rows[:-1])
+    logged = [r for r in rows if "replay_size" in r]   # the log rows (an evaluation may have a row of its own)
+    assert logged and all("weight_lag_updates" in r for r in logged)
 
 
 def steady_after(run_dir, env_steps: int):

@@ -1,5 +1,5 @@
-"""Imports flow one way: core <- envs <- local <- runtime, topologies <- cli; only runtime/ and
-topologies/ import ray; core has no sockets, files or processes (DESIGN.md); each process role has
+"""Imports flow one way: core <- envs <- local <- runtime, topologies <- compare, tuning <- cli;
+only runtime/, topologies/ and tuning/ (Ray Tune) import ray; core has no sockets, files or processes (DESIGN.md); each process role has
 a file of its own under runtime/roles/."""
 
 from __future__ import annotations
@@ -74,11 +74,19 @@ def test_the_conductor_knows_no_topology_role_or_transport():
 
 
 def test_only_runtime_and_topologies_import_ray():
+    # tuning/ (distdqn tune) drives Ray Tune, above everything else, as compare/ drives runs
     for path in PACKAGE.rglob("*.py"):
         rel = path.relative_to(PACKAGE).parts
-        if rel[0] in ("runtime", "topologies"):
+        if rel[0] in ("runtime", "topologies", "tuning"):
             continue
         assert not uses(path, ("ray",)), path
+
+
+def test_only_the_cli_runs_searches():
+    # a search drives runs as a user would: nothing a run is made of imports it
+    for path in PACKAGE.rglob("*.py"):
+        if path.relative_to(PACKAGE).parts[0] not in ("tuning", "cli.py"):
+            assert not uses(path, ("distdqn.tuning",)), path
 
 
 def test_nothing_below_cli_imports_it():

@@ -227,7 +227,7 @@ def results_json(plan: Plan, runs: list[RunOutcome], aggregates: dict[str, Label
 def git_commit(repo: Path | None = None) -> str:
     """``git rev-parse --short HEAD`` of the source tree, "+dirty" with uncommitted changes;
     "unknown" when distdqn is not running from a git checkout."""
-    repo = repo or Path(__file__).resolve().parents[1]
+    repo = repo or Path(__file__).resolve().parents[2]   # the checkout holding distdqn/compare/
     if not (repo / ".git").exists():
         return "unknown"
     try:
