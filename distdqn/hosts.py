@@ -18,7 +18,7 @@ The Python API (what tests, benchmarks and fault drills build on)::
         ...
 
     HostCluster(name="local", guard=True)          attaches to a cluster of that name if one is up
-      .up(n, cpus_per_host=1, head_cpus=None, ray=True, object_store_mb=512, shm_mb=None,
+      .up(n, cpus_per_host=1, head_cpus=None, ray=True, object_store_mb=512, shm_mb=None, dead_after_s=None,
           timeout_s=120) -> self                   n hosts h0..h{n-1}; Ray head in h0 (head_cpus 0:
                                                    a head that runs no roles); ray_times says how long
       .down()                                      everything removed (also by __exit__, by the guard)
@@ -408,6 +408,18 @@ def parse_rate(rate: str | float) -> int:
 # the cluster
 
 
+
+def health_checks(dead_after_s: float) -> dict[str, int]:
+    """The head's health-check settings (Ray's system config) under which a node that stops
+    answering is declared dead after about ``dead_after_s``: 3 failed checks, each timing out
+    after a quarter of it (a cut link never refuses, it times out), a twelfth apart."""
+    if not 2.0 <= dead_after_s <= 600.0:
+        raise HostsError(f"hosts: dead_after_s {dead_after_s:g}: expected 2 to 600 seconds")
+    ms = dead_after_s * 1000
+    return {"health_check_failure_threshold": 3, "health_check_timeout_ms": int(ms / 4),
+            "health_check_period_ms": int(ms / 12), "health_check_initial_delay_ms": 1000}
+
+
 class HostCluster:
     """N hosts on this machine, each its own network, mount and UTS namespace, and a Ray node in
     each; host 0 runs the Ray head. A context manager: ``with HostCluster("t1").up(2) as c: ...``
@@ -431,12 +443,15 @@ class HostCluster:
 
     # ---- bringing it up and down ----
     def up(self, n: int, cpus_per_host: float = 1, head_cpus: float | None = None, ray: bool = True,
-           object_store_mb: int = 512, shm_mb: int | None = None, timeout_s: float = 120.0) -> HostCluster:
+           object_store_mb: int = 512, shm_mb: int | None = None, timeout_s: float = 120.0,
+           dead_after_s: float | None = None) -> HostCluster:
         """Make ``n`` hosts (leftovers of this name, and of dead owners, swept first) and, with
         ``ray``, a Ray cluster on them: the head in host 0 with ``head_cpus`` CPUs (default
         ``cpus_per_host``; 0: a head that runs no roles), a node with ``cpus_per_host`` in each
         other host. ``object_store_mb`` per node; ``shm_mb`` sizes each host's /dev/shm (default:
-        the kernel's, half of memory; a tmpfs takes memory only as it fills)."""
+        the kernel's, half of memory; a tmpfs takes memory only as it fills). ``dead_after_s``: how
+        long the head's health checks take to declare a node that stopped answering dead (default
+        Ray's: about 15 s for a killed host, 65 s for a cut one; ``health_checks``)."""
         require_support()
         if not 1 <= n <= MAX_HOSTS:
             raise HostsError(f"hosts: {n}: expected 1 to {MAX_HOSTS}")
@@ -453,7 +468,7 @@ class HostCluster:
             self._make(n, shm_mb)
             if ray:
                 self._start_ray(cpus_per_host, cpus_per_host if head_cpus is None else head_cpus,
-                                object_store_mb, timeout_s)
+                                object_store_mb, timeout_s, dead_after_s)
             self.ray_times.total_s = time.monotonic() - started
             self._save()
         except BaseException:
@@ -521,15 +536,16 @@ class HostCluster:
             "sh", "-c", script)
 
     def _start_ray(self, cpus_per_host: float, head_cpus: float, object_store_mb: int,
-                   timeout_s: float) -> None:
+                   timeout_s: float, dead_after_s: float | None = None) -> None:
         self.token_path.write_text(secrets.token_hex(32))   # as `ray get-auth-token --generate` makes one
         self.token_path.chmod(0o600)
         self.ray = True
         self._state_extra["node"] = {"cpus": cpus_per_host, "object_store_mb": object_store_mb}
         head, *others = self.hosts
         t = time.monotonic()
+        checks = [] if dead_after_s is None else [f"--system-config={json.dumps(health_checks(dead_after_s))}"]
         self._ray_start(head, [*self._ray_start_argv(head), "--head", f"--port={HEAD_PORT}",
-                               f"--num-cpus={head_cpus:g}", "--include-dashboard=false"], timeout_s)
+                               f"--num-cpus={head_cpus:g}", "--include-dashboard=false", *checks], timeout_s)
         self.ray_times.head_s = time.monotonic() - t
         t = time.monotonic()
         procs = [self._ray_popen(h, self._node_argv(h)) for h in others]
@@ -919,6 +935,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="Ray CPUs of h0 (default: --cpus-per-host; 0: a head that runs no roles)")
     up.add_argument("--object-store-mb", type=int, default=512, help="each node's object store (default 512)")
     up.add_argument("--no-ray", action="store_true", help="the hosts only, no Ray")
+    up.add_argument("--dead-after-s", type=float, default=None,
+                    help="how soon the head declares a silent node dead (default Ray's: 15-65 s)")
     run = sub.add_parser("run", parents=[name], help="run a command in a host: run [--host h0] -- CMD ...")
     run.add_argument("--host", default="h0")
     run.add_argument("argv", nargs=argparse.REMAINDER)
@@ -967,7 +985,8 @@ def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "up":
         cluster = HostCluster(args.name, guard=False).up(
-            args.n, args.cpus_per_host, args.head_cpus, ray=not args.no_ray, object_store_mb=args.object_store_mb)
+            args.n, args.cpus_per_host, args.head_cpus, ray=not args.no_ray, object_store_mb=args.object_store_mb,
+            dead_after_s=args.dead_after_s)
         print(json.dumps(cluster.status(), indent=1))
         if cluster.ray:
             print(f"inside a host: python -m distdqn.hosts run --name {args.name} -- "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -165,11 +166,12 @@ def test_a_local_run_listens_on_loopback_only_and_keeps_rays_notice_in_its_log(t
             time.sleep(0.5)
         assert ready(), "the run never started training"
         sockets = listening_sockets(descendants(proc.pid))
+        proc.send_signal(signal.SIGTERM)   # seen what it listens on: the run need not go on
         _, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 143, err[-3000:]   # stopped by SIGTERM at its next safe point
     assert len(sockets) >= min_sockets, sockets   # the scan sees them
     assert all(is_loopback(s) for s in sockets), sockets
     assert "Token authentication" not in err, err[-2000:]

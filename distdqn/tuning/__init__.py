@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,8 @@ def save_request(plan: SearchPlan, request: dict) -> None:
 
 
 def read_request(out_dir: Path) -> dict:
+    if not (out_dir / SEARCH_FILE).is_file():
+        raise SpaceError(f"--resume: {out_dir} holds no search (no {SEARCH_FILE})")
     try:
         return json.loads((out_dir / SEARCH_FILE).read_text())
     except (OSError, ValueError) as exc:
@@ -140,10 +143,19 @@ def run_search(plan: SearchPlan, request: dict, resume: bool = False) -> Path:
               f"{plan.max_t:g}, {plan.max_concurrent} at a time, into {plan.out_dir}",
               file=sys.stderr, flush=True)
         started = time.time()
-        results = _tuner(plan, resume).fit()
+        # SIGTERM as Ctrl-C: Tune stops its trials (each run at its next safe point) and saves its state
+        previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+        try:
+            results = _tuner(plan, resume).fit()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         search_s = time.time() - started
     finally:
         cluster.shutdown()
         plan.address = address   # verification: each run starts its own instance, or joins the cluster
+    if results.num_terminated + results.num_errors < plan.trials:
+        print(f"tune: interrupted after {results.num_terminated + results.num_errors} of {plan.trials} trials; "
+              f"`distdqn tune --resume {plan.out_dir}` goes on", file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
     trials = collect_trials(plan, results)
     return verify_and_report(plan, trials, search_s, commit)

@@ -47,7 +47,7 @@ def describe_result(plan: SearchPlan, result: dict[str, Any]) -> str:
         at = result.get("time_to_solve_s") if plan.time_attr == "wall_s" else result.get("env_steps_to_solve")
         if at is not None:
             how = f"solved at {at:,.1f}{unit}; " + how
-    if not result.get("done"):
+    if not result.get("run_ended"):
         how += f"; stopped early at {result.get(plan.time_attr, 0):,.1f}{unit}"
     return how
 
@@ -61,7 +61,7 @@ def collect_trials(plan: SearchPlan, results: Any) -> list[TrialOutcome]:
         run_dir = metrics.get("run_dir") or str(plan.out_dir.resolve() / "trials" / trial_id)
         if result.error is not None:
             status, error = "failed", str(result.error).strip().splitlines()[-1][:300]
-        elif not metrics.get("done"):
+        elif not metrics.get("run_ended"):   # Tune's own "done" is set on a stopped trial's last result too
             status, error = "stopped", None
         else:
             status, error = ("solved" if metrics.get("solved") else "unsolved"), None

@@ -130,7 +130,7 @@ class DistdqnTrial(tune.Trainable):
                      "eval_return_mean": ret, "best_eval_return_mean": self.best,
                      "solved": self.solved_at is not None,
                      "score": score(p.objective, p.threshold, p.max_t, self.best, self.solved_at),
-                     "run_dir": str(self.run_dir), "done": done}
+                     "run_dir": str(self.run_dir), "run_ended": done}
         return dict(self.last)
 
     def _final(self) -> dict[str, Any]:
@@ -150,7 +150,7 @@ class DistdqnTrial(tune.Trainable):
                 "solved": bool(s["solved"]), "time_to_solve_s": s["time_to_solve_s"],
                 "env_steps_to_solve": s["env_steps_to_solve"],
                 "score": score(p.objective, p.threshold, p.max_t, self.best, self.solved_at),
-                "run_dir": str(self.run_dir), "done": True}
+                "run_dir": str(self.run_dir), "run_ended": True, "done": True}
 
     def save_checkpoint(self, checkpoint_dir: str) -> dict[str, Any]:
         """Nothing for Tune to keep: the run's checkpoints are in its run directory. A trial Tune
