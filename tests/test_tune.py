@@ -74,12 +74,21 @@ def test_overrides_are_what_set_reads():
     ("space:\n  learner.lr: {uniform: [0.1, 0.2]}\ntrials: 0\n", "trials: expected an integer >= 1"),
     ("space:\n  learner.lr: {uniform: [0.1, 0.2]}\n", "budget_s: objective time_to_solve needs"),
 ])
-def test_the_cli_refuses_a_bad_space_in_one_line_and_starts_nothing(tmp_path, text, message):
+def test_a_bad_space_is_refused_naming_the_key_before_anything_is_made(tmp_path, text, message):
     out = tmp_path / "search"
+    with pytest.raises(SpaceError) as err:
+        plan_search("cartpole", space_file(tmp_path, text), out)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not out.exists()
+
+
+def test_the_cli_says_it_in_one_line_with_exit_status_2(tmp_path):
+    out = tmp_path / "search"
+    text = "space:\n  learner.lrr: {uniform: [0.1, 0.2]}\nbudget_s: 10\n"
     result = run_cli(["tune", "cartpole", "--space", str(space_file(tmp_path, text)), "--out", str(out)])
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert lines == [lines[0]] and lines[0].startswith("error: space: learner.lrr: "), result.stderr
     assert not out.exists()
 
 
@@ -164,7 +173,7 @@ def test_a_search_stops_what_cannot_learn_verifies_on_fresh_seeds_and_writes_a_p
     results = read_results(out)
     trials = results["trials"]
     assert len(trials) == 4
-    first = min(trials, key=lambda t: t["trial_id"])
+    first = min(trials, key=lambda t: t["started_at"])
     assert first["params"] == {"learner.lr": 2.5e-3, "train.replay_ratio": 0.5}     # the preset as it is
     for t in trials:
         assert (Path(t["run_dir"]) / "summary.json").is_file()                       # ordinary run directories

@@ -30,6 +30,7 @@ class TrialOutcome:
     reached_t: float | None           # how far it ran, in time_attr
     run_dir: str
     error: str | None = None
+    started_at: float = 0.0
 
     @property
     def completed(self) -> bool:
@@ -53,7 +54,7 @@ def describe_result(plan: SearchPlan, result: dict[str, Any]) -> str:
 
 
 def collect_trials(plan: SearchPlan, results: Any) -> list[TrialOutcome]:
-    """Every trial of Tune's ResultGrid, in the order they were started (trial ids end in it)."""
+    """Every trial of Tune's ResultGrid, in the order they were started."""
     outcomes = []
     for result in results:
         metrics = result.metrics or {}
@@ -72,8 +73,8 @@ def collect_trials(plan: SearchPlan, results: Any) -> list[TrialOutcome]:
                 solved_at = metrics.get(plan.time_attr)
         outcomes.append(TrialOutcome(trial_id, dict(result.config or {}), status, metrics.get("score"),
                                      metrics.get("best_eval_return_mean"), solved_at,
-                                     metrics.get(plan.time_attr), run_dir, error))
-    return sorted(outcomes, key=lambda t: t.trial_id.rsplit("_", 1)[-1])
+                                     metrics.get(plan.time_attr), run_dir, error, metrics.get("started_at", 0.0)))
+    return sorted(outcomes, key=lambda t: (t.started_at, t.trial_id))
 
 
 def ranked(trials: list[TrialOutcome]) -> list[TrialOutcome]:
@@ -219,10 +220,11 @@ def report_markdown(plan: SearchPlan, order: list[TrialOutcome], best, aggregate
                      f"{'' if t.solved_at is None else f'{t.solved_at:,.4g}'} | "
                      f"{'' if t.best_eval_return_mean is None else f'{t.best_eval_return_mean:.1f}'} | "
                      f"{'' if t.score is None else f'{t.score:.4g}'} |")
-    lines += ["", f"## Verification on seeds {plan.first_verify_seed}..{plan.first_verify_seed + plan.verify_seeds - 1}", ""]
+    last_seed = plan.first_verify_seed + plan.verify_seeds - 1
+    lines += ["", f"## Verification on seeds {plan.first_verify_seed}..{last_seed}", ""]
     if aggregates:
-        lines += [f"The top {len(aggregates)} completed trials, each trained again on {plan.verify_seeds} seeds the "
-                  "search never saw, one run at a time ([verify/report.md](verify/report.md)):", ""]
+        lines += [(f"The top {len(aggregates)} completed trials, each trained again on {plan.verify_seeds} seeds "
+                   "the search never saw, one run at a time ([verify/report.md](verify/report.md)):"), ""]
         for label, agg in aggregates.items():
             lines.append(f"- `{label}`: {_verified_words(plan, agg)}")
     else:
@@ -236,7 +238,8 @@ def report_markdown(plan: SearchPlan, order: list[TrialOutcome], best, aggregate
                   f"Verified: {_verified_words(plan, agg) if agg is not None else 'not verified'}.", "",
                   "Written as [best.yaml](best.yaml): `distdqn train " + str(plan.out_dir / "best.yaml") + "`."]
     lines += ["", "![the search](search.png)", "",
-              f"Commit {provenance['commit']}; {provenance['machine']}; {provenance['software']}; {provenance['date']}.", ""]
+              f"Commit {provenance['commit']}; {provenance['machine']}; {provenance['software']}; "
+              f"{provenance['date']}.", ""]
     return "\n".join(lines)
 
 

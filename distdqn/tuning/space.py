@@ -185,11 +185,14 @@ def read_space_file(path: Path) -> dict[str, Any]:
     return loaded
 
 
+_MISSING = object()
+
+
 def _leaf(raw: dict[str, Any], key: str) -> Any:
     node: Any = raw
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            return None
+            return _MISSING
         node = node[part]
     return node
 
@@ -201,7 +204,7 @@ def baseline_values(config: str, cfg: Config, space: dict[str, Distribution]) ->
     values = {}
     for key, dist in space.items():
         value = _leaf(resolved, key)
-        if value is None or not dist.contains(value):
+        if value is _MISSING or not dist.contains(value):
             return None
         values[key] = value
     return values

@@ -56,13 +56,17 @@ def trial_argv(plan: SearchPlan, params: dict[str, Any], run_dir: Path) -> list[
     return argv
 
 
+try:
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl   # resolved here: the child only calls it
+except (OSError, AttributeError):
+    _PRCTL = None
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: SIGTERM when the trial's thread goes (a trial killed by Tune
-    leaves no run behind)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    leaves no run behind). Only a system call, safe between fork and exec."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
 
 
 class MetricsTail:
@@ -104,11 +108,12 @@ class DistdqnTrial(tune.Trainable):
         self.log.flush()
         env = dict(os.environ, PYTHONWARNINGS="ignore::DeprecationWarning")
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=_die_with_parent)  # noqa: PLW1509 -- one system call
         self.tail = MetricsTail(self.run_dir / "metrics.jsonl")
         self.best: float | None = None
         self.solved_at: float | None = None
         self.last: dict[str, Any] = {}
+        self.started_at = time.time()   # the trials' order (Optuna's trial ids carry none)
 
     def step(self) -> dict[str, Any]:
         """The next evaluation's figures, or the run's final ones (``done``) when it has ended."""
@@ -130,7 +135,7 @@ class DistdqnTrial(tune.Trainable):
                      "eval_return_mean": ret, "best_eval_return_mean": self.best,
                      "solved": self.solved_at is not None,
                      "score": score(p.objective, p.threshold, p.max_t, self.best, self.solved_at),
-                     "run_dir": str(self.run_dir), "run_ended": done}
+                     "run_dir": str(self.run_dir), "run_ended": done, "started_at": self.started_at}
         return dict(self.last)
 
     def _final(self) -> dict[str, Any]:
@@ -150,7 +155,7 @@ class DistdqnTrial(tune.Trainable):
                 "solved": bool(s["solved"]), "time_to_solve_s": s["time_to_solve_s"],
                 "env_steps_to_solve": s["env_steps_to_solve"],
                 "score": score(p.objective, p.threshold, p.max_t, self.best, self.solved_at),
-                "run_dir": str(self.run_dir), "run_ended": True, "done": True}
+                "run_dir": str(self.run_dir), "run_ended": True, "started_at": self.started_at, "done": True}
 
     def save_checkpoint(self, checkpoint_dir: str) -> dict[str, Any]:
         """Nothing for Tune to keep: the run's checkpoints are in its run directory. A trial Tune
