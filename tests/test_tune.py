@@ -207,20 +207,24 @@ def test_an_interrupted_search_resumes_without_training_its_finished_trials_agai
     out = tmp_path / "search"
     argv = [sys.executable, "-m", "distdqn.cli", "tune", "cartpole", "--space", str(space), "--out", str(out),
             "--set", "train.total_env_steps=4000", "--verify-top", "0", "--address", ray_cluster]
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(ray_env(), PYTHONWARNINGS="ignore::DeprecationWarning"))
-    try:
+    log = tmp_path / "tune.log"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+                                env=dict(ray_env(), PYTHONWARNINGS="ignore::DeprecationWarning"))
+    try:   # once Tune has counted one trial ended (its line "[1/3] ..."), stop the search
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("trials/*/summary.json")):
+        while time.monotonic() < deadline and proc.poll() is None and "[1/3]" not in log.read_text():
             time.sleep(0.2)
-        finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("trials/*/summary.json")}
-        assert finished, "no trial finished"
+        ended = [line.split()[1] for line in log.read_text().splitlines() if line.startswith("[1/3]")]
+        assert ended, log.read_text()[-3000:]
+        finished = {name: (out / "trials" / name / "summary.json").stat().st_mtime_ns for name in ended}
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=180)
+        proc.wait(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    err = log.read_text()
     assert proc.returncode == 130, err[-3000:]
     assert "--resume" in err and not (out / "report.md").exists(), err[-2000:]
     resumed = run_cli(["tune", "--resume", str(out), "--address", ray_cluster], timeout=600, env=ray_env())
