@@ -60,17 +60,17 @@ def test_no_submodule_shadows_a_name_of_the_api():
 
 
 def test_a_config_from_a_preset_a_file_a_dict_or_a_config_object(tmp_path):
-    overrides = {"learner.lr": 5e-4, "network.hidden_sizes": [32, 32]}
+    overrides = {"learner.lr": 2e-4, "network.hidden_sizes": [32, 32]}
     from_preset = distdqn.make_config("acrobot", overrides=overrides, seed=4)
     path = tmp_path / "my.yaml"
     path.write_text(yaml.safe_dump(load_config("acrobot").to_dict()))
-    from_file = distdqn.make_config(path, overrides=["learner.lr=5e-4", "network.hidden_sizes=[32, 32]"], seed=4)
+    from_file = distdqn.make_config(path, overrides=["learner.lr=2e-4", "network.hidden_sizes=[32, 32]"], seed=4)
     from_dict = distdqn.make_config(load_config("acrobot").to_dict(), overrides=overrides, seed=4)
     base = load_config("acrobot")
     from_object = distdqn.make_config(base, overrides=overrides, seed=4)
     assert from_preset == from_file == from_dict == from_object
-    assert from_object.learner.lr == 5e-4 and from_object.seed == 4 and from_object.env.id == "Acrobot-v1"
-    assert base.learner.lr == 1e-3 and base.seed == 0     # the config handed in is left as it was
+    assert from_object.learner.lr == 2e-4 and from_object.seed == 4 and from_object.env.id == "Acrobot-v1"
+    assert base == load_config("acrobot") and base.learner.lr != 2e-4   # the config handed in is left as it was
     assert distdqn.make_config("acrobot", env="CartPole-v1").env.id == "CartPole-v1"
 
 

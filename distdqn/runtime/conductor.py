@@ -133,6 +133,8 @@ class Conductor:
             yield
         except KeyboardInterrupt:
             self.interrupted = True
+        except RayActorError as exc:   # a process died under a call the loop made: name the role
+            raise self.essential_failure(exc) from None
         except RayError as exc:
             raise self.aborted(exc) from None
 

@@ -72,7 +72,13 @@ def _tuner(plan: SearchPlan, resume: bool):
                                   resume_errored=True)
     points = [plan.baseline] if plan.baseline is not None else None
     if plan.search == "optuna":
+        import warnings
+
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
+        optuna.logging.set_verbosity(optuna.logging.WARNING)   # not "a new study created" on the terminal
+        # list-valued choices (network.hidden_sizes) live in memory only: Optuna's storage warning is moot
+        warnings.filterwarnings("ignore", message="Choices for a categorical distribution", category=UserWarning)
         search_alg = OptunaSearch(metric="score", mode="max", points_to_evaluate=points, seed=plan.seed)
     else:
         from ray.tune.search.basic_variant import BasicVariantGenerator

@@ -238,8 +238,8 @@ def report_markdown(plan: SearchPlan, order: list[TrialOutcome], best, aggregate
                   f"Verified: {_verified_words(plan, agg) if agg is not None else 'not verified'}.", "",
                   "Written as [best.yaml](best.yaml): `distdqn train " + str(plan.out_dir / "best.yaml") + "`."]
     lines += ["", "![the search](search.png)", "",
-              f"Commit {provenance['commit']}; {provenance['machine']}; {provenance['software']}; "
-              f"{provenance['date']}.", ""]
+              (f"Commit {provenance['commit']}; {provenance['machine']}; {provenance['software']}; "
+               f"{provenance['date']}."), ""]
     return "\n".join(lines)
 
 
