@@ -33,6 +33,7 @@ from distdqn.tuning.space import SearchPlan, override
 
 POLL_S = 0.25
 STOP_GRACE_S = 60.0
+HANG_GRACE_S = 300.0
 
 
 def score(objective: str, threshold: float | None, max_t: float, best_return: float | None,
@@ -116,13 +117,20 @@ class DistdqnTrial(tune.Trainable):
         self.started_at = time.time()   # the trials' order (Optuna's trial ids carry none)
 
     def step(self) -> dict[str, Any]:
-        """The next evaluation's figures, or the run's final ones (``done``) when it has ended."""
+        """The next evaluation's figures, or the run's final ones (``done``) when it has ended. A
+        run with a wall budget that outlives it by far (twice, plus start-up and the final
+        evaluation) is wedged: the trial fails (``cleanup`` stops it) instead of waiting forever."""
+        budget = self.plan.budget_s
+        give_up = self.started_at + 2 * budget + HANG_GRACE_S if budget is not None else float("inf")
         while True:
             for row in self.tail.rows():
                 if row.get("eval_return_mean") is not None:
                     return self._result(row, done=False)
             if self.proc.poll() is not None:
                 return self._final()
+            if time.time() > give_up:
+                raise RuntimeError(f"trial {self.trial_id}: the run outlived its {budget:g} s budget by "
+                                   f"{time.time() - self.started_at - budget:.0f} s; stopped")
             time.sleep(POLL_S)
 
     def _result(self, row: dict[str, Any], done: bool) -> dict[str, Any]:
